@@ -1,0 +1,1 @@
+"""creditgate's server: a gRPC sidecar that decides and charges credits before each billable action."""

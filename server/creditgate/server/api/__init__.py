@@ -1,0 +1,1 @@
+"""gRPC servicers: proto in, domain calls, proto out; nothing decides here."""

@@ -1,0 +1,136 @@
+"""creditgate.v1.AdminService: catalog, customers, subscriptions, top-ups, adjustments, ledger."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import grpc
+
+from creditgate.server.api import convert, validate
+from creditgate.server.api.errors import translated
+from creditgate.server.catalog.holder import CatalogHolder
+from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.errors import InvalidArgument
+from creditgate.server.ledger.store import Store
+from creditgate.v1 import admin_pb2, admin_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, engine: CreditEngine, catalog: CatalogHolder, store: Store) -> None:
+        self._engine = engine
+        self._catalog = catalog
+        self._store = store
+
+    @translated
+    async def ApplyCatalog(
+        self, request: admin_pb2.ApplyCatalogRequest, context: Context
+    ) -> admin_pb2.ApplyCatalogResponse:
+        version, changed = await self._catalog.apply(request.catalog_yaml)
+        return admin_pb2.ApplyCatalogResponse(version=version, changed=changed)
+
+    @translated
+    async def GetCatalog(self, request: admin_pb2.GetCatalogRequest, context: Context) -> admin_pb2.GetCatalogResponse:
+        rules = self._catalog.rules
+        return admin_pb2.GetCatalogResponse(version=rules.version, catalog_yaml=rules.loaded.source)
+
+    @translated
+    async def CreateCustomer(
+        self, request: admin_pb2.CreateCustomerRequest, context: Context
+    ) -> admin_pb2.CreateCustomerResponse:
+        view = await self._engine.create_customer(
+            validate.identifier(request.customer_id, "customer_id"),
+            validate.text(request.name, "name", limit=validate.MAX_NAME),
+            validate.metadata(dict(request.metadata)),
+        )
+        return admin_pb2.CreateCustomerResponse(customer=convert.customer(view))
+
+    @translated
+    async def GetCustomer(
+        self, request: admin_pb2.GetCustomerRequest, context: Context
+    ) -> admin_pb2.GetCustomerResponse:
+        view = await self._engine.get_customer(validate.identifier(request.customer_id, "customer_id"))
+        return admin_pb2.GetCustomerResponse(customer=convert.customer(view))
+
+    @translated
+    async def CreateSubscription(
+        self, request: admin_pb2.CreateSubscriptionRequest, context: Context
+    ) -> admin_pb2.CreateSubscriptionResponse:
+        start_ms = request.start_time.ToMilliseconds() if request.HasField("start_time") else None
+        subscription, available = await self._engine.subscribe(
+            validate.identifier(request.customer_id, "customer_id"), validate.key(request.plan, "plan"), start_ms
+        )
+        return admin_pb2.CreateSubscriptionResponse(
+            subscription=convert.subscription(subscription), available_credits=available
+        )
+
+    @translated
+    async def CancelSubscription(
+        self, request: admin_pb2.CancelSubscriptionRequest, context: Context
+    ) -> admin_pb2.CancelSubscriptionResponse:
+        subscription = await self._engine.cancel(validate.identifier(request.customer_id, "customer_id"))
+        return admin_pb2.CancelSubscriptionResponse(subscription=convert.subscription(subscription))
+
+    @translated
+    async def TopUp(self, request: admin_pb2.TopUpRequest, context: Context) -> admin_pb2.TopUpResponse:
+        customer_id = validate.identifier(request.customer_id, "customer_id")
+        amount = request.WhichOneof("amount")
+        if amount is None:
+            raise InvalidArgument("one of package or credits is required", field="amount")
+        package = validate.key(request.package, "package") if amount == "package" else ""
+        credits = validate.credits(request.credits, "credits") if amount == "credits" else 0
+        change = await self._engine.top_up(
+            customer_id, package, credits, validate.days(request.expires_in_days, "expires_in_days"),
+            validate.identifier(request.request_id, "request_id"),
+        )
+        assert change.bucket is not None
+        return admin_pb2.TopUpResponse(
+            bucket=convert.bucket(change.bucket), entry_id=change.entry_id, available_credits=change.available,
+            price=change.price, currency=change.currency,
+        )
+
+    @translated
+    async def AdjustCredits(
+        self, request: admin_pb2.AdjustCreditsRequest, context: Context
+    ) -> admin_pb2.AdjustCreditsResponse:
+        change = await self._engine.adjust(
+            validate.identifier(request.customer_id, "customer_id"),
+            validate.credits(request.delta, "delta", allow_negative=True),
+            validate.text(request.reason, "reason", required=True),
+            validate.identifier(request.request_id, "request_id"),
+        )
+        return admin_pb2.AdjustCreditsResponse(entry_id=change.entry_id, available_credits=change.available)
+
+    @translated
+    async def ListLedgerEntries(
+        self, request: admin_pb2.ListLedgerEntriesRequest, context: Context
+    ) -> admin_pb2.ListLedgerEntriesResponse:
+        customer_id = validate.identifier(request.customer_id, "customer_id")
+        size = validate.page_size(request.page_size)
+        before = _decode_page_token(request.page_token)
+        await self._engine.get_customer(customer_id)
+        records = await self._store.list_ledger(customer_id, size + 1, before)
+        page, more = records[:size], len(records) > size
+        token = _encode_page_token(page[-1].seq) if more else ""
+        return admin_pb2.ListLedgerEntriesResponse(
+            entries=[convert.ledger_entry(record) for record in page], next_page_token=token
+        )
+
+
+def _encode_page_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode()
+
+
+def _decode_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        version, _, seq = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if version != "v1":
+            raise ValueError(version)
+        return int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token is not a token this server issued", field="page_token") from exc

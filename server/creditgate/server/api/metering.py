@@ -1,0 +1,83 @@
+"""creditgate.v1.MeteringService: CheckAndDebit, CheckEntitlement, GetBalance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from creditgate.server.api import convert, validate
+from creditgate.server.api.errors import translated
+from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.model import DebitRequest
+from creditgate.v1 import metering_pb2, metering_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _debit_request(request: Any, *, dry_run: bool, request_id: str = "") -> DebitRequest:
+    return DebitRequest(
+        customer_id=validate.identifier(request.customer_id, "customer_id"),
+        feature=validate.key(request.feature, "feature"),
+        quantity=validate.quantity(request.quantity if request.HasField("quantity") else None),
+        dimensions=validate.dimensions(dict(request.dimensions)),
+        request_id=validate.optional_identifier(request_id, "request_id"),
+        dry_run=dry_run,
+    )
+
+
+class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
+    def __init__(self, engine: CreditEngine) -> None:
+        self._engine = engine
+
+    @translated
+    async def CheckAndDebit(
+        self, request: metering_pb2.CheckAndDebitRequest, context: Context
+    ) -> metering_pb2.CheckAndDebitResponse:
+        decision = await self._engine.check_and_debit(
+            _debit_request(request, dry_run=request.dry_run, request_id=request.request_id)
+        )
+        return metering_pb2.CheckAndDebitResponse(
+            allowed=decision.allowed,
+            deny_reason=_deny_reason(decision.deny_reason),
+            credits_charged=decision.credits_charged,
+            free_units_used=decision.free_units_used,
+            overage_credits=decision.overage_credits,
+            balance_after=decision.balance_after,
+            low_balance=decision.low_balance,
+            entry_id=decision.entry_id,
+            message=decision.message,
+            credits_cost=decision.credits_cost,
+        )
+
+    @translated
+    async def CheckEntitlement(
+        self, request: metering_pb2.CheckEntitlementRequest, context: Context
+    ) -> metering_pb2.CheckEntitlementResponse:
+        decision = await self._engine.check_and_debit(_debit_request(request, dry_run=True))
+        return metering_pb2.CheckEntitlementResponse(
+            allowed=decision.allowed,
+            deny_reason=_deny_reason(decision.deny_reason),
+            credits_cost=decision.credits_cost,
+            credits_to_charge=decision.credits_charged,
+            free_units_remaining=decision.free_units_remaining,
+            period_usage=decision.period_usage,
+            cap_limit=decision.cap_limit,
+            cap_usage=decision.cap_usage,
+            available_credits=decision.balance_after + decision.credits_charged
+            if decision.allowed else decision.balance_after,
+            message=decision.message,
+        )
+
+    @translated
+    async def GetBalance(
+        self, request: metering_pb2.GetBalanceRequest, context: Context
+    ) -> metering_pb2.GetBalanceResponse:
+        view = await self._engine.get_balance(validate.identifier(request.customer_id, "customer_id"))
+        return convert.balance(view)
+
+
+def _deny_reason(reason: str) -> metering_pb2.DenyReason.ValueType:
+    if not reason:
+        return metering_pb2.DENY_REASON_UNSPECIFIED
+    return metering_pb2.DenyReason.Value(f"DENY_REASON_{reason}")

@@ -1,0 +1,105 @@
+"""Wiring: build_app(settings) assembles Redis, the store, the engine, the flusher and the gRPC server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from creditgate.server.api.admin import AdminServicer
+from creditgate.server.api.metering import MeteringServicer
+from creditgate.server.catalog.holder import CatalogHolder
+from creditgate.server.clock import Clock, ManualClock, SystemClock
+from creditgate.server.embedded_redis import EmbeddedRedis
+from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.keys import KeySpace
+from creditgate.server.engine.scripts import Scripts
+from creditgate.server.errors import Unavailable
+from creditgate.server.ledger.flusher import Flusher
+from creditgate.server.ledger.store import Store, open_store
+from creditgate.server.settings import Settings
+from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
+
+log = structlog.get_logger(__name__)
+SERVICE_NAMES = (
+    metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Clock
+    redis: Redis
+    scripts: Scripts
+    store: Store
+    catalog: CatalogHolder
+    engine: CreditEngine
+    flusher: Flusher
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    embedded_redis: EmbeddedRedis | None = None
+    port: int = field(default=0)
+
+    async def start(self) -> None:
+        await self.store.open()
+        try:
+            await self.redis.ping()
+        except RedisError as exc:
+            raise Unavailable(f"cannot reach Redis: {exc}") from exc
+        await self.scripts.load()
+        await self.flusher.setup()
+        await self.catalog.load_saved()
+        if self.settings.catalog is not None:
+            version, changed = await self.catalog.apply(self.settings.catalog.read_text())
+            log.info("catalog_applied", path=str(self.settings.catalog), version=version, changed=changed)
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        await self.server.start()
+        for name in (*SERVICE_NAMES, ""):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.flusher.start()
+        log.info("serving", listen=self.settings.listen, port=self.port)
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop taking calls, let in-flight ones finish, flush the outbox, close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+        await self.flusher.stop()
+        await self.redis.aclose()
+        await self.store.close()
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+
+
+def build_app(settings: Settings, clock: Clock | None = None) -> App:
+    clock = clock or (ManualClock(SystemClock().now_ms()) if settings.clock == "manual" else SystemClock())
+    embedded = None
+    redis_url = settings.redis_url
+    if redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        embedded.start()
+        redis_url = embedded.url
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    keys = KeySpace(settings.shards)
+    store = open_store(settings.effective_database_url)
+    catalog = CatalogHolder(store, clock)
+    scripts = Scripts(redis)
+    engine = CreditEngine(redis, scripts, keys, catalog, clock, settings)
+    flusher = Flusher(
+        redis, store, keys.all_outboxes(), batch_size=settings.flush_batch_size,
+        interval_seconds=settings.flush_interval_seconds,
+        claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000),
+    )
+    server = grpc.aio.server()
+    metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(engine, catalog, store), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return App(settings, clock, redis, scripts, store, catalog, engine, flusher, server, health_servicer, embedded)

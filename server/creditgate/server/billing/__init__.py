@@ -1,0 +1,1 @@
+"""Billing time: credit periods and their grants."""

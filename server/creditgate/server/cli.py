@@ -1,0 +1,147 @@
+"""The `creditgate` command: `serve`, and the admin calls a person makes from a shell."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from creditgate.server.settings import Settings
+from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
+
+app = typer.Typer(help="creditgate: decide and charge credits before each billable action.", no_args_is_help=True)
+customer_app = typer.Typer(help="Customers.", no_args_is_help=True)
+app.add_typer(customer_app, name="customer")
+console = Console()
+Target = Annotated[str | None, typer.Option(help="host:port of the server (default: CREDITGATE_LISTEN)")]
+
+
+def main() -> None:
+    app()
+
+
+@app.command()
+def serve(catalog: Annotated[Path | None, typer.Option(help="catalog YAML applied at start")] = None) -> None:
+    """Run the sidecar (embedded Redis unless CREDITGATE_REDIS_URL is set)."""
+    from creditgate.server.logs import configure
+    from creditgate.server.serve import run
+
+    settings = Settings()
+    if catalog is not None:
+        settings = settings.model_copy(update={"catalog": catalog})
+    configure(settings.log_format)
+    run(settings)
+
+
+@contextmanager
+def _stubs(target: str | None) -> Iterator[tuple[admin_pb2_grpc.AdminServiceStub, metering_pb2_grpc.MeteringServiceStub]]:
+    with grpc.insecure_channel(target or Settings().listen) as channel:
+        try:
+            yield admin_pb2_grpc.AdminServiceStub(channel), metering_pb2_grpc.MeteringServiceStub(channel)
+        except grpc.RpcError as exc:
+            console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")  # type: ignore[attr-defined]
+            raise typer.Exit(1) from exc
+
+
+@app.command("apply-catalog")
+def apply_catalog(path: Path, target: Target = None) -> None:
+    """Apply a catalog YAML file."""
+    with _stubs(target) as (admin, _):
+        response = admin.ApplyCatalog(admin_pb2.ApplyCatalogRequest(catalog_yaml=path.read_text()))
+    console.print(f"catalog {response.version} ({'applied' if response.changed else 'unchanged'})")
+
+
+@customer_app.command("create")
+def customer_create(customer_id: str, name: str = "", target: Target = None) -> None:
+    """Create a customer."""
+    with _stubs(target) as (admin, _):
+        admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id=customer_id, name=name))
+    console.print(f"customer {customer_id} created")
+
+
+@app.command()
+def subscribe(customer_id: str, plan: str, target: Target = None) -> None:
+    """Subscribe a customer to a plan, starting now."""
+    with _stubs(target) as (admin, _):
+        response = admin.CreateSubscription(admin_pb2.CreateSubscriptionRequest(customer_id=customer_id, plan=plan))
+    console.print(f"{customer_id} on {plan}: {response.available_credits:,} credits available")
+
+
+@app.command()
+def topup(
+    customer_id: str,
+    package: Annotated[str, typer.Option(help="package key, e.g. starter")] = "",
+    credits: Annotated[int, typer.Option(help="a number of credits instead of a package")] = 0,
+    target: Target = None,
+) -> None:
+    """Top up a customer's credits with a package or a number of credits."""
+    request = admin_pb2.TopUpRequest(customer_id=customer_id, request_id=str(uuid.uuid4()))
+    if package:
+        request.package = package
+    else:
+        request.credits = credits
+    with _stubs(target) as (admin, _):
+        response = admin.TopUp(request)
+    price = f" for {response.price} {response.currency}" if response.price else ""
+    console.print(f"+{response.bucket.remaining_credits:,} credits{price}: {response.available_credits:,} available")
+
+
+@app.command()
+def debit(
+    customer_id: str,
+    feature: str,
+    quantity: int = 1,
+    dim: Annotated[list[str] | None, typer.Option(help="dimension as key=value, repeatable")] = None,
+    target: Target = None,
+) -> None:
+    """CheckAndDebit one action, as an app server would."""
+    dimensions = dict(item.split("=", 1) for item in dim or [])
+    with _stubs(target) as (_, metering):
+        response = metering.CheckAndDebit(
+            metering_pb2.CheckAndDebitRequest(
+                customer_id=customer_id, feature=feature, quantity=quantity, dimensions=dimensions,
+                request_id=str(uuid.uuid4()),
+            )
+        )
+    verdict = "[green]allowed[/green]" if response.allowed else (
+        f"[red]denied[/red] {metering_pb2.DenyReason.Name(response.deny_reason)}"
+    )
+    console.print(f"{verdict}: {response.message}")
+
+
+@app.command()
+def balance(customer_id: str, target: Target = None) -> None:
+    """Show a customer's credits, buckets and period usage."""
+    with _stubs(target) as (_, metering):
+        response = metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id=customer_id))
+    console.print(f"{customer_id}: {response.available_credits:,} credits available (plan {response.plan or '-'})")
+    table = Table("bucket", "source", "remaining", "priority", "expires")
+    for bucket in response.buckets:
+        expires = bucket.expires_at.ToDatetime().isoformat() if bucket.HasField("expires_at") else "never"
+        source = metering_pb2.BucketSource.Name(bucket.source).removeprefix("BUCKET_SOURCE_").lower()
+        table.add_row(bucket.id, source, f"{bucket.remaining_credits:,}", str(bucket.priority), expires)
+    console.print(table)
+
+
+@app.command()
+def ledger(customer_id: str, limit: int = 20, target: Target = None) -> None:
+    """List a customer's ledger entries from the durable store, newest first."""
+    with _stubs(target) as (admin, _):
+        response = admin.ListLedgerEntries(
+            admin_pb2.ListLedgerEntriesRequest(customer_id=customer_id, page_size=limit)
+        )
+    table = Table("entry", "kind", "delta", "balance", "feature", "qty", "when (UTC)")
+    for entry in response.entries:
+        kind = admin_pb2.LedgerEntryKind.Name(entry.kind).removeprefix("LEDGER_ENTRY_KIND_").lower()
+        table.add_row(
+            entry.entry_id, kind, f"{entry.credits_delta:+,}", f"{entry.balance_after:,}", entry.feature,
+            str(entry.quantity or ""), entry.create_time.ToDatetime().isoformat(timespec="seconds"),
+        )
+    console.print(table)

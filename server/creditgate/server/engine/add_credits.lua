@@ -1,0 +1,19 @@
+-- add_credits.lua: a top-up (package or credits) or a positive adjustment, as a new bucket.
+local customer_key, buckets_key, request_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, customer_id, credits = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local priority, expires_at, source = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local kind, reason, price = ARGV[7], ARGV[8], ARGV[9]
+local request_id, fingerprint, ttl = ARGV[10], ARGV[11], tonumber(ARGV[12])
+
+local replayed = replay(request_key, request_id, fingerprint)
+if replayed then return replayed end
+if redis.call('HEXISTS', customer_key, 'id') == 0 then return {'not_found'} end
+
+local live, expired = load_buckets(buckets_key, now)
+local balance = expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired,
+  sum_remaining(live) + sum_remaining(expired))
+local bucket_id = new_bucket(customer_key, buckets_key, credits, priority, expires_at, source)
+balance = balance + credits
+local entry_id = append_entry(customer_key, outbox_key, customer_id,
+  {k = kind, d = credits, b = balance, bk = bucket_id, r = reason, price = price, rq = request_id, t = now})
+return remember(request_key, request_id, fingerprint, ttl, {'ok', entry_id, balance, bucket_id})

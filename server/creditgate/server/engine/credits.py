@@ -1,0 +1,337 @@
+"""The credit engine: turns domain requests into script calls and script answers into domain values."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from creditgate.server.billing.periods import DAY_MS, NEVER, periods_started
+from creditgate.server.catalog.holder import CatalogHolder
+from creditgate.server.clock import Clock
+from creditgate.server.engine.keys import CustomerKeys, KeySpace
+from creditgate.server.engine.messages import explain
+from creditgate.server.engine.model import (
+    BalanceView,
+    BucketView,
+    CapView,
+    CreditChange,
+    CustomerView,
+    DebitRequest,
+    Decision,
+    FeatureUsageView,
+    SubscriptionView,
+)
+from creditgate.server.engine.scripts import Scripts
+from creditgate.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InternalError,
+    NotFound,
+    RequestIdReused,
+    Unavailable,
+)
+from creditgate.server.settings import Settings
+
+# A decision that finds a new period opens it and decides again; two rounds always suffice, three is slack.
+MAX_ROLLOVER_ROUNDS = 3
+
+
+def fingerprint(*parts: Any) -> str:
+    """What a request_id is bound to: the same id with other content is a different request."""
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def customer_not_found(customer_id: str) -> NotFound:
+    return NotFound(f"customer {customer_id!r} does not exist", field="customer_id", reason="CUSTOMER_NOT_FOUND")
+
+
+class CreditEngine:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, keys: KeySpace, catalog: CatalogHolder, clock: Clock,
+        settings: Settings,
+    ) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self._keys = keys
+        self._catalog = catalog
+        self._clock = clock
+        self._settings = settings
+
+    async def check_and_debit(self, request: DebitRequest) -> Decision:
+        rules = self._catalog.rules
+        rules_json, cap_scope = rules.rules_for(request.feature, request.dimensions)
+        keys = self._keys.for_customer(request.customer_id)
+        now = self._clock.now_ms()
+        args = [
+            now, request.customer_id, request.feature, request.quantity, rules_json, cap_scope,
+            "1" if request.dry_run else "0", request.request_id,
+            fingerprint("debit", request.feature, request.quantity, request.dimensions),
+            self._settings.idempotency_ttl_seconds, json.dumps(request.dimensions),
+        ]
+        script_keys = [keys.customer, keys.buckets, keys.usage, keys.request(request.request_id), keys.outbox]
+        for _ in range(MAX_ROLLOVER_ROUNDS):
+            result = await self._scripts.run("decide", script_keys, args)
+            if result[0] != "rollover":
+                break
+            await self._rollover(request.customer_id, keys, now)
+        decision = self._decision(request.customer_id, result)
+        return replace(decision, message=explain(decision, request.feature, rules))
+
+    def _decision(self, customer_id: str, result: list[Any]) -> Decision:
+        status = result[0]
+        if status == "not_found":
+            raise customer_not_found(customer_id)
+        if status == "reused":
+            raise RequestIdReused()
+        if status != "ok":
+            raise InternalError(f"decide answered {status!r}")
+        (allowed, reason, cost, charged, free_used, overage, after, low, entry_id, period_usage, free_left,
+         cap_limit, cap_usage) = result[1:]
+        return Decision(
+            allowed=bool(allowed), deny_reason=reason, credits_cost=cost, credits_charged=charged,
+            free_units_used=free_used, overage_credits=overage, balance_after=after, low_balance=bool(low),
+            entry_id=entry_id, period_usage=period_usage, free_units_remaining=free_left,
+            cap_limit=cap_limit, cap_usage=cap_usage,
+        )
+
+    async def _rollover(self, customer_id: str, keys: CustomerKeys, now: int) -> None:
+        """Open the credit periods that have started since the customer's current one."""
+        plan_key, status, anchor, index, period_end = await self._hmget(
+            keys.customer, "plan", "status", "anchor", "period_index", "period_end"
+        )
+        if status not in ("active", "pending"):
+            return
+        plan = self._catalog.rules.catalog.plans.get(plan_key)
+        if plan is None:
+            raise FailedPrecondition(
+                f"the customer's plan {plan_key!r} is no longer in the catalog", field="plan",
+                reason="PLAN_NOT_IN_CATALOG",
+            )
+        periods = periods_started(int(anchor), int(index), now)
+        if not periods:
+            return
+        encoded = json.dumps([[p.index, p.start_ms, p.end_ms, p.grants(plan)] for p in periods])
+        await self._scripts.run(
+            "rollover", [keys.customer, keys.buckets, keys.usage, keys.outbox],
+            [now, customer_id, period_end, plan_key, encoded],
+        )
+
+    async def _hmget(self, key: str, *fields: str) -> list[Any]:
+        try:
+            return list(await self._redis.hmget(key, list(fields)))
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
+
+    async def _read_customer(self, keys: CustomerKeys) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(keys.customer)
+                pipe.hgetall(keys.buckets)
+                pipe.hgetall(keys.usage)
+                customer, buckets, usage = await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
+        return customer, buckets, usage
+
+    async def _current(self, customer_id: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        """The customer's state with every started period opened."""
+        keys = self._keys.for_customer(customer_id)
+        now = self._clock.now_ms()
+        for _ in range(MAX_ROLLOVER_ROUNDS):
+            customer, buckets, usage = await self._read_customer(keys)
+            if not customer:
+                raise customer_not_found(customer_id)
+            due = customer.get("status") in ("active", "pending") and now >= int(customer["period_end"])
+            if not due:
+                return customer, buckets, usage
+            await self._rollover(customer_id, keys, now)
+        return customer, buckets, usage
+
+    async def get_balance(self, customer_id: str) -> BalanceView:
+        customer, raw_buckets, usage = await self._current(customer_id)
+        now = self._clock.now_ms()
+        buckets = sorted(
+            (bucket for bucket in (_bucket(id_, value) for id_, value in raw_buckets.items())
+             if bucket.expires_at_ms == NEVER or bucket.expires_at_ms > now),
+            key=_spending_order,
+        )
+        subscription = _subscription(customer)
+        features: list[FeatureUsageView] = []
+        if subscription is not None and subscription.status == "active":
+            features = self._feature_usage(subscription.plan, usage, now)
+        return BalanceView(
+            available=sum(bucket.remaining for bucket in buckets),
+            overage=int(usage.get("overage", 0)),
+            buckets=buckets,
+            features=features,
+            subscription=subscription,
+        )
+
+    def _feature_usage(self, plan_key: str, usage: dict[str, str], now: int) -> list[FeatureUsageView]:
+        plan = self._catalog.rules.catalog.plans.get(plan_key)
+        if plan is None:
+            return []
+        today = str(now // DAY_MS)
+        views = []
+        for feature, entitlement in plan.entitlements.items():
+            if not entitlement.enabled:
+                continue
+            used = int(usage.get(f"p|{feature}", 0))
+            caps = []
+            if entitlement.cap is not None:
+                window = today if entitlement.cap.per == "day" else "p"
+                for field, value in usage.items():
+                    kind, _, rest = field.partition("|")
+                    name, _, scope_window = rest.partition("|")
+                    scope, _, field_window = scope_window.rpartition("|")
+                    if kind == "c" and name == feature and field_window == window:
+                        caps.append(CapView(scope, int(value), entitlement.cap.limit))
+            views.append(FeatureUsageView(feature, used, max(0, entitlement.free_units - used), caps))
+        return views
+
+    async def get_customer(self, customer_id: str) -> CustomerView:
+        customer, _, _ = await self._current(customer_id)
+        return _customer(customer)
+
+    async def create_customer(self, customer_id: str, name: str, metadata: dict[str, str]) -> CustomerView:
+        keys = self._keys.for_customer(customer_id)
+        result = await self._scripts.run(
+            "create_customer", [keys.customer, keys.outbox],
+            [customer_id, name, json.dumps(metadata), self._clock.now_ms()],
+        )
+        if result[0] == "exists":
+            raise AlreadyExists(
+                f"customer {customer_id!r} already exists", field="customer_id", reason="CUSTOMER_EXISTS"
+            )
+        return await self.get_customer(customer_id)
+
+    async def subscribe(self, customer_id: str, plan_key: str, start_ms: int | None) -> tuple[SubscriptionView, int]:
+        self._catalog.rules.plan(plan_key)
+        keys = self._keys.for_customer(customer_id)
+        anchor = start_ms if start_ms is not None else self._clock.now_ms()
+        result = await self._scripts.run(
+            "subscription", [keys.customer, keys.outbox],
+            ["start", self._clock.now_ms(), customer_id, plan_key, anchor],
+        )
+        if result[0] == "not_found":
+            raise customer_not_found(customer_id)
+        if result[0] == "already_subscribed":
+            raise FailedPrecondition(
+                f"customer {customer_id!r} is already subscribed to {result[1]!r}; cancel it first",
+                field="customer_id", reason="ALREADY_SUBSCRIBED",
+            )
+        balance = await self.get_balance(customer_id)
+        assert balance.subscription is not None
+        return balance.subscription, balance.available
+
+    async def cancel(self, customer_id: str) -> SubscriptionView:
+        keys = self._keys.for_customer(customer_id)
+        result = await self._scripts.run(
+            "subscription", [keys.customer, keys.outbox], ["cancel", self._clock.now_ms(), customer_id, "", 0]
+        )
+        if result[0] == "not_found":
+            raise customer_not_found(customer_id)
+        if result[0] == "not_subscribed":
+            raise FailedPrecondition(
+                f"customer {customer_id!r} has no running subscription", field="customer_id",
+                reason="NOT_SUBSCRIBED",
+            )
+        customer, _, _ = await self._current(customer_id)
+        subscription = _subscription(customer)
+        assert subscription is not None
+        return subscription
+
+    async def top_up(
+        self, customer_id: str, package_key: str, credits: int, expires_in_days: int, request_id: str
+    ) -> CreditChange:
+        rules = self._catalog.rules
+        price, priority, reason = "", self._settings.top_up_priority, "credits"
+        if package_key:
+            package = rules.catalog.packages.get(package_key)
+            if package is None:
+                raise NotFound(
+                    f"package {package_key!r} is not in the catalog", field="package", reason="PACKAGE_NOT_FOUND"
+                )
+            credits, price, reason = package.credits, str(package.price), package_key
+            priority = package.priority if package.priority is not None else priority
+            expires_in_days = expires_in_days or (package.expires_in_days or 0)
+        now = self._clock.now_ms()
+        expires_at = now + expires_in_days * DAY_MS if expires_in_days else NEVER
+        change = await self._add_credits(
+            customer_id, credits, priority, expires_at, "topup", reason, price, request_id,
+            fingerprint("topup", package_key, credits, expires_in_days),
+        )
+        return CreditChange(change.entry_id, change.available, change.bucket, price, rules.catalog.currency)
+
+    async def adjust(self, customer_id: str, delta: int, reason: str, request_id: str) -> CreditChange:
+        print_ = fingerprint("adjust", delta, reason)
+        if delta > 0:
+            return await self._add_credits(
+                customer_id, delta, self._settings.adjustment_priority, NEVER, "adjustment", reason, "",
+                request_id, print_,
+            )
+        keys = self._keys.for_customer(customer_id)
+        result = await self._scripts.run(
+            "remove_credits", [keys.customer, keys.buckets, keys.request(request_id), keys.outbox],
+            [self._clock.now_ms(), customer_id, -delta, reason, request_id, print_,
+             self._settings.idempotency_ttl_seconds],
+        )
+        if result[0] == "insufficient":
+            raise FailedPrecondition(
+                f"cannot remove {-delta} credits: {result[1]} are available", field="delta",
+                reason="INSUFFICIENT_CREDITS",
+            )
+        return self._credit_change(customer_id, result)
+
+    async def _add_credits(
+        self, customer_id: str, credits: int, priority: int, expires_at: int, source: str, reason: str,
+        price: str, request_id: str, print_: str,
+    ) -> CreditChange:
+        keys = self._keys.for_customer(customer_id)
+        kind = "topup" if source == "topup" else "adjustment"
+        result = await self._scripts.run(
+            "add_credits", [keys.customer, keys.buckets, keys.request(request_id), keys.outbox],
+            [self._clock.now_ms(), customer_id, credits, priority, expires_at, source, kind, reason, price,
+             request_id, print_, self._settings.idempotency_ttl_seconds],
+        )
+        change = self._credit_change(customer_id, result)
+        return replace(change, bucket=BucketView(result[3], source, credits, priority, expires_at))
+
+    def _credit_change(self, customer_id: str, result: list[Any]) -> CreditChange:
+        if result[0] == "not_found":
+            raise customer_not_found(customer_id)
+        if result[0] == "reused":
+            raise RequestIdReused()
+        return CreditChange(entry_id=result[1], available=int(result[2]), bucket=None)
+
+
+def _bucket(bucket_id: str, value: str) -> BucketView:
+    remaining, priority, expires_at, source = value.split("|")
+    return BucketView(bucket_id, source, int(remaining), int(priority), int(expires_at))
+
+
+def _spending_order(bucket: BucketView) -> tuple[int, float, int]:
+    expires = bucket.expires_at_ms if bucket.expires_at_ms != NEVER else float("inf")
+    return bucket.priority, expires, int(bucket.id[1:])
+
+
+def _subscription(customer: dict[str, str]) -> SubscriptionView | None:
+    if customer.get("status", "none") == "none":
+        return None
+    return SubscriptionView(
+        plan=customer["plan"], status=customer["status"], anchor_ms=int(customer["anchor"]),
+        period_start_ms=int(customer["period_start"]), period_end_ms=int(customer["period_end"]),
+    )
+
+
+def _customer(customer: dict[str, str]) -> CustomerView:
+    return CustomerView(
+        customer_id=customer["id"], name=customer.get("name", ""),
+        metadata=json.loads(customer.get("metadata", "{}")), created_ms=int(customer.get("created_at", 0)),
+        subscription=_subscription(customer),
+    )

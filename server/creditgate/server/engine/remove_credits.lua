@@ -1,0 +1,18 @@
+-- remove_credits.lua: a negative adjustment, taken from buckets in spending order; never below zero.
+local customer_key, buckets_key, request_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, customer_id, credits, reason = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local request_id, fingerprint, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
+
+local replayed = replay(request_key, request_id, fingerprint)
+if replayed then return replayed end
+if redis.call('HEXISTS', customer_key, 'id') == 0 then return {'not_found'} end
+
+local live, expired = load_buckets(buckets_key, now)
+local balance = sum_remaining(live)
+if balance < credits then return {'insufficient', balance} end
+expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired, balance + sum_remaining(expired))
+local takes = take_credits(buckets_key, live, credits)
+balance = balance - credits
+local entry_id = append_entry(customer_key, outbox_key, customer_id,
+  {k = 'adjustment', d = -credits, b = balance, r = reason, rq = request_id, t = now, takes = takes})
+return remember(request_key, request_id, fingerprint, ttl, {'ok', entry_id, balance, ''})

@@ -1,0 +1,36 @@
+-- rollover.lua: opens the credit periods that have started, in order: expires what is due at each
+-- period's start, then issues that period's grants. A no-op ('stale') if another call got there first.
+local customer_key, buckets_key, usage_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, customer_id, expected_end, plan = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+-- {{index, start_ms, end_ms, {{credits, priority, expires_at}, ...}}, ...} computed by the caller
+local periods = cjson.decode(ARGV[5])
+
+local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end')
+if not sub[1] then return {'not_found'} end
+if sub[2] ~= plan or sub[4] ~= expected_end or (sub[3] ~= 'active' and sub[3] ~= 'pending') then
+  return {'stale'}
+end
+
+for _, period in ipairs(periods) do
+  local index, period_start, grants = period[1], period[2], period[4]
+  local live, expired = load_buckets(buckets_key, period_start)
+  local balance = expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired,
+    sum_remaining(live) + sum_remaining(expired))
+  for _, grant in ipairs(grants) do
+    local credits, priority, expires_at = grant[1], grant[2], grant[3]
+    local bucket_id = new_bucket(customer_key, buckets_key, credits, priority, expires_at, 'grant')
+    balance = balance + credits
+    append_entry(customer_key, outbox_key, customer_id,
+      {k = 'grant', d = credits, b = balance, bk = bucket_id, r = plan, pi = index, t = period_start})
+  end
+end
+
+-- The past period's usage goes; today's per-day cap counters stay.
+local today_suffix = '|' .. int(math.floor(now / 86400000))
+for _, field in ipairs(redis.call('HKEYS', usage_key)) do
+  if string.sub(field, -#today_suffix) ~= today_suffix then redis.call('HDEL', usage_key, field) end
+end
+local last = periods[#periods]
+redis.call('HSET', customer_key, 'status', 'active', 'period_index', last[1],
+  'period_start', int(last[2]), 'period_end', int(last[3]))
+return {'ok'}

@@ -1,0 +1,51 @@
+"""The one error hierarchy: adapters raise these, api/errors.py turns them into gRPC statuses."""
+
+from __future__ import annotations
+
+
+class CreditgateError(Exception):
+    """Base of every error the server answers with; `reason` becomes the ErrorInfo reason."""
+
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, *, field: str = "", reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidArgument(CreditgateError):
+    reason = "INVALID_ARGUMENT"
+
+
+class NotFound(CreditgateError):
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(CreditgateError):
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(CreditgateError):
+    reason = "FAILED_PRECONDITION"
+
+
+class Unavailable(CreditgateError):
+    """A dependency (Redis, the durable store) cannot be reached; safe to retry with the same request_id."""
+
+    reason = "UNAVAILABLE"
+
+
+class InternalError(CreditgateError):
+    reason = "INTERNAL"
+
+
+class RequestIdReused(AlreadyExists):
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "request_id was already used for a different request", field="request_id"
+        )

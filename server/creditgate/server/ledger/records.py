@@ -1,0 +1,105 @@
+"""What the outbox stream carries, parsed into the records the durable stores write."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+LEDGER_KINDS = ("grant", "topup", "debit", "expiry", "adjustment")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    customer_id: str
+    seq: int
+    kind: str
+    credits_delta: int
+    balance_after: int
+    created_ms: int
+    feature: str = ""
+    quantity: int = 0
+    dimensions: dict[str, str] = field(default_factory=dict)
+    free_units_used: int = 0
+    overage_credits: int = 0
+    bucket_id: str = ""
+    request_id: str = ""
+    reason: str = ""
+    price: str = ""
+    # Which buckets paid: [[bucket_id, credits], ...]
+    takes: list[list[Any]] = field(default_factory=list)
+
+    @property
+    def entry_id(self) -> str:
+        return f"{self.customer_id}/{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerRecord:
+    customer_id: str
+    name: str
+    metadata: dict[str, str]
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    # "<stream>/<stream entry id>": replays of the same outbox entry write nothing new.
+    source_id: str
+    customer_id: str
+    plan: str
+    status: str
+    anchor_ms: int
+    changed_ms: int
+
+
+Record = LedgerRecord | CustomerRecord | SubscriptionRecord
+
+
+def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:
+    """One outbox entry as a record; ValueError (or KeyError) if it is malformed."""
+    kind = fields["type"]
+    body = json.loads(fields["e"])
+    if kind == "ledger":
+        return _ledger(body)
+    if kind == "customer":
+        return CustomerRecord(body["c"], body["name"], _str_map(body.get("metadata")), int(body["t"]))
+    if kind == "subscription":
+        return SubscriptionRecord(
+            f"{stream}/{stream_id}", body["c"], body["plan"], body["status"], int(body["anchor"]), int(body["t"])
+        )
+    raise ValueError(f"unknown outbox entry type {kind!r}")
+
+
+def _ledger(body: dict[str, Any]) -> LedgerRecord:
+    kind = body["k"]
+    if kind not in LEDGER_KINDS:
+        raise ValueError(f"unknown ledger entry kind {kind!r}")
+    takes = body.get("takes") or []
+    return LedgerRecord(
+        customer_id=body["c"],
+        seq=int(body["n"]),
+        kind=kind,
+        credits_delta=int(body["d"]),
+        balance_after=int(body["b"]),
+        created_ms=int(body["t"]),
+        feature=body.get("f", ""),
+        quantity=int(body.get("q", 0)),
+        dimensions=_str_map(body.get("dim")),
+        free_units_used=int(body.get("fu", 0)),
+        overage_credits=int(body.get("o", 0)),
+        bucket_id=body.get("bk", ""),
+        request_id=body.get("r", "") if kind == "debit" else body.get("rq", ""),
+        reason=body.get("r", "") if kind != "debit" else "",
+        price=body.get("price", ""),
+        takes=list(takes) if isinstance(takes, list) else [],
+    )
+
+
+def _str_map(value: Any) -> dict[str, str]:
+    # cjson encodes an empty table as {} and never as a list with items here.
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("expected an object")
+    return {str(key): str(item) for key, item in value.items()}

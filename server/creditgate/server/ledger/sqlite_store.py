@@ -1,0 +1,155 @@
+"""The embedded durable store: SQLite in WAL mode, used from one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from creditgate.server.errors import Unavailable
+from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord
+from creditgate.server.ledger.store import ParkedEntry
+
+T = TypeVar("T")
+LEDGER_COLUMNS = (
+    "customer_id, seq, kind, credits_delta, balance_after, created_ms, feature, quantity, dimensions,"
+    " free_units_used, overage_credits, bucket_id, request_id, reason, price, takes"
+)
+
+
+class SqliteStore:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        # sqlite3 connections belong to one thread: every call runs on this one.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._db is not None, "store is not open"
+            return work(self._db)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"SQLite: {exc}") from exc
+
+    async def open(self) -> None:
+        def connect() -> None:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            schema = resources.files("creditgate.server.ledger").joinpath("sqlite_schema.sql").read_text()
+            db.executescript(schema)
+            db.execute("PRAGMA user_version=1")
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, connect)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(lambda db: db.close())
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+    async def write(self, records: list[Record], parked: list[ParkedEntry]) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                for record in records:
+                    _insert(db, record)
+                db.executemany(
+                    "INSERT OR IGNORE INTO parked_entries VALUES (?, ?, ?)",
+                    [(p.source_id, p.raw, p.error) for p in parked],
+                )
+
+        await self._run(work)
+
+    async def list_ledger(self, customer_id: str, limit: int, before_seq: int | None) -> list[LedgerRecord]:
+        def work(db: sqlite3.Connection) -> list[LedgerRecord]:
+            rows = db.execute(
+                f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = ? AND seq < ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (customer_id, before_seq if before_seq is not None else 2**62, limit),
+            ).fetchall()
+            return [_ledger_record(row) for row in rows]
+
+        return await self._run(work)
+
+    async def save_catalog(self, version: str, source: str, applied_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO catalog_applications (version, source, applied_ms) VALUES (?, ?, ?)",
+                (version, source, applied_ms),
+            )
+
+        await self._run(work)
+
+    async def latest_catalog(self) -> tuple[str, str] | None:
+        def work(db: sqlite3.Connection) -> tuple[str, str] | None:
+            row = db.execute(
+                "SELECT version, source FROM catalog_applications ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            return (row[0], row[1]) if row else None
+
+        return await self._run(work)
+
+    async def parked(self) -> list[ParkedEntry]:
+        def work(db: sqlite3.Connection) -> list[ParkedEntry]:
+            rows = db.execute("SELECT source_id, raw, error FROM parked_entries ORDER BY source_id").fetchall()
+            return [ParkedEntry(*row) for row in rows]
+
+        return await self._run(work)
+
+
+class _transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _insert(db: sqlite3.Connection, record: Record) -> None:
+    if isinstance(record, LedgerRecord):
+        db.execute(
+            f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+            (
+                record.customer_id, record.seq, record.kind, record.credits_delta, record.balance_after,
+                record.created_ms, record.feature, record.quantity, json.dumps(record.dimensions),
+                record.free_units_used, record.overage_credits, record.bucket_id, record.request_id,
+                record.reason, record.price, json.dumps(record.takes),
+            ),
+        )
+    elif isinstance(record, CustomerRecord):
+        db.execute(
+            "INSERT OR IGNORE INTO customers VALUES (?, ?, ?, ?)",
+            (record.customer_id, record.name, json.dumps(record.metadata), record.created_ms),
+        )
+    elif isinstance(record, SubscriptionRecord):
+        db.execute(
+            "INSERT OR IGNORE INTO subscription_changes VALUES (?, ?, ?, ?, ?, ?)",
+            (record.source_id, record.customer_id, record.plan, record.status, record.anchor_ms,
+             record.changed_ms),
+        )
+
+
+def _ledger_record(row: Any) -> LedgerRecord:
+    (customer_id, seq, kind, delta, after, created, feature, quantity, dims, free, overage, bucket,
+     request_id, reason, price, takes) = row
+    return LedgerRecord(
+        customer_id=customer_id, seq=seq, kind=kind, credits_delta=delta, balance_after=after,
+        created_ms=created, feature=feature, quantity=quantity, dimensions=json.loads(dims),
+        free_units_used=free, overage_credits=overage, bucket_id=bucket, request_id=request_id,
+        reason=reason, price=price, takes=json.loads(takes),
+    )
