@@ -6,11 +6,6 @@ from dataclasses import dataclass, field
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from creditgate.server.api.admin import AdminServicer
 from creditgate.server.api.metering import MeteringServicer
 from creditgate.server.catalog.holder import CatalogHolder
@@ -24,6 +19,11 @@ from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.store import Store, open_store
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
+from grpc_health.v1 import _async as health_aio  # published as health.aio, which type checkers cannot see
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
 SERVICE_NAMES = (
@@ -43,7 +43,7 @@ class App:
     engine: CreditEngine
     flusher: Flusher
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     embedded_redis: EmbeddedRedis | None = None
     port: int = field(default=0)
 
@@ -92,14 +92,17 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     scripts = Scripts(redis)
     engine = CreditEngine(redis, scripts, keys, catalog, clock, settings)
     flusher = Flusher(
-        redis, store, keys.all_outboxes(), batch_size=settings.flush_batch_size,
+        redis,
+        store,
+        keys.all_outboxes(),
+        batch_size=settings.flush_batch_size,
         interval_seconds=settings.flush_interval_seconds,
         claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000),
     )
     server = grpc.aio.server()
     metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(engine, catalog, store), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     return App(settings, clock, redis, scripts, store, catalog, engine, flusher, server, health_servicer, embedded)

@@ -10,11 +10,10 @@ from typing import Annotated
 
 import grpc
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(help="creditgate: decide and charge credits before each billable action.", no_args_is_help=True)
 customer_app = typer.Typer(help="Customers.", no_args_is_help=True)
@@ -41,12 +40,14 @@ def serve(catalog: Annotated[Path | None, typer.Option(help="catalog YAML applie
 
 
 @contextmanager
-def _stubs(target: str | None) -> Iterator[tuple[admin_pb2_grpc.AdminServiceStub, metering_pb2_grpc.MeteringServiceStub]]:
+def _stubs(
+    target: str | None,
+) -> Iterator[tuple[admin_pb2_grpc.AdminServiceStub, metering_pb2_grpc.MeteringServiceStub]]:
     with grpc.insecure_channel(target or Settings().listen) as channel:
         try:
             yield admin_pb2_grpc.AdminServiceStub(channel), metering_pb2_grpc.MeteringServiceStub(channel)
         except grpc.RpcError as exc:
-            console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")  # type: ignore[attr-defined]
+            console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
             raise typer.Exit(1) from exc
 
 
@@ -106,12 +107,17 @@ def debit(
     with _stubs(target) as (_, metering):
         response = metering.CheckAndDebit(
             metering_pb2.CheckAndDebitRequest(
-                customer_id=customer_id, feature=feature, quantity=quantity, dimensions=dimensions,
+                customer_id=customer_id,
+                feature=feature,
+                quantity=quantity,
+                dimensions=dimensions,
                 request_id=str(uuid.uuid4()),
             )
         )
-    verdict = "[green]allowed[/green]" if response.allowed else (
-        f"[red]denied[/red] {metering_pb2.DenyReason.Name(response.deny_reason)}"
+    verdict = (
+        "[green]allowed[/green]"
+        if response.allowed
+        else (f"[red]denied[/red] {metering_pb2.DenyReason.Name(response.deny_reason)}")
     )
     console.print(f"{verdict}: {response.message}")
 
@@ -134,14 +140,17 @@ def balance(customer_id: str, target: Target = None) -> None:
 def ledger(customer_id: str, limit: int = 20, target: Target = None) -> None:
     """List a customer's ledger entries from the durable store, newest first."""
     with _stubs(target) as (admin, _):
-        response = admin.ListLedgerEntries(
-            admin_pb2.ListLedgerEntriesRequest(customer_id=customer_id, page_size=limit)
-        )
+        response = admin.ListLedgerEntries(admin_pb2.ListLedgerEntriesRequest(customer_id=customer_id, page_size=limit))
     table = Table("entry", "kind", "delta", "balance", "feature", "qty", "when (UTC)")
     for entry in response.entries:
         kind = admin_pb2.LedgerEntryKind.Name(entry.kind).removeprefix("LEDGER_ENTRY_KIND_").lower()
         table.add_row(
-            entry.entry_id, kind, f"{entry.credits_delta:+,}", f"{entry.balance_after:,}", entry.feature,
-            str(entry.quantity or ""), entry.create_time.ToDatetime().isoformat(timespec="seconds"),
+            entry.entry_id,
+            kind,
+            f"{entry.credits_delta:+,}",
+            f"{entry.balance_after:,}",
+            entry.feature,
+            str(entry.quantity or ""),
+            entry.create_time.ToDatetime().isoformat(timespec="seconds"),
         )
     console.print(table)

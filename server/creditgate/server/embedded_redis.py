@@ -41,11 +41,26 @@ class EmbeddedRedis:
         self.socket.unlink(missing_ok=True)
         self._process = subprocess.Popen(
             [
-                redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                "--dir", str(self._dir), "--appendonly", "yes", "--appendfsync", "everysec",
-                "--save", "", "--logfile", str(self._dir / "redis.log"),
+                redis_server_binary(),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self._dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--logfile",
+                str(self._dir / "redis.log"),
             ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout_seconds
         while not self.socket.exists():

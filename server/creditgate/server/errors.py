@@ -46,6 +46,4 @@ class RequestIdReused(AlreadyExists):
     reason = "REQUEST_ID_REUSED"
 
     def __init__(self) -> None:
-        super().__init__(
-            "request_id was already used for a different request", field="request_id"
-        )
+        super().__init__("request_id was already used for a different request", field="request_id")

@@ -6,7 +6,6 @@ import asyncio
 import signal
 
 import uvloop
-
 from creditgate.server.app import build_app
 from creditgate.server.settings import Settings
 

@@ -7,7 +7,6 @@ import binascii
 from typing import Any
 
 import grpc
-
 from creditgate.server.api import convert, validate
 from creditgate.server.api.errors import translated
 from creditgate.server.catalog.holder import CatalogHolder
@@ -61,7 +60,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.CreateSubscriptionResponse:
         start_ms = request.start_time.ToMilliseconds() if request.HasField("start_time") else None
         subscription, available = await self._engine.subscribe(
-            validate.identifier(request.customer_id, "customer_id"), validate.key(request.plan, "plan"), start_ms
+            validate.identifier(request.customer_id, "customer_id"),
+            validate.key(request.plan, "plan"),
+            start_ms,
         )
         return admin_pb2.CreateSubscriptionResponse(
             subscription=convert.subscription(subscription), available_credits=available
@@ -83,13 +84,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         package = validate.key(request.package, "package") if amount == "package" else ""
         credits = validate.credits(request.credits, "credits") if amount == "credits" else 0
         change = await self._engine.top_up(
-            customer_id, package, credits, validate.days(request.expires_in_days, "expires_in_days"),
+            customer_id,
+            package,
+            credits,
+            validate.days(request.expires_in_days, "expires_in_days"),
             validate.identifier(request.request_id, "request_id"),
         )
         assert change.bucket is not None
         return admin_pb2.TopUpResponse(
-            bucket=convert.bucket(change.bucket), entry_id=change.entry_id, available_credits=change.available,
-            price=change.price, currency=change.currency,
+            bucket=convert.bucket(change.bucket),
+            entry_id=change.entry_id,
+            available_credits=change.available,
+            price=change.price,
+            currency=change.currency,
         )
 
     @translated

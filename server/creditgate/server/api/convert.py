@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from creditgate.server.engine.model import BalanceView, BucketView, CustomerView, SubscriptionView
 from creditgate.server.ledger.records import LedgerRecord
 from creditgate.v1 import admin_pb2, metering_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 
 BUCKET_SOURCES = {
     "grant": metering_pb2.BUCKET_SOURCE_PLAN_GRANT,
@@ -35,8 +34,10 @@ def timestamp(ms: int) -> Timestamp:
 
 def bucket(view: BucketView) -> metering_pb2.Bucket:
     message = metering_pb2.Bucket(
-        id=view.id, source=BUCKET_SOURCES.get(view.source, metering_pb2.BUCKET_SOURCE_UNSPECIFIED),
-        remaining_credits=view.remaining, priority=view.priority,
+        id=view.id,
+        source=BUCKET_SOURCES.get(view.source, metering_pb2.BUCKET_SOURCE_UNSPECIFIED),
+        remaining_credits=view.remaining,
+        priority=view.priority,
     )
     if view.expires_at_ms:
         message.expires_at.CopyFrom(timestamp(view.expires_at_ms))
@@ -45,11 +46,14 @@ def bucket(view: BucketView) -> metering_pb2.Bucket:
 
 def balance(view: BalanceView) -> metering_pb2.GetBalanceResponse:
     response = metering_pb2.GetBalanceResponse(
-        available_credits=view.available, reserved_credits=0, overage_credits=view.overage,
+        available_credits=view.available,
+        reserved_credits=0,
+        overage_credits=view.overage,
         buckets=[bucket(item) for item in view.buckets],
         features=[
             metering_pb2.FeatureUsage(
-                feature=usage.feature, period_usage=usage.period_usage,
+                feature=usage.feature,
+                period_usage=usage.period_usage,
                 free_units_remaining=usage.free_units_remaining,
                 caps=[metering_pb2.CapUsage(scope=cap.scope, used=cap.used, limit=cap.limit) for cap in usage.caps],
             )
@@ -65,15 +69,19 @@ def balance(view: BalanceView) -> metering_pb2.GetBalanceResponse:
 
 def subscription(view: SubscriptionView) -> admin_pb2.Subscription:
     return admin_pb2.Subscription(
-        plan=view.plan, status=SUBSCRIPTION_STATUSES.get(view.status, admin_pb2.SUBSCRIPTION_STATUS_UNSPECIFIED),
-        start_time=timestamp(view.anchor_ms), current_period_start=timestamp(view.period_start_ms),
+        plan=view.plan,
+        status=SUBSCRIPTION_STATUSES.get(view.status, admin_pb2.SUBSCRIPTION_STATUS_UNSPECIFIED),
+        start_time=timestamp(view.anchor_ms),
+        current_period_start=timestamp(view.period_start_ms),
         current_period_end=timestamp(view.period_end_ms),
     )
 
 
 def customer(view: CustomerView) -> admin_pb2.Customer:
     message = admin_pb2.Customer(
-        customer_id=view.customer_id, name=view.name, metadata=view.metadata,
+        customer_id=view.customer_id,
+        name=view.name,
+        metadata=view.metadata,
         create_time=timestamp(view.created_ms),
     )
     if view.subscription is not None:
@@ -83,10 +91,18 @@ def customer(view: CustomerView) -> admin_pb2.Customer:
 
 def ledger_entry(record: LedgerRecord) -> admin_pb2.LedgerEntry:
     return admin_pb2.LedgerEntry(
-        entry_id=record.entry_id, customer_id=record.customer_id,
+        entry_id=record.entry_id,
+        customer_id=record.customer_id,
         kind=LEDGER_KINDS.get(record.kind, admin_pb2.LEDGER_ENTRY_KIND_UNSPECIFIED),
-        credits_delta=record.credits_delta, balance_after=record.balance_after, feature=record.feature,
-        quantity=record.quantity, dimensions=record.dimensions, free_units_used=record.free_units_used,
-        overage_credits=record.overage_credits, bucket_id=record.bucket_id, request_id=record.request_id,
-        reason=record.reason, create_time=timestamp(record.created_ms),
+        credits_delta=record.credits_delta,
+        balance_after=record.balance_after,
+        feature=record.feature,
+        quantity=record.quantity,
+        dimensions=record.dimensions,
+        free_units_used=record.free_units_used,
+        overage_credits=record.overage_credits,
+        bucket_id=record.bucket_id,
+        request_id=record.request_id,
+        reason=record.reason,
+        create_time=timestamp(record.created_ms),
     )

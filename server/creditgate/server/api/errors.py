@@ -8,10 +8,6 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
-
 from creditgate.server.errors import (
     AlreadyExists,
     CreditgateError,
@@ -21,6 +17,9 @@ from creditgate.server.errors import (
     NotFound,
     Unavailable,
 )
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 DOMAIN = "creditgate.v1"
 log = structlog.get_logger(__name__)
@@ -41,9 +40,7 @@ def to_status(error: CreditgateError) -> grpc.Status:
         info.metadata["field"] = error.field
     detail = any_pb2.Any()
     detail.Pack(info)
-    status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code, message=error.message, details=[detail])
-    )
+    status: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=[detail]))
     return status
 
 
@@ -62,6 +59,6 @@ def translated(method: Handler) -> Handler:
         except Exception as exc:
             log.exception("unexpected_error", rpc=method.__name__)
             error = InternalError(f"internal error: {type(exc).__name__}")
-        await context.abort_with_status(to_status(error))
+        await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]  # grpc-stubs lags
 
     return wrapper  # type: ignore[return-value]

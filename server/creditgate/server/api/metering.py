@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-
 from creditgate.server.api import convert, validate
 from creditgate.server.api.errors import translated
 from creditgate.server.engine.credits import CreditEngine
@@ -65,7 +64,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             cap_limit=decision.cap_limit,
             cap_usage=decision.cap_usage,
             available_credits=decision.balance_after + decision.credits_charged
-            if decision.allowed else decision.balance_after,
+            if decision.allowed
+            else decision.balance_after,
             message=decision.message,
         )
 

@@ -43,7 +43,7 @@ def period(anchor_ms: int, index: int) -> Period:
 
 def periods_started(anchor_ms: int, last_index: int, now_ms: int) -> list[Period]:
     """The periods after `last_index` that have started by `now_ms`, oldest first."""
-    started = []
+    started: list[Period] = []
     index = last_index + 1
     while len(started) < MAX_PERIODS_PER_ROLLOVER:
         candidate = period(anchor_ms, index)

@@ -56,7 +56,8 @@ class RuleBook:
                 )
             if not value or len(value) > MAX_DIMENSION_VALUE:
                 raise InvalidArgument(
-                    f"dimensions[{name}] must be 1 to {MAX_DIMENSION_VALUE} characters", field=f"dimensions[{name}]"
+                    f"dimensions[{name}] must be 1 to {MAX_DIMENSION_VALUE} characters",
+                    field=f"dimensions[{name}]",
                 )
         priced_value = ""
         if compiled.priced_by is not None:

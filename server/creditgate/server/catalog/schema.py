@@ -8,9 +8,8 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
 from creditgate.server.errors import InvalidArgument
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_UNIT_COST = 1_000_000
 MAX_CATALOG_BYTES = 1 << 20
@@ -20,7 +19,7 @@ Credits = Annotated[int, Field(ge=0, le=MAX_UNIT_COST, strict=True)]
 
 def _exact_decimal(value: Any) -> Any:
     if isinstance(value, float):
-        raise ValueError("write money as a quoted decimal string, e.g. \"29.00\", never a float")
+        raise ValueError('write money as a quoted decimal string, e.g. "29.00", never a float')
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value

@@ -7,9 +7,6 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from creditgate.server.billing.periods import DAY_MS, NEVER, periods_started
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock
@@ -36,6 +33,8 @@ from creditgate.server.errors import (
     Unavailable,
 )
 from creditgate.server.settings import Settings
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 # A decision that finds a new period opens it and decides again; two rounds always suffice, three is slack.
 MAX_ROLLOVER_ROUNDS = 3
@@ -52,7 +51,12 @@ def customer_not_found(customer_id: str) -> NotFound:
 
 class CreditEngine:
     def __init__(
-        self, redis: Redis, scripts: Scripts, keys: KeySpace, catalog: CatalogHolder, clock: Clock,
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        keys: KeySpace,
+        catalog: CatalogHolder,
+        clock: Clock,
         settings: Settings,
     ) -> None:
         self._redis = redis
@@ -68,10 +72,17 @@ class CreditEngine:
         keys = self._keys.for_customer(request.customer_id)
         now = self._clock.now_ms()
         args = [
-            now, request.customer_id, request.feature, request.quantity, rules_json, cap_scope,
-            "1" if request.dry_run else "0", request.request_id,
+            now,
+            request.customer_id,
+            request.feature,
+            request.quantity,
+            rules_json,
+            cap_scope,
+            "1" if request.dry_run else "0",
+            request.request_id,
             fingerprint("debit", request.feature, request.quantity, request.dimensions),
-            self._settings.idempotency_ttl_seconds, json.dumps(request.dimensions),
+            self._settings.idempotency_ttl_seconds,
+            json.dumps(request.dimensions),
         ]
         script_keys = [keys.customer, keys.buckets, keys.usage, keys.request(request.request_id), keys.outbox]
         for _ in range(MAX_ROLLOVER_ROUNDS):
@@ -90,13 +101,35 @@ class CreditEngine:
             raise RequestIdReused()
         if status != "ok":
             raise InternalError(f"decide answered {status!r}")
-        (allowed, reason, cost, charged, free_used, overage, after, low, entry_id, period_usage, free_left,
-         cap_limit, cap_usage) = result[1:]
+        (
+            allowed,
+            reason,
+            cost,
+            charged,
+            free_used,
+            overage,
+            after,
+            low,
+            entry_id,
+            period_usage,
+            free_left,
+            cap_limit,
+            cap_usage,
+        ) = result[1:]
         return Decision(
-            allowed=bool(allowed), deny_reason=reason, credits_cost=cost, credits_charged=charged,
-            free_units_used=free_used, overage_credits=overage, balance_after=after, low_balance=bool(low),
-            entry_id=entry_id, period_usage=period_usage, free_units_remaining=free_left,
-            cap_limit=cap_limit, cap_usage=cap_usage,
+            allowed=bool(allowed),
+            deny_reason=reason,
+            credits_cost=cost,
+            credits_charged=charged,
+            free_units_used=free_used,
+            overage_credits=overage,
+            balance_after=after,
+            low_balance=bool(low),
+            entry_id=entry_id,
+            period_usage=period_usage,
+            free_units_remaining=free_left,
+            cap_limit=cap_limit,
+            cap_usage=cap_usage,
         )
 
     async def _rollover(self, customer_id: str, keys: CustomerKeys, now: int) -> None:
@@ -109,7 +142,8 @@ class CreditEngine:
         plan = self._catalog.rules.catalog.plans.get(plan_key)
         if plan is None:
             raise FailedPrecondition(
-                f"the customer's plan {plan_key!r} is no longer in the catalog", field="plan",
+                f"the customer's plan {plan_key!r} is no longer in the catalog",
+                field="plan",
                 reason="PLAN_NOT_IN_CATALOG",
             )
         periods = periods_started(int(anchor), int(index), now)
@@ -117,7 +151,8 @@ class CreditEngine:
             return
         encoded = json.dumps([[p.index, p.start_ms, p.end_ms, p.grants(plan)] for p in periods])
         await self._scripts.run(
-            "rollover", [keys.customer, keys.buckets, keys.usage, keys.outbox],
+            "rollover",
+            [keys.customer, keys.buckets, keys.usage, keys.outbox],
             [now, customer_id, period_end, plan_key, encoded],
         )
 
@@ -156,8 +191,11 @@ class CreditEngine:
         customer, raw_buckets, usage = await self._current(customer_id)
         now = self._clock.now_ms()
         buckets = sorted(
-            (bucket for bucket in (_bucket(id_, value) for id_, value in raw_buckets.items())
-             if bucket.expires_at_ms == NEVER or bucket.expires_at_ms > now),
+            (
+                bucket
+                for bucket in (_bucket(id_, value) for id_, value in raw_buckets.items())
+                if bucket.expires_at_ms == NEVER or bucket.expires_at_ms > now
+            ),
             key=_spending_order,
         )
         subscription = _subscription(customer)
@@ -201,7 +239,8 @@ class CreditEngine:
     async def create_customer(self, customer_id: str, name: str, metadata: dict[str, str]) -> CustomerView:
         keys = self._keys.for_customer(customer_id)
         result = await self._scripts.run(
-            "create_customer", [keys.customer, keys.outbox],
+            "create_customer",
+            [keys.customer, keys.outbox],
             [customer_id, name, json.dumps(metadata), self._clock.now_ms()],
         )
         if result[0] == "exists":
@@ -215,7 +254,8 @@ class CreditEngine:
         keys = self._keys.for_customer(customer_id)
         anchor = start_ms if start_ms is not None else self._clock.now_ms()
         result = await self._scripts.run(
-            "subscription", [keys.customer, keys.outbox],
+            "subscription",
+            [keys.customer, keys.outbox],
             ["start", self._clock.now_ms(), customer_id, plan_key, anchor],
         )
         if result[0] == "not_found":
@@ -223,7 +263,8 @@ class CreditEngine:
         if result[0] == "already_subscribed":
             raise FailedPrecondition(
                 f"customer {customer_id!r} is already subscribed to {result[1]!r}; cancel it first",
-                field="customer_id", reason="ALREADY_SUBSCRIBED",
+                field="customer_id",
+                reason="ALREADY_SUBSCRIBED",
             )
         balance = await self.get_balance(customer_id)
         assert balance.subscription is not None
@@ -238,7 +279,8 @@ class CreditEngine:
             raise customer_not_found(customer_id)
         if result[0] == "not_subscribed":
             raise FailedPrecondition(
-                f"customer {customer_id!r} has no running subscription", field="customer_id",
+                f"customer {customer_id!r} has no running subscription",
+                field="customer_id",
                 reason="NOT_SUBSCRIBED",
             )
         customer, _, _ = await self._current(customer_id)
@@ -255,7 +297,9 @@ class CreditEngine:
             package = rules.catalog.packages.get(package_key)
             if package is None:
                 raise NotFound(
-                    f"package {package_key!r} is not in the catalog", field="package", reason="PACKAGE_NOT_FOUND"
+                    f"package {package_key!r} is not in the catalog",
+                    field="package",
+                    reason="PACKAGE_NOT_FOUND",
                 )
             credits, price, reason = package.credits, str(package.price), package_key
             priority = package.priority if package.priority is not None else priority
@@ -263,7 +307,14 @@ class CreditEngine:
         now = self._clock.now_ms()
         expires_at = now + expires_in_days * DAY_MS if expires_in_days else NEVER
         change = await self._add_credits(
-            customer_id, credits, priority, expires_at, "topup", reason, price, request_id,
+            customer_id,
+            credits,
+            priority,
+            expires_at,
+            "topup",
+            reason,
+            price,
+            request_id,
             fingerprint("topup", package_key, credits, expires_in_days),
         )
         return CreditChange(change.entry_id, change.available, change.bucket, price, rules.catalog.currency)
@@ -272,32 +323,69 @@ class CreditEngine:
         print_ = fingerprint("adjust", delta, reason)
         if delta > 0:
             return await self._add_credits(
-                customer_id, delta, self._settings.adjustment_priority, NEVER, "adjustment", reason, "",
-                request_id, print_,
+                customer_id,
+                delta,
+                self._settings.adjustment_priority,
+                NEVER,
+                "adjustment",
+                reason,
+                "",
+                request_id,
+                print_,
             )
         keys = self._keys.for_customer(customer_id)
         result = await self._scripts.run(
-            "remove_credits", [keys.customer, keys.buckets, keys.request(request_id), keys.outbox],
-            [self._clock.now_ms(), customer_id, -delta, reason, request_id, print_,
-             self._settings.idempotency_ttl_seconds],
+            "remove_credits",
+            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox],
+            [
+                self._clock.now_ms(),
+                customer_id,
+                -delta,
+                reason,
+                request_id,
+                print_,
+                self._settings.idempotency_ttl_seconds,
+            ],
         )
         if result[0] == "insufficient":
             raise FailedPrecondition(
-                f"cannot remove {-delta} credits: {result[1]} are available", field="delta",
+                f"cannot remove {-delta} credits: {result[1]} are available",
+                field="delta",
                 reason="INSUFFICIENT_CREDITS",
             )
         return self._credit_change(customer_id, result)
 
     async def _add_credits(
-        self, customer_id: str, credits: int, priority: int, expires_at: int, source: str, reason: str,
-        price: str, request_id: str, print_: str,
+        self,
+        customer_id: str,
+        credits: int,
+        priority: int,
+        expires_at: int,
+        source: str,
+        reason: str,
+        price: str,
+        request_id: str,
+        print_: str,
     ) -> CreditChange:
         keys = self._keys.for_customer(customer_id)
         kind = "topup" if source == "topup" else "adjustment"
         result = await self._scripts.run(
-            "add_credits", [keys.customer, keys.buckets, keys.request(request_id), keys.outbox],
-            [self._clock.now_ms(), customer_id, credits, priority, expires_at, source, kind, reason, price,
-             request_id, print_, self._settings.idempotency_ttl_seconds],
+            "add_credits",
+            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox],
+            [
+                self._clock.now_ms(),
+                customer_id,
+                credits,
+                priority,
+                expires_at,
+                source,
+                kind,
+                reason,
+                price,
+                request_id,
+                print_,
+                self._settings.idempotency_ttl_seconds,
+            ],
         )
         change = self._credit_change(customer_id, result)
         return replace(change, bucket=BucketView(result[3], source, credits, priority, expires_at))
@@ -324,14 +412,19 @@ def _subscription(customer: dict[str, str]) -> SubscriptionView | None:
     if customer.get("status", "none") == "none":
         return None
     return SubscriptionView(
-        plan=customer["plan"], status=customer["status"], anchor_ms=int(customer["anchor"]),
-        period_start_ms=int(customer["period_start"]), period_end_ms=int(customer["period_end"]),
+        plan=customer["plan"],
+        status=customer["status"],
+        anchor_ms=int(customer["anchor"]),
+        period_start_ms=int(customer["period_start"]),
+        period_end_ms=int(customer["period_end"]),
     )
 
 
 def _customer(customer: dict[str, str]) -> CustomerView:
     return CustomerView(
-        customer_id=customer["id"], name=customer.get("name", ""),
-        metadata=json.loads(customer.get("metadata", "{}")), created_ms=int(customer.get("created_at", 0)),
+        customer_id=customer["id"],
+        name=customer.get("name", ""),
+        metadata=json.loads(customer.get("metadata", "{}")),
+        created_ms=int(customer.get("created_at", 0)),
         subscription=_subscription(customer),
     )

@@ -26,7 +26,9 @@ def explain(decision: Decision, feature: str, rules: RuleBook) -> str:
     offer = ""
     if package is not None:
         pack = rules.catalog.packages[package]
-        offer = f" Buy credits ({package}: {pack.credits:,} credits for {pack.price} {rules.catalog.currency}) or upgrade."
+        offer = (
+            f" Buy credits ({package}: {pack.credits:,} credits for {pack.price} {rules.catalog.currency}) or upgrade."
+        )
     return (
         f"Not enough credits: {feature} costs {decision.credits_cost} and"
         f" {decision.balance_after} are available.{offer}"

@@ -5,11 +5,10 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+from creditgate.server.errors import InternalError, Unavailable
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
-
-from creditgate.server.errors import InternalError, Unavailable
 
 SCRIPT_NAMES = (
     "decide",

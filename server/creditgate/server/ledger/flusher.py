@@ -8,15 +8,14 @@ import contextlib
 import os
 import socket
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
-
 from creditgate.server.errors import CreditgateError, Unavailable
 from creditgate.server.ledger.records import Record, parse_record
 from creditgate.server.ledger.store import ParkedEntry, Store
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
 GROUP = "flushers"
 log = structlog.get_logger(__name__)
@@ -75,7 +74,7 @@ class Flusher:
             response = await self._redis.xreadgroup(
                 GROUP, self.consumer, {stream: ">"}, count=self._batch_size - len(entries)
             )
-            for _, stream_entries in response or []:
+            for _, stream_entries in cast(list[Any], response) or []:
                 entries.extend(stream_entries)
         if not entries:
             return 0
@@ -91,7 +90,11 @@ class Flusher:
     async def _claim_stale(self, stream: str) -> list[Any]:
         """Entries another flusher read but never acknowledged (it crashed): ours now."""
         result = await self._redis.xautoclaim(
-            stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, start_id="0-0",
+            stream,
+            GROUP,
+            self.consumer,
+            min_idle_time=self._claim_idle_ms,
+            start_id="0-0",
             count=self._batch_size,
         )
         return [entry for entry in result[1] if entry[1]]

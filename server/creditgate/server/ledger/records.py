@@ -66,7 +66,12 @@ def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:
         return CustomerRecord(body["c"], body["name"], _str_map(body.get("metadata")), int(body["t"]))
     if kind == "subscription":
         return SubscriptionRecord(
-            f"{stream}/{stream_id}", body["c"], body["plan"], body["status"], int(body["anchor"]), int(body["t"])
+            f"{stream}/{stream_id}",
+            body["c"],
+            body["plan"],
+            body["status"],
+            int(body["anchor"]),
+            int(body["t"]),
         )
     raise ValueError(f"unknown outbox entry type {kind!r}")
 

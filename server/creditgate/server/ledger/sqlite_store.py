@@ -94,9 +94,7 @@ class SqliteStore:
 
     async def latest_catalog(self) -> tuple[str, str] | None:
         def work(db: sqlite3.Connection) -> tuple[str, str] | None:
-            row = db.execute(
-                "SELECT version, source FROM catalog_applications ORDER BY id DESC LIMIT 1"
-            ).fetchone()
+            row = db.execute("SELECT version, source FROM catalog_applications ORDER BY id DESC LIMIT 1").fetchone()
             return (row[0], row[1]) if row else None
 
         return await self._run(work)
@@ -125,10 +123,22 @@ def _insert(db: sqlite3.Connection, record: Record) -> None:
         db.execute(
             f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 16)})",
             (
-                record.customer_id, record.seq, record.kind, record.credits_delta, record.balance_after,
-                record.created_ms, record.feature, record.quantity, json.dumps(record.dimensions),
-                record.free_units_used, record.overage_credits, record.bucket_id, record.request_id,
-                record.reason, record.price, json.dumps(record.takes),
+                record.customer_id,
+                record.seq,
+                record.kind,
+                record.credits_delta,
+                record.balance_after,
+                record.created_ms,
+                record.feature,
+                record.quantity,
+                json.dumps(record.dimensions),
+                record.free_units_used,
+                record.overage_credits,
+                record.bucket_id,
+                record.request_id,
+                record.reason,
+                record.price,
+                json.dumps(record.takes),
             ),
         )
     elif isinstance(record, CustomerRecord):
@@ -139,17 +149,51 @@ def _insert(db: sqlite3.Connection, record: Record) -> None:
     elif isinstance(record, SubscriptionRecord):
         db.execute(
             "INSERT OR IGNORE INTO subscription_changes VALUES (?, ?, ?, ?, ?, ?)",
-            (record.source_id, record.customer_id, record.plan, record.status, record.anchor_ms,
-             record.changed_ms),
+            (
+                record.source_id,
+                record.customer_id,
+                record.plan,
+                record.status,
+                record.anchor_ms,
+                record.changed_ms,
+            ),
         )
 
 
 def _ledger_record(row: Any) -> LedgerRecord:
-    (customer_id, seq, kind, delta, after, created, feature, quantity, dims, free, overage, bucket,
-     request_id, reason, price, takes) = row
+    (
+        customer_id,
+        seq,
+        kind,
+        delta,
+        after,
+        created,
+        feature,
+        quantity,
+        dims,
+        free,
+        overage,
+        bucket,
+        request_id,
+        reason,
+        price,
+        takes,
+    ) = row
     return LedgerRecord(
-        customer_id=customer_id, seq=seq, kind=kind, credits_delta=delta, balance_after=after,
-        created_ms=created, feature=feature, quantity=quantity, dimensions=json.loads(dims),
-        free_units_used=free, overage_credits=overage, bucket_id=bucket, request_id=request_id,
-        reason=reason, price=price, takes=json.loads(takes),
+        customer_id=customer_id,
+        seq=seq,
+        kind=kind,
+        credits_delta=delta,
+        balance_after=after,
+        created_ms=created,
+        feature=feature,
+        quantity=quantity,
+        dimensions=json.loads(dims),
+        free_units_used=free,
+        overage_credits=overage,
+        bucket_id=bucket,
+        request_id=request_id,
+        reason=reason,
+        price=price,
+        takes=json.loads(takes),
     )

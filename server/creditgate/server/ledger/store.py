@@ -46,6 +46,4 @@ def open_store(url: str) -> Store:
 
     if url.startswith("sqlite:///"):
         return SqliteStore(url.removeprefix("sqlite:///"))
-    raise InvalidArgument(
-        "database_url must start with sqlite:/// (PostgreSQL is not built yet)", field="database_url"
-    )
+    raise InvalidArgument("database_url must start with sqlite:/// (PostgreSQL is not built yet)", field="database_url")
