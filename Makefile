@@ -54,7 +54,7 @@ proto: install
 check-generated: install
 	@tmp=$$(mktemp -d); \
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I proto \
-	  --python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTOS) >/dev/null; \
+	  --python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTOS) >/dev/null 2>&1; \
 	diff -r -x __init__.py -x __pycache__ $$tmp/creditgate/v1 client/python/creditgate/v1 \
 	  || { echo "generated code is stale: run 'make proto' and commit" >&2; rm -rf $$tmp; exit 1; }; \
 	rm -rf $$tmp

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from conftest import RunningServer
-
 from creditgate.v1 import admin_pb2, metering_pb2
+from harness import RunningServer
 
 
 def test_basic_plan_walkthrough_from_grant_to_denial_to_top_up(server: RunningServer) -> None:

@@ -1,0 +1,155 @@
+"""Test harness: a real redis-server on a free loopback port, and the real gRPC server in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import redis
+from creditgate.server.app import App, build_app
+from creditgate.server.clock import ManualClock
+from creditgate.server.embedded_redis import redis_server_binary
+from creditgate.server.settings import Settings
+from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+APOLLO = REPO / "examples" / "apollo.yaml"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A redis-server child process on a free loopback port."""
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+
+class RunningServer:
+    """The real app (gRPC server, flusher, SQLite) on its own event loop in a thread, with a manual clock."""
+
+    def __init__(self, settings: Settings, clock: ManualClock) -> None:
+        self.clock = clock
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.app: App = self.call(self._build(settings))
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.app.port}")
+        self.metering = metering_pb2_grpc.MeteringServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+
+    async def _build(self, settings: Settings) -> App:
+        app = build_app(settings, self.clock)
+        await app.start()
+        return app
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the server's loop (flush, store reads) and wait for it."""
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        return future.result(timeout=120)
+
+    def flush(self) -> int:
+        return self.call(self.app.flusher.drain())
+
+    def create_customer(self, customer_id: str, plan: str | None = None, start: datetime | None = None) -> None:
+        self.admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id=customer_id, name=customer_id))
+        if plan is not None:
+            request = admin_pb2.CreateSubscriptionRequest(customer_id=customer_id, plan=plan)
+            if start is not None:
+                request.start_time.FromDatetime(start)
+            self.admin.CreateSubscription(request)
+
+    def debit(
+        self, customer_id: str, feature: str, quantity: int | None = None, request_id: str = "", **dimensions: str
+    ) -> metering_pb2.CheckAndDebitResponse:
+        request = metering_pb2.CheckAndDebitRequest(
+            customer_id=customer_id, feature=feature, dimensions=dimensions, request_id=request_id
+        )
+        if quantity is not None:
+            request.quantity = quantity
+        response: metering_pb2.CheckAndDebitResponse = self.metering.CheckAndDebit(request)
+        return response
+
+    def available(self, customer_id: str) -> int:
+        response = self.metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id=customer_id))
+        return int(response.available_credits)
+
+    def ledger(self, customer_id: str) -> list[admin_pb2.LedgerEntry]:
+        """Every durable ledger entry of a customer, oldest first, after draining the outbox."""
+        self.flush()
+        entries: list[admin_pb2.LedgerEntry] = []
+        token = ""
+        while True:
+            page = self.admin.ListLedgerEntries(
+                admin_pb2.ListLedgerEntriesRequest(customer_id=customer_id, page_size=1000, page_token=token)
+            )
+            entries.extend(page.entries)
+            token = page.next_page_token
+            if not token:
+                return entries[::-1]
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.call(self.app.stop(grace_seconds=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+JAN_1 = datetime(2027, 1, 1, tzinfo=UTC)
