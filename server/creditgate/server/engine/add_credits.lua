@@ -15,5 +15,6 @@ local balance = expire_buckets(customer_key, buckets_key, outbox_key, customer_i
 local bucket_id = new_bucket(customer_key, buckets_key, credits, priority, expires_at, source)
 balance = balance + credits
 local entry_id = append_entry(customer_key, outbox_key, customer_id,
-  {k = kind, d = credits, b = balance, bk = bucket_id, r = reason, price = price, rq = request_id, t = now})
+  {k = kind, d = credits, b = balance, bk = bucket_id, bp = priority, bx = expires_at, src = source, r = reason,
+   price = price, rq = request_id, t = now})
 return remember(request_key, request_id, fingerprint, ttl, {'ok', entry_id, balance, bucket_id})

@@ -21,7 +21,8 @@ for _, period in ipairs(periods) do
     local bucket_id = new_bucket(customer_key, buckets_key, credits, priority, expires_at, 'grant')
     balance = balance + credits
     append_entry(customer_key, outbox_key, customer_id,
-      {k = 'grant', d = credits, b = balance, bk = bucket_id, r = plan, pi = index, t = period_start})
+      {k = 'grant', d = credits, b = balance, bk = bucket_id, bp = priority, bx = expires_at, r = plan, pi = index,
+       t = period_start})
   end
 end
 

@@ -26,6 +26,9 @@ class LedgerRecord:
     request_id: str = ""
     reason: str = ""
     price: str = ""
+    # For entries that create a bucket: its spending priority and expiry (0 = never), to rebuild it.
+    bucket_priority: int = 0
+    bucket_expires_ms: int = 0
     # Which buckets paid: [[bucket_id, credits], ...]
     takes: list[list[Any]] = field(default_factory=list)
 
@@ -97,6 +100,8 @@ def _ledger(body: dict[str, Any]) -> LedgerRecord:
         request_id=body.get("r", "") if kind == "debit" else body.get("rq", ""),
         reason=body.get("r", "") if kind != "debit" else "",
         price=body.get("price", ""),
+        bucket_priority=int(body.get("bp", 0)),
+        bucket_expires_ms=int(body.get("bx", 0)),
         takes=list(takes) if isinstance(takes, list) else [],
     )
 

@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS ledger_entries (
   request_id TEXT NOT NULL,
   reason TEXT NOT NULL,
   price TEXT NOT NULL,
+  bucket_priority INTEGER NOT NULL,
+  bucket_expires_ms INTEGER NOT NULL,
   takes TEXT NOT NULL,
   PRIMARY KEY (customer_id, seq)
 ) WITHOUT ROWID;

@@ -18,7 +18,7 @@ from creditgate.server.ledger.store import ParkedEntry
 T = TypeVar("T")
 LEDGER_COLUMNS = (
     "customer_id, seq, kind, credits_delta, balance_after, created_ms, feature, quantity, dimensions,"
-    " free_units_used, overage_credits, bucket_id, request_id, reason, price, takes"
+    " free_units_used, overage_credits, bucket_id, request_id, reason, price, bucket_priority, bucket_expires_ms, takes"
 )
 
 
@@ -121,7 +121,7 @@ class _transaction:
 def _insert(db: sqlite3.Connection, record: Record) -> None:
     if isinstance(record, LedgerRecord):
         db.execute(
-            f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+            f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 18)})",
             (
                 record.customer_id,
                 record.seq,
@@ -138,6 +138,8 @@ def _insert(db: sqlite3.Connection, record: Record) -> None:
                 record.request_id,
                 record.reason,
                 record.price,
+                record.bucket_priority,
+                record.bucket_expires_ms,
                 json.dumps(record.takes),
             ),
         )
@@ -177,6 +179,8 @@ def _ledger_record(row: Any) -> LedgerRecord:
         request_id,
         reason,
         price,
+        bucket_priority,
+        bucket_expires_ms,
         takes,
     ) = row
     return LedgerRecord(
@@ -195,5 +199,7 @@ def _ledger_record(row: Any) -> LedgerRecord:
         request_id=request_id,
         reason=reason,
         price=price,
+        bucket_priority=bucket_priority,
+        bucket_expires_ms=bucket_expires_ms,
         takes=json.loads(takes),
     )
