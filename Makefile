@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ROOT := $(shell id -u 2>/dev/null)
 PROTOS := $(wildcard proto/creditgate/v1/*.proto)
 
-.PHONY: run test lint proto check-generated system-deps install clean
+.PHONY: run test lint proto check-generated system-deps install clean release-proto
 
 run: install system-deps
 	$(BIN)/creditgate serve --catalog examples/apollo.yaml
@@ -21,6 +21,7 @@ lint: install $(BUF)
 	$(BIN)/ruff format --check server tests bench
 	$(BIN)/mypy server tests
 	cd proto && ../$(BUF) lint
+	cd proto && ../$(BUF) breaking --against released.binpb
 	$(MAKE) --no-print-directory check-generated
 
 install: $(STAMP)
@@ -43,6 +44,10 @@ $(BUF):
 	  if [ "$(ROOT)" = "0" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
 	  else echo "npm is needed for buf: install Node.js and npm" >&2; exit 1; fi; }
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+# Take the current proto as the released baseline `buf breaking` compares against (run when releasing).
+release-proto: $(BUF)
+	cd proto && ../$(BUF) build -o released.binpb
 
 # Regenerate the committed Python stubs from the proto.
 proto: install
