@@ -67,6 +67,14 @@ class _LedgerEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ledge
     """A bucket's remaining credits expired."""
     LEDGER_ENTRY_KIND_ADJUSTMENT: _LedgerEntryKind.ValueType  # 5
     """Credits were added or removed by hand."""
+    LEDGER_ENTRY_KIND_RESERVE: _LedgerEntryKind.ValueType  # 6
+    """Credits were held by Reserve."""
+    LEDGER_ENTRY_KIND_COMMIT: _LedgerEntryKind.ValueType  # 7
+    """A hold was settled by Commit: charged, and the rest returned."""
+    LEDGER_ENTRY_KIND_RELEASE: _LedgerEntryKind.ValueType  # 8
+    """A hold was cancelled by Release: everything returned."""
+    LEDGER_ENTRY_KIND_RESERVATION_EXPIRY: _LedgerEntryKind.ValueType  # 9
+    """A hold outlived its ttl and returned everything by itself."""
 
 class LedgerEntryKind(_LedgerEntryKind, metaclass=_LedgerEntryKindEnumTypeWrapper):
     """LedgerEntryKind says what kind of change a ledger entry records."""
@@ -83,6 +91,14 @@ LEDGER_ENTRY_KIND_EXPIRY: LedgerEntryKind.ValueType  # 4
 """A bucket's remaining credits expired."""
 LEDGER_ENTRY_KIND_ADJUSTMENT: LedgerEntryKind.ValueType  # 5
 """Credits were added or removed by hand."""
+LEDGER_ENTRY_KIND_RESERVE: LedgerEntryKind.ValueType  # 6
+"""Credits were held by Reserve."""
+LEDGER_ENTRY_KIND_COMMIT: LedgerEntryKind.ValueType  # 7
+"""A hold was settled by Commit: charged, and the rest returned."""
+LEDGER_ENTRY_KIND_RELEASE: LedgerEntryKind.ValueType  # 8
+"""A hold was cancelled by Release: everything returned."""
+LEDGER_ENTRY_KIND_RESERVATION_EXPIRY: LedgerEntryKind.ValueType  # 9
+"""A hold outlived its ttl and returned everything by itself."""
 Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
 
 @_typing.final
@@ -692,6 +708,8 @@ class LedgerEntry(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    RESERVED_DELTA_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     """"customer_id/sequence": the sequence counts a customer's entries from 1 without gaps."""
     customer_id: _builtins.str
@@ -716,6 +734,10 @@ class LedgerEntry(_message.Message):
     """The request's idempotency key, if any."""
     reason: _builtins.str
     """A human reason: adjustment reason, package key, plan key."""
+    reserved_delta: _builtins.int
+    """Change to reserved credits: positive when a hold takes credits, negative when it is settled."""
+    reservation_id: _builtins.str
+    """The hold this entry concerns (reserve, commit, release, reservation expiry)."""
     @_builtins.property
     def dimensions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Dimension values of the action (debits)."""
@@ -741,10 +763,12 @@ class LedgerEntry(_message.Message):
         request_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        reserved_delta: _builtins.int = ...,
+        reservation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after", "bucket_id", b"bucket_id", "create_time", b"create_time", "credits_delta", b"credits_delta", "customer_id", b"customer_id", "dimensions", b"dimensions", "entry_id", b"entry_id", "feature", b"feature", "free_units_used", b"free_units_used", "kind", b"kind", "overage_credits", b"overage_credits", "quantity", b"quantity", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after", "bucket_id", b"bucket_id", "create_time", b"create_time", "credits_delta", b"credits_delta", "customer_id", b"customer_id", "dimensions", b"dimensions", "entry_id", b"entry_id", "feature", b"feature", "free_units_used", b"free_units_used", "kind", b"kind", "overage_credits", b"overage_credits", "quantity", b"quantity", "reason", b"reason", "request_id", b"request_id", "reservation_id", b"reservation_id", "reserved_delta", b"reserved_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63reditgate/v1/metering.proto\x12\rcreditgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x02\n\x14\x43heckAndDebitRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x15\n\x08quantity\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12G\n\ndimensions\x18\x04 \x03(\x0b\x32\x33.creditgate.v1.CheckAndDebitRequest.DimensionsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"\x88\x02\n\x15\x43heckAndDebitResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12.\n\x0b\x64\x65ny_reason\x18\x02 \x01(\x0e\x32\x19.creditgate.v1.DenyReason\x12\x17\n\x0f\x63redits_charged\x18\x03 \x01(\x03\x12\x17\n\x0f\x66ree_units_used\x18\x04 \x01(\x03\x12\x17\n\x0foverage_credits\x18\x05 \x01(\x03\x12\x15\n\rbalance_after\x18\x06 \x01(\x03\x12\x13\n\x0blow_balance\x18\x07 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\x12\x14\n\x0c\x63redits_cost\x18\n \x01(\x03\"\xe2\x01\n\x17\x43heckEntitlementRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x15\n\x08quantity\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12J\n\ndimensions\x18\x04 \x03(\x0b\x32\x36.creditgate.v1.CheckEntitlementRequest.DimensionsEntry\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"\x92\x02\n\x18\x43heckEntitlementResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12.\n\x0b\x64\x65ny_reason\x18\x02 \x01(\x0e\x32\x19.creditgate.v1.DenyReason\x12\x14\n\x0c\x63redits_cost\x18\x03 \x01(\x03\x12\x19\n\x11\x63redits_to_charge\x18\x04 \x01(\x03\x12\x1c\n\x14\x66ree_units_remaining\x18\x05 \x01(\x03\x12\x14\n\x0cperiod_usage\x18\x06 \x01(\x03\x12\x11\n\tcap_limit\x18\x07 \x01(\x03\x12\x11\n\tcap_usage\x18\x08 \x01(\x03\x12\x19\n\x11\x61vailable_credits\x18\t \x01(\x03\x12\x0f\n\x07message\x18\n \x01(\t\"(\n\x11GetBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\x9e\x01\n\x06\x42ucket\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x06source\x18\x02 \x01(\x0e\x32\x1b.creditgate.v1.BucketSource\x12\x19\n\x11remaining_credits\x18\x03 \x01(\x03\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x08\x43\x61pUsage\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\"z\n\x0c\x46\x65\x61tureUsage\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x14\n\x0cperiod_usage\x18\x02 \x01(\x03\x12\x1c\n\x14\x66ree_units_remaining\x18\x03 \x01(\x03\x12%\n\x04\x63\x61ps\x18\x04 \x03(\x0b\x32\x17.creditgate.v1.CapUsage\"\xa9\x02\n\x12GetBalanceResponse\x12\x19\n\x11\x61vailable_credits\x18\x01 \x01(\x03\x12\x18\n\x10reserved_credits\x18\x02 \x01(\x03\x12\x17\n\x0foverage_credits\x18\x03 \x01(\x03\x12&\n\x07\x62uckets\x18\x04 \x03(\x0b\x32\x15.creditgate.v1.Bucket\x12-\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x1b.creditgate.v1.FeatureUsage\x12\x0c\n\x04plan\x18\x06 \x01(\t\x12\x30\n\x0cperiod_start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb5\x01\n\nDenyReason\x12\x1b\n\x17\x44\x45NY_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45NY_REASON_NOT_ENTITLED\x10\x01\x12\x1e\n\x1a\x44\x45NY_REASON_LIMIT_EXCEEDED\x10\x02\x12$\n DENY_REASON_INSUFFICIENT_CREDITS\x10\x03\x12&\n\"DENY_REASON_NO_ACTIVE_SUBSCRIPTION\x10\x04*\x83\x01\n\x0c\x42ucketSource\x12\x1d\n\x19\x42UCKET_SOURCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x42UCKET_SOURCE_PLAN_GRANT\x10\x01\x12\x18\n\x14\x42UCKET_SOURCE_TOP_UP\x10\x02\x12\x1c\n\x18\x42UCKET_SOURCE_ADJUSTMENT\x10\x03\x32\xa5\x02\n\x0fMeteringService\x12Z\n\rCheckAndDebit\x12#.creditgate.v1.CheckAndDebitRequest\x1a$.creditgate.v1.CheckAndDebitResponse\x12\x63\n\x10\x43heckEntitlement\x12&.creditgate.v1.CheckEntitlementRequest\x1a\'.creditgate.v1.CheckEntitlementResponse\x12Q\n\nGetBalance\x12 .creditgate.v1.GetBalanceRequest\x1a!.creditgate.v1.GetBalanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63reditgate/v1/metering.proto\x12\rcreditgate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x02\n\x14\x43heckAndDebitRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x15\n\x08quantity\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12G\n\ndimensions\x18\x04 \x03(\x0b\x32\x33.creditgate.v1.CheckAndDebitRequest.DimensionsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"\x88\x02\n\x15\x43heckAndDebitResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12.\n\x0b\x64\x65ny_reason\x18\x02 \x01(\x0e\x32\x19.creditgate.v1.DenyReason\x12\x17\n\x0f\x63redits_charged\x18\x03 \x01(\x03\x12\x17\n\x0f\x66ree_units_used\x18\x04 \x01(\x03\x12\x17\n\x0foverage_credits\x18\x05 \x01(\x03\x12\x15\n\rbalance_after\x18\x06 \x01(\x03\x12\x13\n\x0blow_balance\x18\x07 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\x12\x14\n\x0c\x63redits_cost\x18\n \x01(\x03\"\xe2\x01\n\x17\x43heckEntitlementRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x15\n\x08quantity\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12J\n\ndimensions\x18\x04 \x03(\x0b\x32\x36.creditgate.v1.CheckEntitlementRequest.DimensionsEntry\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"\x92\x02\n\x18\x43heckEntitlementResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12.\n\x0b\x64\x65ny_reason\x18\x02 \x01(\x0e\x32\x19.creditgate.v1.DenyReason\x12\x14\n\x0c\x63redits_cost\x18\x03 \x01(\x03\x12\x19\n\x11\x63redits_to_charge\x18\x04 \x01(\x03\x12\x1c\n\x14\x66ree_units_remaining\x18\x05 \x01(\x03\x12\x14\n\x0cperiod_usage\x18\x06 \x01(\x03\x12\x11\n\tcap_limit\x18\x07 \x01(\x03\x12\x11\n\tcap_usage\x18\x08 \x01(\x03\x12\x19\n\x11\x61vailable_credits\x18\t \x01(\x03\x12\x0f\n\x07message\x18\n \x01(\t\"(\n\x11GetBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\x9e\x01\n\x06\x42ucket\x12\n\n\x02id\x18\x01 \x01(\t\x12+\n\x06source\x18\x02 \x01(\x0e\x32\x1b.creditgate.v1.BucketSource\x12\x19\n\x11remaining_credits\x18\x03 \x01(\x03\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x08\x43\x61pUsage\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04used\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\"z\n\x0c\x46\x65\x61tureUsage\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x14\n\x0cperiod_usage\x18\x02 \x01(\x03\x12\x1c\n\x14\x66ree_units_remaining\x18\x03 \x01(\x03\x12%\n\x04\x63\x61ps\x18\x04 \x03(\x0b\x32\x17.creditgate.v1.CapUsage\"\xa9\x02\n\x12GetBalanceResponse\x12\x19\n\x11\x61vailable_credits\x18\x01 \x01(\x03\x12\x18\n\x10reserved_credits\x18\x02 \x01(\x03\x12\x17\n\x0foverage_credits\x18\x03 \x01(\x03\x12&\n\x07\x62uckets\x18\x04 \x03(\x0b\x32\x15.creditgate.v1.Bucket\x12-\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x1b.creditgate.v1.FeatureUsage\x12\x0c\n\x04plan\x18\x06 \x01(\t\x12\x30\n\x0cperiod_start\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x02\n\x0eReserveRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x15\n\x08quantity\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x41\n\ndimensions\x18\x04 \x03(\x0b\x32-.creditgate.v1.ReserveRequest.DimensionsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"\xc6\x02\n\x0fReserveResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12.\n\x0b\x64\x65ny_reason\x18\x02 \x01(\x0e\x32\x19.creditgate.v1.DenyReason\x12\x16\n\x0ereservation_id\x18\x03 \x01(\t\x12\x18\n\x10\x63redits_reserved\x18\x04 \x01(\x03\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x66ree_units_reserved\x18\x06 \x01(\x03\x12 \n\x18overage_credits_reserved\x18\x07 \x01(\x03\x12\x15\n\rbalance_after\x18\x08 \x01(\x03\x12\x13\n\x0blow_balance\x18\t \x01(\x08\x12\x0f\n\x07message\x18\n \x01(\t\x12\x14\n\x0c\x63redits_cost\x18\x0b \x01(\x03\"_\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x15\n\x08quantity\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x03 \x01(\tB\x0b\n\t_quantity\"\x9e\x01\n\x0e\x43ommitResponse\x12\x17\n\x0f\x63redits_charged\x18\x01 \x01(\x03\x12\x18\n\x10\x63redits_released\x18\x02 \x01(\x03\x12\x15\n\rbalance_after\x18\x03 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12\x17\n\x0foverage_credits\x18\x05 \x01(\x03\x12\x17\n\x0f\x66ree_units_used\x18\x06 \x01(\x03\"<\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"T\n\x0fReleaseResponse\x12\x18\n\x10\x63redits_released\x18\x01 \x01(\x03\x12\x15\n\rbalance_after\x18\x02 \x01(\x03\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t*\xb5\x01\n\nDenyReason\x12\x1b\n\x17\x44\x45NY_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45NY_REASON_NOT_ENTITLED\x10\x01\x12\x1e\n\x1a\x44\x45NY_REASON_LIMIT_EXCEEDED\x10\x02\x12$\n DENY_REASON_INSUFFICIENT_CREDITS\x10\x03\x12&\n\"DENY_REASON_NO_ACTIVE_SUBSCRIPTION\x10\x04*\x83\x01\n\x0c\x42ucketSource\x12\x1d\n\x19\x42UCKET_SOURCE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x42UCKET_SOURCE_PLAN_GRANT\x10\x01\x12\x18\n\x14\x42UCKET_SOURCE_TOP_UP\x10\x02\x12\x1c\n\x18\x42UCKET_SOURCE_ADJUSTMENT\x10\x03\x32\x80\x04\n\x0fMeteringService\x12Z\n\rCheckAndDebit\x12#.creditgate.v1.CheckAndDebitRequest\x1a$.creditgate.v1.CheckAndDebitResponse\x12\x63\n\x10\x43heckEntitlement\x12&.creditgate.v1.CheckEntitlementRequest\x1a\'.creditgate.v1.CheckEntitlementResponse\x12Q\n\nGetBalance\x12 .creditgate.v1.GetBalanceRequest\x1a!.creditgate.v1.GetBalanceResponse\x12H\n\x07Reserve\x12\x1d.creditgate.v1.ReserveRequest\x1a\x1e.creditgate.v1.ReserveResponse\x12\x45\n\x06\x43ommit\x12\x1c.creditgate.v1.CommitRequest\x1a\x1d.creditgate.v1.CommitResponse\x12H\n\x07Release\x12\x1d.creditgate.v1.ReleaseRequest\x1a\x1e.creditgate.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +37,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKANDDEBITREQUEST_DIMENSIONSENTRY']._serialized_options = b'8\001'
   _globals['_CHECKENTITLEMENTREQUEST_DIMENSIONSENTRY']._loaded_options = None
   _globals['_CHECKENTITLEMENTREQUEST_DIMENSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_DENYREASON']._serialized_start=1797
-  _globals['_DENYREASON']._serialized_end=1978
-  _globals['_BUCKETSOURCE']._serialized_start=1981
-  _globals['_BUCKETSOURCE']._serialized_end=2112
-  _globals['_CHECKANDDEBITREQUEST']._serialized_start=81
-  _globals['_CHECKANDDEBITREQUEST']._serialized_end=338
-  _globals['_CHECKANDDEBITREQUEST_DIMENSIONSENTRY']._serialized_start=276
-  _globals['_CHECKANDDEBITREQUEST_DIMENSIONSENTRY']._serialized_end=325
-  _globals['_CHECKANDDEBITRESPONSE']._serialized_start=341
-  _globals['_CHECKANDDEBITRESPONSE']._serialized_end=605
-  _globals['_CHECKENTITLEMENTREQUEST']._serialized_start=608
-  _globals['_CHECKENTITLEMENTREQUEST']._serialized_end=834
-  _globals['_CHECKENTITLEMENTREQUEST_DIMENSIONSENTRY']._serialized_start=276
-  _globals['_CHECKENTITLEMENTREQUEST_DIMENSIONSENTRY']._serialized_end=325
-  _globals['_CHECKENTITLEMENTRESPONSE']._serialized_start=837
-  _globals['_CHECKENTITLEMENTRESPONSE']._serialized_end=1111
-  _globals['_GETBALANCEREQUEST']._serialized_start=1113
-  _globals['_GETBALANCEREQUEST']._serialized_end=1153
-  _globals['_BUCKET']._serialized_start=1156
-  _globals['_BUCKET']._serialized_end=1314
-  _globals['_CAPUSAGE']._serialized_start=1316
-  _globals['_CAPUSAGE']._serialized_end=1370
-  _globals['_FEATUREUSAGE']._serialized_start=1372
-  _globals['_FEATUREUSAGE']._serialized_end=1494
-  _globals['_GETBALANCERESPONSE']._serialized_start=1497
-  _globals['_GETBALANCERESPONSE']._serialized_end=1794
-  _globals['_METERINGSERVICE']._serialized_start=2115
-  _globals['_METERINGSERVICE']._serialized_end=2408
+  _globals['_RESERVEREQUEST_DIMENSIONSENTRY']._loaded_options = None
+  _globals['_RESERVEREQUEST_DIMENSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_DENYREASON']._serialized_start=2835
+  _globals['_DENYREASON']._serialized_end=3016
+  _globals['_BUCKETSOURCE']._serialized_start=3019
+  _globals['_BUCKETSOURCE']._serialized_end=3150
+  _globals['_CHECKANDDEBITREQUEST']._serialized_start=113
+  _globals['_CHECKANDDEBITREQUEST']._serialized_end=370
+  _globals['_CHECKANDDEBITREQUEST_DIMENSIONSENTRY']._serialized_start=308
+  _globals['_CHECKANDDEBITREQUEST_DIMENSIONSENTRY']._serialized_end=357
+  _globals['_CHECKANDDEBITRESPONSE']._serialized_start=373
+  _globals['_CHECKANDDEBITRESPONSE']._serialized_end=637
+  _globals['_CHECKENTITLEMENTREQUEST']._serialized_start=640
+  _globals['_CHECKENTITLEMENTREQUEST']._serialized_end=866
+  _globals['_CHECKENTITLEMENTREQUEST_DIMENSIONSENTRY']._serialized_start=308
+  _globals['_CHECKENTITLEMENTREQUEST_DIMENSIONSENTRY']._serialized_end=357
+  _globals['_CHECKENTITLEMENTRESPONSE']._serialized_start=869
+  _globals['_CHECKENTITLEMENTRESPONSE']._serialized_end=1143
+  _globals['_GETBALANCEREQUEST']._serialized_start=1145
+  _globals['_GETBALANCEREQUEST']._serialized_end=1185
+  _globals['_BUCKET']._serialized_start=1188
+  _globals['_BUCKET']._serialized_end=1346
+  _globals['_CAPUSAGE']._serialized_start=1348
+  _globals['_CAPUSAGE']._serialized_end=1402
+  _globals['_FEATUREUSAGE']._serialized_start=1404
+  _globals['_FEATUREUSAGE']._serialized_end=1526
+  _globals['_GETBALANCERESPONSE']._serialized_start=1529
+  _globals['_GETBALANCERESPONSE']._serialized_end=1826
+  _globals['_RESERVEREQUEST']._serialized_start=1829
+  _globals['_RESERVEREQUEST']._serialized_end=2097
+  _globals['_RESERVEREQUEST_DIMENSIONSENTRY']._serialized_start=308
+  _globals['_RESERVEREQUEST_DIMENSIONSENTRY']._serialized_end=357
+  _globals['_RESERVERESPONSE']._serialized_start=2100
+  _globals['_RESERVERESPONSE']._serialized_end=2426
+  _globals['_COMMITREQUEST']._serialized_start=2428
+  _globals['_COMMITREQUEST']._serialized_end=2523
+  _globals['_COMMITRESPONSE']._serialized_start=2526
+  _globals['_COMMITRESPONSE']._serialized_end=2684
+  _globals['_RELEASEREQUEST']._serialized_start=2686
+  _globals['_RELEASEREQUEST']._serialized_end=2746
+  _globals['_RELEASERESPONSE']._serialized_start=2748
+  _globals['_RELEASERESPONSE']._serialized_end=2832
+  _globals['_METERINGSERVICE']._serialized_start=3153
+  _globals['_METERINGSERVICE']._serialized_end=3665
 # @@protoc_insertion_point(module_scope)

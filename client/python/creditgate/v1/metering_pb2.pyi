@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -505,3 +506,265 @@ class GetBalanceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBalanceResponse: _TypeAlias = GetBalanceResponse  # noqa: Y015
+
+@_typing.final
+class ReserveRequest(_message.Message):
+    """ReserveRequest asks to hold credits for an action in flight."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DimensionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The app's own id for the customer."""
+    feature: _builtins.str
+    """The feature key from the catalog."""
+    quantity: _builtins.int
+    """Units to hold; unset means 1. At most 1,000,000."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def dimensions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Dimension values, as in CheckAndDebit."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the hold lives before it returns its credits by itself; unset means the server's default."""
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        feature: _builtins.str = ...,
+        quantity: _builtins.int | None = ...,
+        dimensions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "quantity", b"quantity", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "customer_id", b"customer_id", "dimensions", b"dimensions", "feature", b"feature", "quantity", b"quantity", "request_id", b"request_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
+    _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quantity) -> _WhichOneofReturnType__quantity | None: ...
+
+Global___ReserveRequest: _TypeAlias = ReserveRequest  # noqa: Y015
+
+@_typing.final
+class ReserveResponse(_message.Message):
+    """ReserveResponse is the decision, and the hold when allowed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    DENY_REASON_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    CREDITS_RESERVED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    FREE_UNITS_RESERVED_FIELD_NUMBER: _builtins.int
+    OVERAGE_CREDITS_RESERVED_FIELD_NUMBER: _builtins.int
+    BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CREDITS_COST_FIELD_NUMBER: _builtins.int
+    allowed: _builtins.bool
+    """Whether the hold was placed."""
+    deny_reason: Global___DenyReason.ValueType
+    """Why it was denied; DENY_REASON_UNSPECIFIED when allowed."""
+    reservation_id: _builtins.str
+    """The hold's id ("customer_id/h<sequence>"), for Commit and Release."""
+    credits_reserved: _builtins.int
+    """Credits taken from buckets into the hold."""
+    free_units_reserved: _builtins.int
+    """Free units of the period the hold uses."""
+    overage_credits_reserved: _builtins.int
+    """Overage credits the hold records."""
+    balance_after: _builtins.int
+    """Available credits after the hold."""
+    low_balance: _builtins.bool
+    """True when the hold took the balance below the plan's low-balance threshold."""
+    message: _builtins.str
+    """A sentence for the end user."""
+    credits_cost: _builtins.int
+    """Credits the held quantity costs in total at the plan's unit cost."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the hold returns its credits if neither committed nor released."""
+
+    def __init__(
+        self,
+        *,
+        allowed: _builtins.bool = ...,
+        deny_reason: Global___DenyReason.ValueType = ...,
+        reservation_id: _builtins.str = ...,
+        credits_reserved: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        free_units_reserved: _builtins.int = ...,
+        overage_credits_reserved: _builtins.int = ...,
+        balance_after: _builtins.int = ...,
+        low_balance: _builtins.bool = ...,
+        message: _builtins.str = ...,
+        credits_cost: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "balance_after", b"balance_after", "credits_cost", b"credits_cost", "credits_reserved", b"credits_reserved", "deny_reason", b"deny_reason", "expires_at", b"expires_at", "free_units_reserved", b"free_units_reserved", "low_balance", b"low_balance", "message", b"message", "overage_credits_reserved", b"overage_credits_reserved", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveResponse: _TypeAlias = ReserveResponse  # noqa: Y015
+
+@_typing.final
+class CommitRequest(_message.Message):
+    """CommitRequest settles a hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """The hold to settle."""
+    quantity: _builtins.int
+    """The quantity actually used; unset means all that was held. More than held is refused."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        quantity: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "quantity", b"quantity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "quantity", b"quantity", "request_id", b"request_id", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
+    _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quantity) -> _WhichOneofReturnType__quantity | None: ...
+
+Global___CommitRequest: _TypeAlias = CommitRequest  # noqa: Y015
+
+@_typing.final
+class CommitResponse(_message.Message):
+    """CommitResponse says what was charged and what went back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDITS_CHARGED_FIELD_NUMBER: _builtins.int
+    CREDITS_RELEASED_FIELD_NUMBER: _builtins.int
+    BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    OVERAGE_CREDITS_FIELD_NUMBER: _builtins.int
+    FREE_UNITS_USED_FIELD_NUMBER: _builtins.int
+    credits_charged: _builtins.int
+    """Credits charged from buckets."""
+    credits_released: _builtins.int
+    """Credits returned to the buckets they came from (or expired, where that bucket expired meanwhile)."""
+    balance_after: _builtins.int
+    """Available credits after the commit."""
+    entry_id: _builtins.str
+    """The ledger entry of the commit."""
+    overage_credits: _builtins.int
+    """Overage credits charged."""
+    free_units_used: _builtins.int
+    """Free units used by the committed quantity."""
+    def __init__(
+        self,
+        *,
+        credits_charged: _builtins.int = ...,
+        credits_released: _builtins.int = ...,
+        balance_after: _builtins.int = ...,
+        entry_id: _builtins.str = ...,
+        overage_credits: _builtins.int = ...,
+        free_units_used: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after", "credits_charged", b"credits_charged", "credits_released", b"credits_released", "entry_id", b"entry_id", "free_units_used", b"free_units_used", "overage_credits", b"overage_credits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitResponse: _TypeAlias = CommitResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseRequest(_message.Message):
+    """ReleaseRequest cancels a hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    """The hold to release."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRequest: _TypeAlias = ReleaseRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseResponse(_message.Message):
+    """ReleaseResponse says what went back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDITS_RELEASED_FIELD_NUMBER: _builtins.int
+    BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    credits_released: _builtins.int
+    """Credits returned to the buckets they came from (or expired, where that bucket expired meanwhile)."""
+    balance_after: _builtins.int
+    """Available credits after the release."""
+    entry_id: _builtins.str
+    """The ledger entry of the release."""
+    def __init__(
+        self,
+        *,
+        credits_released: _builtins.int = ...,
+        balance_after: _builtins.int = ...,
+        entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_after", b"balance_after", "credits_released", b"credits_released", "entry_id", b"entry_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseResponse: _TypeAlias = ReleaseResponse  # noqa: Y015

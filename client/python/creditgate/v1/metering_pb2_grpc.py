@@ -50,6 +50,21 @@ class MeteringServiceStub:
                 request_serializer=creditgate_dot_v1_dot_metering__pb2.GetBalanceRequest.SerializeToString,
                 response_deserializer=creditgate_dot_v1_dot_metering__pb2.GetBalanceResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/creditgate.v1.MeteringService/Reserve',
+                request_serializer=creditgate_dot_v1_dot_metering__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_metering__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/creditgate.v1.MeteringService/Commit',
+                request_serializer=creditgate_dot_v1_dot_metering__pb2.CommitRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_metering__pb2.CommitResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/creditgate.v1.MeteringService/Release',
+                request_serializer=creditgate_dot_v1_dot_metering__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_metering__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -78,6 +93,27 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Reserve holds credits for an action that takes time, with the same checks and order as CheckAndDebit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Commit settles a hold for the actual quantity; what was held beyond it goes back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Release returns everything a hold took.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +131,21 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetBalance,
                     request_deserializer=creditgate_dot_v1_dot_metering__pb2.GetBalanceRequest.FromString,
                     response_serializer=creditgate_dot_v1_dot_metering__pb2.GetBalanceResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=creditgate_dot_v1_dot_metering__pb2.ReserveRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_metering__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=creditgate_dot_v1_dot_metering__pb2.CommitRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_metering__pb2.CommitResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=creditgate_dot_v1_dot_metering__pb2.ReleaseRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_metering__pb2.ReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +230,87 @@ class MeteringService:
             '/creditgate.v1.MeteringService/GetBalance',
             creditgate_dot_v1_dot_metering__pb2.GetBalanceRequest.SerializeToString,
             creditgate_dot_v1_dot_metering__pb2.GetBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.MeteringService/Reserve',
+            creditgate_dot_v1_dot_metering__pb2.ReserveRequest.SerializeToString,
+            creditgate_dot_v1_dot_metering__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.MeteringService/Commit',
+            creditgate_dot_v1_dot_metering__pb2.CommitRequest.SerializeToString,
+            creditgate_dot_v1_dot_metering__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.MeteringService/Release',
+            creditgate_dot_v1_dot_metering__pb2.ReleaseRequest.SerializeToString,
+            creditgate_dot_v1_dot_metering__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,12 @@ class MeteringServiceStub:
     """CheckEntitlement answers what CheckAndDebit would answer, and charges nothing."""
     GetBalance: _grpc.UnaryUnaryMultiCallable[_metering_pb2.GetBalanceRequest, _metering_pb2.GetBalanceResponse]
     """GetBalance returns a customer's credits, their buckets and this period's usage per feature."""
+    Reserve: _grpc.UnaryUnaryMultiCallable[_metering_pb2.ReserveRequest, _metering_pb2.ReserveResponse]
+    """Reserve holds credits for an action that takes time, with the same checks and order as CheckAndDebit."""
+    Commit: _grpc.UnaryUnaryMultiCallable[_metering_pb2.CommitRequest, _metering_pb2.CommitResponse]
+    """Commit settles a hold for the actual quantity; what was held beyond it goes back."""
+    Release: _grpc.UnaryUnaryMultiCallable[_metering_pb2.ReleaseRequest, _metering_pb2.ReleaseResponse]
+    """Release returns everything a hold took."""
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -55,6 +61,12 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """CheckEntitlement answers what CheckAndDebit would answer, and charges nothing."""
     GetBalance: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetBalanceRequest, _metering_pb2.GetBalanceResponse]  # type: ignore[assignment]
     """GetBalance returns a customer's credits, their buckets and this period's usage per feature."""
+    Reserve: _aio.UnaryUnaryMultiCallable[_metering_pb2.ReserveRequest, _metering_pb2.ReserveResponse]  # type: ignore[assignment]
+    """Reserve holds credits for an action that takes time, with the same checks and order as CheckAndDebit."""
+    Commit: _aio.UnaryUnaryMultiCallable[_metering_pb2.CommitRequest, _metering_pb2.CommitResponse]  # type: ignore[assignment]
+    """Commit settles a hold for the actual quantity; what was held beyond it goes back."""
+    Release: _aio.UnaryUnaryMultiCallable[_metering_pb2.ReleaseRequest, _metering_pb2.ReleaseResponse]  # type: ignore[assignment]
+    """Release returns everything a hold took."""
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     """MeteringService is called by app servers before each billable action."""
@@ -84,5 +96,29 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metering_pb2.GetBalanceResponse, _abc.Awaitable[_metering_pb2.GetBalanceResponse]]:
         """GetBalance returns a customer's credits, their buckets and this period's usage per feature."""
+
+    @_abc_1.abstractmethod
+    def Reserve(
+        self,
+        request: _metering_pb2.ReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.ReserveResponse, _abc.Awaitable[_metering_pb2.ReserveResponse]]:
+        """Reserve holds credits for an action that takes time, with the same checks and order as CheckAndDebit."""
+
+    @_abc_1.abstractmethod
+    def Commit(
+        self,
+        request: _metering_pb2.CommitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.CommitResponse, _abc.Awaitable[_metering_pb2.CommitResponse]]:
+        """Commit settles a hold for the actual quantity; what was held beyond it goes back."""
+
+    @_abc_1.abstractmethod
+    def Release(
+        self,
+        request: _metering_pb2.ReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.ReleaseResponse, _abc.Awaitable[_metering_pb2.ReleaseResponse]]:
+        """Release returns everything a hold took."""
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,6 +23,10 @@ LEDGER_KINDS = {
     "debit": admin_pb2.LEDGER_ENTRY_KIND_DEBIT,
     "expiry": admin_pb2.LEDGER_ENTRY_KIND_EXPIRY,
     "adjustment": admin_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
+    "reserve": admin_pb2.LEDGER_ENTRY_KIND_RESERVE,
+    "commit": admin_pb2.LEDGER_ENTRY_KIND_COMMIT,
+    "release": admin_pb2.LEDGER_ENTRY_KIND_RELEASE,
+    "hold_expiry": admin_pb2.LEDGER_ENTRY_KIND_RESERVATION_EXPIRY,
 }
 
 
@@ -105,4 +109,6 @@ def ledger_entry(record: LedgerRecord) -> admin_pb2.LedgerEntry:
         request_id=record.request_id,
         reason=record.reason,
         create_time=timestamp(record.created_ms),
+        reserved_delta=record.reserved_delta,
+        reservation_id=record.reservation_id,
     )

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-LEDGER_KINDS = ("grant", "topup", "debit", "expiry", "adjustment")
+LEDGER_KINDS = ("grant", "topup", "debit", "expiry", "adjustment", "reserve", "commit", "release", "hold_expiry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,9 @@ class LedgerRecord:
     # For entries that create a bucket: its spending priority and expiry (0 = never), to rebuild it.
     bucket_priority: int = 0
     bucket_expires_ms: int = 0
+    # Holds: the change to reserved credits (+ on reserve, - when settled) and the reservation it concerns.
+    reserved_delta: int = 0
+    reservation_id: str = ""
     # Which buckets paid: [[bucket_id, credits], ...]
     takes: list[list[Any]] = field(default_factory=list)
 
@@ -102,6 +105,8 @@ def _ledger(body: dict[str, Any]) -> LedgerRecord:
         price=body.get("price", ""),
         bucket_priority=int(body.get("bp", 0)),
         bucket_expires_ms=int(body.get("bx", 0)),
+        reserved_delta=int(body.get("rd", 0)),
+        reservation_id=body.get("hold", ""),
         takes=list(takes) if isinstance(takes, list) else [],
     )
 

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS ledger_entries (
   price TEXT NOT NULL,
   bucket_priority INTEGER NOT NULL,
   bucket_expires_ms INTEGER NOT NULL,
+  reserved_delta INTEGER NOT NULL,
+  reservation_id TEXT NOT NULL,
   takes TEXT NOT NULL,
   PRIMARY KEY (customer_id, seq)
 ) WITHOUT ROWID;

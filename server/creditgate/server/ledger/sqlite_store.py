@@ -18,7 +18,8 @@ from creditgate.server.ledger.store import ParkedEntry
 T = TypeVar("T")
 LEDGER_COLUMNS = (
     "customer_id, seq, kind, credits_delta, balance_after, created_ms, feature, quantity, dimensions,"
-    " free_units_used, overage_credits, bucket_id, request_id, reason, price, bucket_priority, bucket_expires_ms, takes"
+    " free_units_used, overage_credits, bucket_id, request_id, reason, price, bucket_priority, bucket_expires_ms,"
+    " reserved_delta, reservation_id, takes"
 )
 
 
@@ -121,7 +122,7 @@ class _transaction:
 def _insert(db: sqlite3.Connection, record: Record) -> None:
     if isinstance(record, LedgerRecord):
         db.execute(
-            f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 18)})",
+            f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 20)})",
             (
                 record.customer_id,
                 record.seq,
@@ -140,6 +141,8 @@ def _insert(db: sqlite3.Connection, record: Record) -> None:
                 record.price,
                 record.bucket_priority,
                 record.bucket_expires_ms,
+                record.reserved_delta,
+                record.reservation_id,
                 json.dumps(record.takes),
             ),
         )
@@ -181,6 +184,8 @@ def _ledger_record(row: Any) -> LedgerRecord:
         price,
         bucket_priority,
         bucket_expires_ms,
+        reserved_delta,
+        reservation_id,
         takes,
     ) = row
     return LedgerRecord(
@@ -201,5 +206,7 @@ def _ledger_record(row: Any) -> LedgerRecord:
         price=price,
         bucket_priority=bucket_priority,
         bucket_expires_ms=bucket_expires_ms,
+        reserved_delta=reserved_delta,
+        reservation_id=reservation_id,
         takes=json.loads(takes),
     )
