@@ -206,6 +206,120 @@ class CheckAndDebitResponse(_message.Message):
 Global___CheckAndDebitResponse: _TypeAlias = CheckAndDebitResponse  # noqa: Y015
 
 @_typing.final
+class CheckAndDebitBatchRequest(_message.Message):
+    """CheckAndDebitBatchRequest holds many CheckAndDebit requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckAndDebitRequest]:
+        """The actions, 1 to 1,000, decided in this order; the same request_id twice gets the first answer twice."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___CheckAndDebitRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckAndDebitBatchRequest: _TypeAlias = CheckAndDebitBatchRequest  # noqa: Y015
+
+@_typing.final
+class CheckAndDebitBatchResponse(_message.Message):
+    """CheckAndDebitBatchResponse has one result per item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckAndDebitBatchResult]:
+        """The results, in the order of the request's items."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CheckAndDebitBatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckAndDebitBatchResponse: _TypeAlias = CheckAndDebitBatchResponse  # noqa: Y015
+
+@_typing.final
+class CheckAndDebitBatchResult(_message.Message):
+    """CheckAndDebitBatchResult is one item's outcome: its decision, or why it could not be decided."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> Global___CheckAndDebitResponse:
+        """The decision, as CheckAndDebit would have answered (a denial is a decision)."""
+
+    @_builtins.property
+    def error(self) -> Global___BatchItemError:
+        """The error CheckAndDebit would have answered with; nothing was charged for this item."""
+
+    def __init__(
+        self,
+        *,
+        decision: Global___CheckAndDebitResponse | None = ...,
+        error: Global___BatchItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["decision", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___CheckAndDebitBatchResult: _TypeAlias = CheckAndDebitBatchResult  # noqa: Y015
+
+@_typing.final
+class BatchItemError(_message.Message):
+    """BatchItemError is the status one item of a batch would have failed with on its own."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code, e.g. 3 (INVALID_ARGUMENT), 5 (NOT_FOUND), 6 (ALREADY_EXISTS)."""
+    reason: _builtins.str
+    """Machine-readable reason, as in google.rpc.ErrorInfo: CUSTOMER_NOT_FOUND, REQUEST_ID_REUSED, ..."""
+    field: _builtins.str
+    """The item's field at fault, e.g. "quantity" or "dimensions[quality]"; empty when no single field is."""
+    message: _builtins.str
+    """A sentence for the developer."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        field: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchItemError: _TypeAlias = BatchItemError  # noqa: Y015
+
+@_typing.final
 class CheckEntitlementRequest(_message.Message):
     """CheckEntitlementRequest asks whether an action would be allowed."""
 

@@ -65,6 +65,11 @@ class MeteringServiceStub:
                 request_serializer=creditgate_dot_v1_dot_metering__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=creditgate_dot_v1_dot_metering__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.CheckAndDebitBatch = channel.unary_unary(
+                '/creditgate.v1.MeteringService/CheckAndDebitBatch',
+                request_serializer=creditgate_dot_v1_dot_metering__pb2.CheckAndDebitBatchRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_metering__pb2.CheckAndDebitBatchResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -114,6 +119,15 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckAndDebitBatch(self, request, context):
+        """CheckAndDebitBatch decides many actions in one call, for app servers that meter in bulk. Each item is
+        decided exactly as CheckAndDebit would decide it alone (atomic per item, its own request_id), in order.
+        An item's bad input is reported in that item's result and does not fail the call or the other items.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +160,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=creditgate_dot_v1_dot_metering__pb2.ReleaseRequest.FromString,
                     response_serializer=creditgate_dot_v1_dot_metering__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'CheckAndDebitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckAndDebitBatch,
+                    request_deserializer=creditgate_dot_v1_dot_metering__pb2.CheckAndDebitBatchRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_metering__pb2.CheckAndDebitBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +330,33 @@ class MeteringService:
             '/creditgate.v1.MeteringService/Release',
             creditgate_dot_v1_dot_metering__pb2.ReleaseRequest.SerializeToString,
             creditgate_dot_v1_dot_metering__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckAndDebitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.MeteringService/CheckAndDebitBatch',
+            creditgate_dot_v1_dot_metering__pb2.CheckAndDebitBatchRequest.SerializeToString,
+            creditgate_dot_v1_dot_metering__pb2.CheckAndDebitBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

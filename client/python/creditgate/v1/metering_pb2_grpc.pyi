@@ -47,6 +47,11 @@ class MeteringServiceStub:
     """Commit settles a hold for the actual quantity; what was held beyond it goes back."""
     Release: _grpc.UnaryUnaryMultiCallable[_metering_pb2.ReleaseRequest, _metering_pb2.ReleaseResponse]
     """Release returns everything a hold took."""
+    CheckAndDebitBatch: _grpc.UnaryUnaryMultiCallable[_metering_pb2.CheckAndDebitBatchRequest, _metering_pb2.CheckAndDebitBatchResponse]
+    """CheckAndDebitBatch decides many actions in one call, for app servers that meter in bulk. Each item is
+    decided exactly as CheckAndDebit would decide it alone (atomic per item, its own request_id), in order.
+    An item's bad input is reported in that item's result and does not fail the call or the other items.
+    """
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -67,6 +72,11 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """Commit settles a hold for the actual quantity; what was held beyond it goes back."""
     Release: _aio.UnaryUnaryMultiCallable[_metering_pb2.ReleaseRequest, _metering_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Release returns everything a hold took."""
+    CheckAndDebitBatch: _aio.UnaryUnaryMultiCallable[_metering_pb2.CheckAndDebitBatchRequest, _metering_pb2.CheckAndDebitBatchResponse]  # type: ignore[assignment]
+    """CheckAndDebitBatch decides many actions in one call, for app servers that meter in bulk. Each item is
+    decided exactly as CheckAndDebit would decide it alone (atomic per item, its own request_id), in order.
+    An item's bad input is reported in that item's result and does not fail the call or the other items.
+    """
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     """MeteringService is called by app servers before each billable action."""
@@ -120,5 +130,16 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metering_pb2.ReleaseResponse, _abc.Awaitable[_metering_pb2.ReleaseResponse]]:
         """Release returns everything a hold took."""
+
+    @_abc_1.abstractmethod
+    def CheckAndDebitBatch(
+        self,
+        request: _metering_pb2.CheckAndDebitBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.CheckAndDebitBatchResponse, _abc.Awaitable[_metering_pb2.CheckAndDebitBatchResponse]]:
+        """CheckAndDebitBatch decides many actions in one call, for app servers that meter in bulk. Each item is
+        decided exactly as CheckAndDebit would decide it alone (atomic per item, its own request_id), in order.
+        An item's bad input is reported in that item's result and does not fail the call or the other items.
+        """
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
