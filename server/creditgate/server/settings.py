@@ -5,8 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiKey(BaseModel):
+    """One accepted API key: only its SHA-256 (hex) is configured, never the key itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: frozenset[Literal["metering", "admin"]] = Field(min_length=1)
 
 
 class Settings(BaseSettings):
@@ -32,14 +42,36 @@ class Settings(BaseSettings):
     adjustment_priority: int = Field(default=30, ge=0, le=999)
     log_format: Literal["console", "json"] = "console"
     clock: Literal["system", "manual"] = "system"
+    # API keys as a JSON list of {name, sha256, scopes}; none means no auth, allowed on loopback only.
+    api_keys: tuple[ApiKey, ...] = ()
+    # A file with the same JSON list (e.g. a mounted secret); its keys are added to api_keys.
+    api_keys_file: Path | None = None
+    # TLS from PEM files; a client CA turns on mTLS (clients must present a certificate it signed).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # host:port of the Prometheus /metrics endpoint; unset means no endpoint.
+    metrics_listen: str | None = None
+    health_probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
+    health_probe_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _listen_has_port(cls, value: str) -> str:
+    def _listen_has_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError("listen must be host:port, e.g. 127.0.0.1:50051")
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file are set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        return self
 
     @property
     def effective_database_url(self) -> str:
