@@ -38,6 +38,18 @@ class Unavailable(CreditgateError):
     reason = "UNAVAILABLE"
 
 
+class Unauthenticated(CreditgateError):
+    """No API key, or one the server does not know."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(CreditgateError):
+    """A known API key without the scope the RPC needs."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class InternalError(CreditgateError):
     reason = "INTERNAL"
 

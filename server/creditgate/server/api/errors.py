@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
@@ -15,6 +16,8 @@ from creditgate.server.errors import (
     InternalError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 from google.protobuf import any_pb2
@@ -29,8 +32,13 @@ CODES: list[tuple[type[CreditgateError], int]] = [
     (AlreadyExists, code_pb2.ALREADY_EXISTS),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (Unavailable, code_pb2.UNAVAILABLE),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (InternalError, code_pb2.INTERNAL),
 ]
+
+# The error the current RPC answers with, so the call envelope (api/calls.py) can count and log its cause.
+answered_error: ContextVar[CreditgateError | None] = ContextVar("answered_error", default=None)
 
 
 def to_status(error: CreditgateError) -> grpc.Status:
@@ -59,6 +67,8 @@ def translated(method: Handler) -> Handler:
         except Exception as exc:
             log.exception("unexpected_error", rpc=method.__name__)
             error = InternalError(f"internal error: {type(exc).__name__}")
+            error.__cause__ = exc
+        answered_error.set(error)
         await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]  # grpc-stubs lags
 
     return wrapper  # type: ignore[return-value]
