@@ -23,6 +23,8 @@ from grpc_health.v1 import _async as health_aio  # published as health.aio, whic
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -85,9 +87,17 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         embedded = EmbeddedRedis(settings.data_dir / "redis")
         embedded.start()
         redis_url = embedded.url
-    redis = Redis.from_url(redis_url, decode_responses=True)
+    # No automatic retries: a command that timed out may have run, and only a retry with the same request_id
+    # (the caller's) is safe to repeat. A stuck Redis fails calls after redis_timeout_seconds.
+    redis = Redis.from_url(
+        redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+    )
     keys = KeySpace(settings.shards)
-    store = open_store(settings.effective_database_url)
+    store = open_store(settings.effective_database_url, settings.database_migration_url)
     catalog = CatalogHolder(store, clock)
     scripts = Scripts(redis)
     engine = CreditEngine(redis, scripts, keys, catalog, clock, settings)

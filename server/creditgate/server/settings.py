@@ -27,8 +27,13 @@ class Settings(BaseSettings):
     listen: str = "127.0.0.1:50051"
     # Unset: an embedded redis-server is started in data_dir.
     redis_url: str | None = None
+    # A Redis command that takes longer fails with UNAVAILABLE (safe to retry with the same request_id).
+    redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     # Unset: sqlite:///<data_dir>/creditgate.db
     database_url: str | None = None
+    # PostgreSQL only: the schema owner, who applies migrations at start and grants database_url's role
+    # SELECT and INSERT only. Unset: database_url's role owns the schema.
+    database_migration_url: str | None = None
     catalog: Path | None = None
     data_dir: Path = Path("data")
     # Customers are spread over this many Redis hash slots ({sN} tags); fixed for a deployment.

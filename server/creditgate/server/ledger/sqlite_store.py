@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from creditgate.server.errors import Unavailable
+from creditgate.server.errors import InternalError, Unavailable
 from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord
 from creditgate.server.ledger.store import ParkedEntry
 
@@ -39,6 +39,9 @@ class SqliteStore:
             return await asyncio.get_running_loop().run_in_executor(self._thread, call)
         except sqlite3.OperationalError as exc:
             raise Unavailable(f"SQLite: {exc}") from exc
+        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
+            # The data cannot be stored as it is: the flusher parks the record that causes it.
+            raise InternalError(f"SQLite rejected the batch: {exc}") from exc
 
     async def open(self) -> None:
         def connect() -> None:
@@ -81,6 +84,33 @@ class SqliteStore:
                 (customer_id, before_seq if before_seq is not None else 2**62, limit),
             ).fetchall()
             return [_ledger_record(row) for row in rows]
+
+        return await self._run(work)
+
+    async def ledger_since(self, customer_id: str, after_seq: int, limit: int) -> list[LedgerRecord]:
+        def work(db: sqlite3.Connection) -> list[LedgerRecord]:
+            rows = db.execute(
+                f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (customer_id, after_seq, limit),
+            ).fetchall()
+            return [_ledger_record(row) for row in rows]
+
+        return await self._run(work)
+
+    async def customers(self) -> list[CustomerRecord]:
+        def work(db: sqlite3.Connection) -> list[CustomerRecord]:
+            rows = db.execute("SELECT customer_id, name, metadata, created_ms FROM customers ORDER BY customer_id")
+            return [CustomerRecord(row[0], row[1], json.loads(row[2]), row[3]) for row in rows.fetchall()]
+
+        return await self._run(work)
+
+    async def subscription_changes(self) -> list[SubscriptionRecord]:
+        def work(db: sqlite3.Connection) -> list[SubscriptionRecord]:
+            rows = db.execute(
+                "SELECT source_id, customer_id, plan, status, anchor_ms, changed_ms FROM subscription_changes"
+                " ORDER BY customer_id, changed_ms, source_id"
+            )
+            return [SubscriptionRecord(*row) for row in rows.fetchall()]
 
         return await self._run(work)
 

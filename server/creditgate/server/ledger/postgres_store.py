@@ -1,0 +1,248 @@
+"""The production durable store: PostgreSQL through psycopg 3 (async pool), schema migrated by yoyo at start."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import psycopg
+import structlog
+from creditgate.server.errors import InternalError, Unavailable
+from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord
+from creditgate.server.ledger.store import ParkedEntry
+from psycopg import sql
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+log = structlog.get_logger(__name__)
+LEDGER_COLUMNS = (
+    "customer_id, seq, kind, credits_delta, balance_after, created_ms, feature, quantity, dimensions,"
+    " free_units_used, overage_credits, bucket_id, request_id, reason, price, bucket_priority, bucket_expires_ms,"
+    " reserved_delta, reservation_id, takes"
+)
+TABLES = ("catalog_applications", "customers", "subscription_changes", "ledger_entries", "parked_entries")
+INSERT_LEDGER = (
+    f"INSERT INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join(['%s'] * 20)})"
+    " ON CONFLICT (customer_id, seq) DO NOTHING"
+)
+INSERT_CUSTOMER = "INSERT INTO customers VALUES (%s, %s, %s, %s) ON CONFLICT (customer_id) DO NOTHING"
+INSERT_SUBSCRIPTION = (
+    "INSERT INTO subscription_changes VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (source_id) DO NOTHING"
+)
+INSERT_PARKED = "INSERT INTO parked_entries VALUES (%s, %s, %s) ON CONFLICT (source_id) DO NOTHING"
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+class PostgresStore:
+    """`url` is the sidecar's role (SELECT and INSERT only); `migration_url` the schema owner's, which applies
+    the migrations and grants at start (unset: the sidecar's role owns the schema and revokes its own UPDATE,
+    DELETE and TRUNCATE on the ledger)."""
+
+    def __init__(self, url: str, migration_url: str | None = None, pool_size: int = 4) -> None:
+        self._url = url
+        self._migration_url = migration_url or url
+        self._pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        )
+
+    async def open(self) -> None:
+        try:
+            await asyncio.to_thread(migrate, self._url, self._migration_url)
+            await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+            raise Unavailable(f"PostgreSQL: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
+        """A pooled connection in a transaction (committed on success); driver errors become ours."""
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+            raise Unavailable(f"PostgreSQL: {exc}") from exc
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+            # The data cannot be stored as it is: the flusher parks the record that causes it.
+            raise InternalError(f"PostgreSQL rejected the batch: {exc}") from exc
+
+    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[TupleRow]:
+        async with self._connection() as conn:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchall()
+
+    async def write(self, records: list[Record], parked: list[ParkedEntry]) -> None:
+        ledger = [_ledger_row(record) for record in records if isinstance(record, LedgerRecord)]
+        customers = [
+            (record.customer_id, record.name, Jsonb(record.metadata), record.created_ms)
+            for record in records
+            if isinstance(record, CustomerRecord)
+        ]
+        subscriptions = [
+            (r.source_id, r.customer_id, r.plan, r.status, r.anchor_ms, r.changed_ms)
+            for r in records
+            if isinstance(r, SubscriptionRecord)
+        ]
+        async with self._connection() as conn, conn.cursor() as cursor:
+            for query, rows in (
+                (INSERT_CUSTOMER, customers),
+                (INSERT_SUBSCRIPTION, subscriptions),
+                (INSERT_LEDGER, ledger),
+                (INSERT_PARKED, [(p.source_id, p.raw, p.error) for p in parked]),
+            ):
+                if rows:
+                    await cursor.executemany(query, rows)
+
+    async def list_ledger(self, customer_id: str, limit: int, before_seq: int | None) -> list[LedgerRecord]:
+        rows = await self._fetch(
+            f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = %s AND seq < %s"
+            " ORDER BY seq DESC LIMIT %s",
+            (customer_id, before_seq if before_seq is not None else 2**62, limit),
+        )
+        return [_ledger_record(row) for row in rows]
+
+    async def ledger_since(self, customer_id: str, after_seq: int, limit: int) -> list[LedgerRecord]:
+        rows = await self._fetch(
+            f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (customer_id, after_seq, limit),
+        )
+        return [_ledger_record(row) for row in rows]
+
+    async def customers(self) -> list[CustomerRecord]:
+        rows = await self._fetch("SELECT customer_id, name, metadata, created_ms FROM customers ORDER BY customer_id")
+        return [CustomerRecord(row[0], row[1], dict(row[2]), row[3]) for row in rows]
+
+    async def subscription_changes(self) -> list[SubscriptionRecord]:
+        rows = await self._fetch(
+            "SELECT source_id, customer_id, plan, status, anchor_ms, changed_ms FROM subscription_changes"
+            " ORDER BY customer_id, changed_ms, source_id"
+        )
+        return [SubscriptionRecord(*row) for row in rows]
+
+    async def save_catalog(self, version: str, source: str, applied_ms: int) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO catalog_applications (version, source, applied_ms) VALUES (%s, %s, %s)",
+                (version, source, applied_ms),
+            )
+
+    async def latest_catalog(self) -> tuple[str, str] | None:
+        rows = await self._fetch("SELECT version, source FROM catalog_applications ORDER BY id DESC LIMIT 1")
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def parked(self) -> list[ParkedEntry]:
+        rows = await self._fetch("SELECT source_id, raw, error FROM parked_entries ORDER BY source_id")
+        return [ParkedEntry(*row) for row in rows]
+
+
+def migrate(url: str, migration_url: str) -> None:
+    """Apply pending migrations as the schema owner, then give the sidecar's role what it may do (blocking)."""
+    from yoyo import get_backend, read_migrations
+
+    with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+        sidecar_role = conn.execute("SELECT current_user").fetchone()
+    assert sidecar_role is not None
+    backend = get_backend(
+        migration_url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
+            "postgres://", "postgresql+psycopg://", 1
+        )
+    )
+    try:
+        with resources.as_file(resources.files("creditgate.server.ledger") / "pg_migrations") as folder:
+            migrations = read_migrations(str(folder))
+            with backend.lock():
+                pending = backend.to_apply(migrations)
+                backend.apply_migrations(pending)
+        if pending:
+            log.info("postgres_migrated", applied=[migration.id for migration in pending])
+    finally:
+        backend.connection.close()
+    with psycopg.connect(migration_url, connect_timeout=CONNECT_TIMEOUT_SECONDS, autocommit=True) as owner:
+        owner_role = owner.execute("SELECT current_user").fetchone()
+        tables = sql.SQL(", ").join(sql.Identifier(table) for table in TABLES)
+        if owner_role == sidecar_role:
+            owner.execute("REVOKE UPDATE, DELETE, TRUNCATE ON ledger_entries FROM CURRENT_USER")
+        else:
+            owner.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(tables, sql.Identifier(sidecar_role[0])))
+
+
+def _ledger_row(record: LedgerRecord) -> tuple[Any, ...]:
+    return (
+        record.customer_id,
+        record.seq,
+        record.kind,
+        record.credits_delta,
+        record.balance_after,
+        record.created_ms,
+        record.feature,
+        record.quantity,
+        Jsonb(record.dimensions),
+        record.free_units_used,
+        record.overage_credits,
+        record.bucket_id,
+        record.request_id,
+        record.reason,
+        record.price,
+        record.bucket_priority,
+        record.bucket_expires_ms,
+        record.reserved_delta,
+        record.reservation_id,
+        Jsonb(record.takes),
+    )
+
+
+def _ledger_record(row: TupleRow) -> LedgerRecord:
+    (
+        customer_id,
+        seq,
+        kind,
+        delta,
+        after,
+        created,
+        feature,
+        quantity,
+        dims,
+        free,
+        overage,
+        bucket,
+        request_id,
+        reason,
+        price,
+        bucket_priority,
+        bucket_expires_ms,
+        reserved_delta,
+        reservation_id,
+        takes,
+    ) = row
+    return LedgerRecord(
+        customer_id=customer_id,
+        seq=seq,
+        kind=kind,
+        credits_delta=delta,
+        balance_after=after,
+        created_ms=created,
+        feature=feature,
+        quantity=quantity,
+        dimensions=dict(dims),
+        free_units_used=free,
+        overage_credits=overage,
+        bucket_id=bucket,
+        request_id=request_id,
+        reason=reason,
+        price=price,
+        bucket_priority=bucket_priority,
+        bucket_expires_ms=bucket_expires_ms,
+        reserved_delta=reserved_delta,
+        reservation_id=reservation_id,
+        takes=list(takes),
+    )
