@@ -41,8 +41,13 @@ CODES: list[tuple[type[CreditgateError], int]] = [
 answered_error: ContextVar[CreditgateError | None] = ContextVar("answered_error", default=None)
 
 
+def status_code(error: CreditgateError) -> int:
+    """The google.rpc.Code number an error is answered with."""
+    return next((code for kind, code in CODES if isinstance(error, kind)), code_pb2.INTERNAL)
+
+
 def to_status(error: CreditgateError) -> grpc.Status:
-    code = next((code for kind, code in CODES if isinstance(error, kind)), code_pb2.INTERNAL)
+    code = status_code(error)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
     if error.field:
         info.metadata["field"] = error.field

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from creditgate.server.api import convert, validate
+from creditgate.server.api import batch, convert, validate
 from creditgate.server.api.errors import translated
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.engine.model import DebitRequest
@@ -33,6 +33,15 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def CheckAndDebit(
         self, request: metering_pb2.CheckAndDebitRequest, context: Context
     ) -> metering_pb2.CheckAndDebitResponse:
+        return await self._check_and_debit(request)
+
+    @translated
+    async def CheckAndDebitBatch(
+        self, request: metering_pb2.CheckAndDebitBatchRequest, context: Context
+    ) -> metering_pb2.CheckAndDebitBatchResponse:
+        return await batch.check_and_debit_batch(request, self._check_and_debit)
+
+    async def _check_and_debit(self, request: metering_pb2.CheckAndDebitRequest) -> metering_pb2.CheckAndDebitResponse:
         decision = await self._engine.check_and_debit(
             _debit_request(request, dry_run=request.dry_run, request_id=request.request_id)
         )
