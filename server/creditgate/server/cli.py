@@ -10,6 +10,7 @@ from typing import Annotated
 
 import grpc
 import typer
+from creditgate.server.loadtest.command import loadtest
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 from rich.console import Console
@@ -24,6 +25,9 @@ Target = Annotated[str | None, typer.Option(help="host:port of the server (defau
 
 def main() -> None:
     app()
+
+
+app.command("loadtest")(loadtest)
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""`creditgate loadtest`: a multi-process gRPC load generator that checks the credits it charged."""
