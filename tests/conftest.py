@@ -1,4 +1,4 @@
-"""Shared fixtures: a real redis-server per session, and a fresh real server per test."""
+"""Shared fixtures: a real redis-server and a real PostgreSQL per session, and a fresh real server per test."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import redis
 from creditgate.server.clock import ManualClock, to_ms
 from creditgate.server.embedded_redis import redis_server_binary
 from creditgate.server.settings import Settings
-from harness import APOLLO, JAN_1, RedisServer, RunningServer
+from harness import APOLLO, JAN_1, PostgresServer, RedisServer, RunningServer
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> str:
+    """A fresh database of the session's PostgreSQL, owned by the schema owner role."""
+    return postgres_server.create_database()
 
 
 @pytest.fixture

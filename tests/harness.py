@@ -1,10 +1,15 @@
-"""Test harness: a real redis-server on a free loopback port, and the real gRPC server in a thread."""
+"""Test harness: a real redis-server and a real PostgreSQL on free loopback ports, and the real gRPC server in a
+thread."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Coroutine
@@ -14,10 +19,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
 import redis
 from creditgate.server.app import App, build_app
-from creditgate.server.clock import ManualClock
+from creditgate.server.clock import ManualClock, from_ms
 from creditgate.server.embedded_redis import redis_server_binary
+from creditgate.server.engine.keys import KeySpace
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 
@@ -82,6 +89,109 @@ class RedisServer:
             self.process.wait()
 
 
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+OWNER_ROLE = "creditgate_owner"
+SIDECAR_ROLE = "creditgate_app"
+
+
+class PostgresServer:
+    """A PostgreSQL 15 cluster in a temporary folder on a free loopback port (trust auth, fsync off).
+
+    PostgreSQL refuses to run as root: as root, initdb and postgres run as the `postgres` system user, in a
+    folder it owns under /tmp (pytest's own temporary folders are closed to other users)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="creditgate-pg-"))
+        self.data = self.workdir / "data"
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._databases = 0
+
+    def start(self) -> None:
+        if self.user is not None:
+            shutil.chown(self.workdir, self.user, self.user)
+        if not self.data.exists():
+            subprocess.run(
+                [POSTGRES_BIN / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                user=self.user,
+            )
+        self.process = subprocess.Popen(
+            [
+                POSTGRES_BIN / "postgres",
+                "-D",
+                self.data,
+                "-p",
+                str(self.port),
+                "-k",
+                self.workdir,
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "postgres.log", "ab"),  # noqa: SIM115 - the child keeps it
+            user=self.user,
+            # Its own process group, so pause() stops the postmaster and every backend at once.
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with psycopg.connect(self.url("postgres", "postgres"), connect_timeout=2):
+                    break
+            except psycopg.OperationalError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        with psycopg.connect(self.url("postgres", "postgres"), autocommit=True) as conn:
+            for role in (OWNER_ROLE, SIDECAR_ROLE):
+                if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                    conn.execute(f"CREATE ROLE {role} LOGIN")
+
+    def url(self, database: str, role: str = SIDECAR_ROLE) -> str:
+        return f"postgresql://{role}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new empty database owned by OWNER_ROLE; returns its name."""
+        self._databases += 1
+        name = f"creditgate_{self._databases}"
+        with psycopg.connect(self.url("postgres", "postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} OWNER {OWNER_ROLE}")
+        return name
+
+    def query(self, database: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query run as the superuser (what tests check or tamper with)."""
+        with psycopg.connect(self.url(database, "postgres"), autocommit=True) as conn:
+            cursor = conn.execute(sql.encode(), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def pause(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()
+            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            self.process = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 class RunningServer:
     """The real app (gRPC server, flusher, SQLite) on its own event loop in a thread, with a manual clock."""
 
@@ -104,6 +214,14 @@ class RunningServer:
         """Run a coroutine on the server's loop (flush, store reads) and wait for it."""
         future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         return future.result(timeout=120)
+
+    def clock_now(self) -> datetime:
+        return from_ms(self.clock.now_ms())
+
+    def reserved_in_redis(self, customer_id: str) -> int:
+        """The customer's reserved credits read straight from Redis, without touching the customer."""
+        key = KeySpace(self.app.settings.shards).for_customer(customer_id).customer
+        return int(self.call(self.app.redis.hget(key, "reserved")) or 0)
 
     def flush(self) -> int:
         return self.call(self.app.flusher.drain())

@@ -1,0 +1,251 @@
+"""One suite for both durable stores: SQLite and a real PostgreSQL, through the same Store interface."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from creditgate.server.errors import InternalError, InvalidArgument
+from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord
+from creditgate.server.ledger.store import ParkedEntry, Store, open_store
+from harness import OWNER_ROLE, PostgresServer
+
+T = TypeVar("T")
+
+
+class StoreUnderTest:
+    """An opened store with its own event loop, so tests read like plain calls."""
+
+    def __init__(self, kind: str, url: str, migration_url: str | None = None) -> None:
+        self.kind = kind
+        self.url = url
+        self.migration_url = migration_url
+        self.loop = asyncio.new_event_loop()
+        self.store: Store = self.open()
+
+    def open(self) -> Store:
+        store = open_store(self.url, self.migration_url)
+        self.run(store.open())
+        return store
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coroutine)
+
+    def write(self, *records: Record, parked: tuple[ParkedEntry, ...] = ()) -> None:
+        self.run(self.store.write(list(records), list(parked)))
+
+    def close(self) -> None:
+        self.run(self.store.close())
+        self.loop.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    if request.param == "sqlite":
+        under_test = StoreUnderTest("sqlite", f"sqlite:///{tmp_path / 'ledger.db'}")
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        database = request.getfixturevalue("postgres_database")
+        under_test = StoreUnderTest("postgresql", postgres.url(database), postgres.url(database, OWNER_ROLE))
+    yield under_test
+    under_test.close()
+
+
+def entry(customer_id: str, seq: int, **fields: Any) -> LedgerRecord:
+    values: dict[str, Any] = {"kind": "debit", "credits_delta": -1, "balance_after": 100 - seq, "created_ms": seq}
+    values.update(fields)
+    return LedgerRecord(customer_id=customer_id, seq=seq, **values)
+
+
+RICH_ENTRY = LedgerRecord(
+    customer_id="acme-ü",
+    seq=7,
+    kind="debit",
+    credits_delta=-2490,
+    balance_after=10,
+    created_ms=1_798_761_600_123,
+    feature="mobile_unlock",
+    quantity=249,
+    dimensions={"quality": "verified", "mailbox": "ceo@acme.io"},
+    free_units_used=3,
+    overage_credits=40,
+    bucket_id="",
+    request_id="req-1",
+    reason="",
+    price="",
+    bucket_priority=0,
+    bucket_expires_ms=0,
+    reserved_delta=-5,
+    reservation_id="acme-ü/h2",
+    takes=[["b1", 2000], ["b2", 490]],
+)
+GRANT_ENTRY = LedgerRecord(
+    customer_id="acme-ü",
+    seq=1,
+    kind="grant",
+    credits_delta=2500,
+    balance_after=2500,
+    created_ms=1_798_761_600_000,
+    bucket_id="b1",
+    reason="basic",
+    bucket_priority=10,
+    bucket_expires_ms=1_801_440_000_000,
+)
+
+
+def test_every_field_of_a_ledger_entry_reads_back_as_written(store: StoreUnderTest) -> None:
+    store.write(GRANT_ENTRY, RICH_ENTRY)
+    assert store.run(store.store.list_ledger("acme-ü", 10, None)) == [RICH_ENTRY, GRANT_ENTRY]
+    assert store.run(store.store.ledger_since("acme-ü", 0, 10)) == [GRANT_ENTRY, RICH_ENTRY]
+
+
+def test_replayed_batches_write_nothing_twice(store: StoreUnderTest) -> None:
+    batch = [entry("a", seq) for seq in range(1, 6)]
+    store.write(*batch)
+    # A flusher that crashed after the commit and before XACK writes the same batch again, plus new entries.
+    store.write(*batch, entry("a", 6), entry("b", 1))
+    store.write(*batch)
+    assert [record.seq for record in store.run(store.store.ledger_since("a", 0, 100))] == [1, 2, 3, 4, 5, 6]
+    assert len(store.run(store.store.ledger_since("b", 0, 100))) == 1
+
+
+@pytest.mark.parametrize(
+    ("limit", "before_seq", "after_seq", "newest_first", "oldest_first"),
+    [
+        (3, None, 0, [10, 9, 8], [1, 2, 3]),
+        (3, 8, 7, [7, 6, 5], [8, 9, 10]),
+        (100, 2, 10, [1], []),
+        (1, 1, 9, [], [10]),
+    ],
+)
+def test_ledger_pages_in_both_directions(
+    store: StoreUnderTest,
+    limit: int,
+    before_seq: int | None,
+    after_seq: int,
+    newest_first: list[int],
+    oldest_first: list[int],
+) -> None:
+    store.write(*[entry("a", seq) for seq in range(1, 11)], entry("other", 1))
+    assert [r.seq for r in store.run(store.store.list_ledger("a", limit, before_seq))] == newest_first
+    assert [r.seq for r in store.run(store.store.ledger_since("a", after_seq, limit))] == oldest_first
+
+
+def test_customers_and_subscription_changes_read_back_in_order(store: StoreUnderTest) -> None:
+    customers = [CustomerRecord("b", "B Inc", {}, 2), CustomerRecord("a", "Ä Inc", {"tier": "gold"}, 1)]
+    changes = [
+        SubscriptionRecord("cg:{s1}:outbox/1-0", "a", "basic", "pending", 100, 100),
+        SubscriptionRecord("cg:{s1}:outbox/5-0", "a", "basic", "canceled", 100, 500),
+        SubscriptionRecord("cg:{s1}:outbox/6-0", "a", "professional", "pending", 600, 600),
+        SubscriptionRecord("cg:{s2}:outbox/3-0", "b", "basic", "pending", 300, 300),
+    ]
+    store.write(*customers, *changes[::-1])
+    store.write(customers[0], changes[0])
+    assert store.run(store.store.customers()) == customers[::-1]
+    assert store.run(store.store.subscription_changes()) == changes
+
+
+def test_the_latest_catalog_wins(store: StoreUnderTest) -> None:
+    assert store.run(store.store.latest_catalog()) is None
+    store.run(store.store.save_catalog("v1", "currency: USD", 1))
+    store.run(store.store.save_catalog("v2", "currency: EUR", 2))
+    assert store.run(store.store.latest_catalog()) == ("v2", "currency: EUR")
+
+
+def test_parked_entries_are_kept_once(store: StoreUnderTest) -> None:
+    poison = ParkedEntry("cg:{s0}:outbox/9-0", "{'type': 'ledger', 'e': '{'}", "JSONDecodeError(...)")
+    store.write(entry("a", 1), parked=(poison,))
+    store.write(parked=(poison,))
+    assert store.run(store.store.parked()) == [poison]
+
+
+def test_a_record_the_store_cannot_hold_fails_the_batch_as_internal_and_writes_nothing(
+    store: StoreUnderTest,
+) -> None:
+    with pytest.raises(InternalError):
+        store.write(entry("a", 1), entry("a", 2, balance_after=2**70))
+    assert store.run(store.store.ledger_since("a", 0, 10)) == []
+
+
+def test_reopening_applies_the_schema_once_and_keeps_the_data(store: StoreUnderTest) -> None:
+    store.write(entry("a", 1))
+    store.run(store.store.close())
+    store.store = store.open()
+    assert len(store.run(store.store.ledger_since("a", 0, 10))) == 1
+
+
+def test_an_unknown_database_url_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        open_store("mysql://localhost/creditgate")
+    assert raised.value.field == "database_url"
+
+
+SQLITE_TAMPERING = [
+    "UPDATE ledger_entries SET credits_delta = 1000",
+    "DELETE FROM ledger_entries",
+]
+
+
+@pytest.mark.parametrize("statement", SQLITE_TAMPERING)
+def test_sqlite_ledger_refuses_edits(tmp_path: Path, statement: str) -> None:
+    under_test = StoreUnderTest("sqlite", f"sqlite:///{tmp_path / 'ledger.db'}")
+    under_test.write(entry("a", 1))
+    under_test.close()
+    with sqlite3.connect(tmp_path / "ledger.db") as db, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.execute(statement)
+
+
+@pytest.mark.parametrize(
+    ("role", "statement", "error"),
+    [
+        # The sidecar's role was granted SELECT and INSERT only.
+        ("creditgate_app", "UPDATE ledger_entries SET credits_delta = 1000", "permission denied"),
+        ("creditgate_app", "DELETE FROM ledger_entries", "permission denied"),
+        ("creditgate_app", "TRUNCATE ledger_entries", "permission denied"),
+        ("creditgate_app", "UPDATE customers SET name = 'x'", "permission denied"),
+        # The owner may hold every privilege; the triggers still refuse.
+        (OWNER_ROLE, "UPDATE ledger_entries SET credits_delta = 1000", "append-only"),
+        (OWNER_ROLE, "DELETE FROM ledger_entries", "append-only"),
+        (OWNER_ROLE, "TRUNCATE ledger_entries", "append-only"),
+    ],
+)
+def test_postgres_ledger_refuses_edits(
+    postgres_server: PostgresServer, postgres_database: str, role: str, statement: str, error: str
+) -> None:
+    under_test = StoreUnderTest(
+        "postgresql", postgres_server.url(postgres_database), postgres_server.url(postgres_database, OWNER_ROLE)
+    )
+    under_test.write(entry("a", 1), CustomerRecord("a", "A", {}, 1))
+    under_test.close()
+    if role == OWNER_ROLE:
+        # Give the owner back what the single-role set-up revokes, to show the trigger alone holds.
+        postgres_server.query(postgres_database, f"GRANT ALL ON ledger_entries TO {OWNER_ROLE}")
+    with (
+        psycopg.connect(postgres_server.url(postgres_database, role), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match=error),
+    ):
+        conn.execute(statement.encode())
+    assert postgres_server.query(postgres_database, "SELECT count(*), sum(credits_delta) FROM ledger_entries") == [
+        (1, -1)
+    ]
+
+
+def test_postgres_single_role_set_up_revokes_its_own_ledger_edits(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    owner_url = postgres_server.url(postgres_database, OWNER_ROLE)
+    under_test = StoreUnderTest("postgresql", owner_url)
+    under_test.write(entry("a", 1))
+    under_test.close()
+    with (
+        psycopg.connect(owner_url, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
+    ):
+        conn.execute(b"DELETE FROM ledger_entries")
+    applied = postgres_server.query(postgres_database, "SELECT migration_id FROM _yoyo_migration")
+    assert applied == [("0001.initial",)]
