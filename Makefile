@@ -17,9 +17,9 @@ test: lint system-deps
 	$(BIN)/pytest -q
 
 lint: install $(BUF)
-	$(BIN)/ruff check server tests bench
-	$(BIN)/ruff format --check server tests bench
-	$(BIN)/mypy server tests
+	$(BIN)/ruff check server tests bench client/python/creditgate/client
+	$(BIN)/ruff format --check server tests bench client/python/creditgate/client
+	$(BIN)/mypy server tests client/python/creditgate/client
 	cd proto && ../$(BUF) lint
 	cd proto && ../$(BUF) breaking --against released.binpb
 	$(MAKE) --no-print-directory check-generated
