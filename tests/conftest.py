@@ -11,7 +11,7 @@ import redis
 from creditgate.server.clock import ManualClock, to_ms
 from creditgate.server.embedded_redis import redis_server_binary
 from creditgate.server.settings import Settings
-from harness import APOLLO, JAN_1, PostgresServer, RedisServer, RunningServer
+from harness import APOLLO, JAN_1, OWNER_ROLE, PostgresServer, RedisServer, RunningServer, StoreUnderTest
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +35,19 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_database(postgres_server: PostgresServer) -> str:
     """A fresh database of the session's PostgreSQL, owned by the schema owner role."""
     return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    """Each durable store in turn, opened on a fresh database."""
+    if request.param == "sqlite":
+        under_test = StoreUnderTest("sqlite", f"sqlite:///{tmp_path / 'ledger.db'}")
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        database = request.getfixturevalue("postgres_database")
+        under_test = StoreUnderTest("postgresql", postgres.url(database), postgres.url(database, OWNER_ROLE))
+    yield under_test
+    under_test.close()
 
 
 @pytest.fixture

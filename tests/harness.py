@@ -25,6 +25,8 @@ from creditgate.server.app import App, build_app
 from creditgate.server.clock import ManualClock, from_ms
 from creditgate.server.embedded_redis import redis_server_binary
 from creditgate.server.engine.keys import KeySpace
+from creditgate.server.ledger.records import Record
+from creditgate.server.ledger.store import ParkedEntry, Store, open_store
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 
@@ -190,6 +192,32 @@ class PostgresServer:
                 self.process.wait()
             self.process = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class StoreUnderTest:
+    """An opened store with its own event loop, so tests read like plain calls."""
+
+    def __init__(self, kind: str, url: str, migration_url: str | None = None) -> None:
+        self.kind = kind
+        self.url = url
+        self.migration_url = migration_url
+        self.loop = asyncio.new_event_loop()
+        self.store: Store = self.open()
+
+    def open(self) -> Store:
+        store = open_store(self.url, self.migration_url)
+        self.run(store.open())
+        return store
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coroutine)
+
+    def write(self, *records: Record, parked: tuple[ParkedEntry, ...] = ()) -> None:
+        self.run(self.store.write(list(records), list(parked)))
+
+    def close(self) -> None:
+        self.run(self.store.close())
+        self.loop.close()
 
 
 class RunningServer:

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 import pytest
 from creditgate.server.errors import InternalError, InvalidArgument
-from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord
-from creditgate.server.ledger.store import ParkedEntry, Store, open_store
-from harness import OWNER_ROLE, PostgresServer
+from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, SubscriptionRecord
+from creditgate.server.ledger.store import ParkedEntry, open_store
+from harness import OWNER_ROLE, PostgresServer, StoreUnderTest
 
 T = TypeVar("T")
-
-
-class StoreUnderTest:
-    """An opened store with its own event loop, so tests read like plain calls."""
-
-    def __init__(self, kind: str, url: str, migration_url: str | None = None) -> None:
-        self.kind = kind
-        self.url = url
-        self.migration_url = migration_url
-        self.loop = asyncio.new_event_loop()
-        self.store: Store = self.open()
-
-    def open(self) -> Store:
-        store = open_store(self.url, self.migration_url)
-        self.run(store.open())
-        return store
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coroutine)
-
-    def write(self, *records: Record, parked: tuple[ParkedEntry, ...] = ()) -> None:
-        self.run(self.store.write(list(records), list(parked)))
-
-    def close(self) -> None:
-        self.run(self.store.close())
-        self.loop.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
-    if request.param == "sqlite":
-        under_test = StoreUnderTest("sqlite", f"sqlite:///{tmp_path / 'ledger.db'}")
-    else:
-        postgres: PostgresServer = request.getfixturevalue("postgres_server")
-        database = request.getfixturevalue("postgres_database")
-        under_test = StoreUnderTest("postgresql", postgres.url(database), postgres.url(database, OWNER_ROLE))
-    yield under_test
-    under_test.close()
 
 
 def entry(customer_id: str, seq: int, **fields: Any) -> LedgerRecord:

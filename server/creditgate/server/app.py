@@ -111,7 +111,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     )
     server = grpc.aio.server()
     metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(engine, catalog, store), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(engine, catalog, store, flusher), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from creditgate.v1 import metering_pb2 as _metering_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -831,3 +832,52 @@ class ListLedgerEntriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLedgerEntriesResponse: _TypeAlias = ListLedgerEntriesResponse  # noqa: Y015
+
+@_typing.final
+class GetLedgerStatusRequest(_message.Message):
+    """GetLedgerStatusRequest asks for the flusher's backlog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLedgerStatusRequest: _TypeAlias = GetLedgerStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetLedgerStatusResponse(_message.Message):
+    """GetLedgerStatusResponse is the outbox seen from Redis: what the durable ledger does not hold yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKLOG_ENTRIES_FIELD_NUMBER: _builtins.int
+    PENDING_ENTRIES_FIELD_NUMBER: _builtins.int
+    OLDEST_UNFLUSHED_AGE_FIELD_NUMBER: _builtins.int
+    backlog_entries: _builtins.int
+    """Outbox entries not yet written to the durable store; 0 when the ledger has caught up."""
+    pending_entries: _builtins.int
+    """Of those, entries a flusher has read and not yet acknowledged (in flight, or held by a replica that died)."""
+    @_builtins.property
+    def oldest_unflushed_age(self) -> _duration_pb2.Duration:
+        """Age of the oldest entry not yet written, by Redis's clock; zero when the backlog is empty."""
+
+    def __init__(
+        self,
+        *,
+        backlog_entries: _builtins.int = ...,
+        pending_entries: _builtins.int = ...,
+        oldest_unflushed_age: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_unflushed_age", b"oldest_unflushed_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog_entries", b"backlog_entries", "oldest_unflushed_age", b"oldest_unflushed_age", "pending_entries", b"pending_entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLedgerStatusResponse: _TypeAlias = GetLedgerStatusResponse  # noqa: Y015

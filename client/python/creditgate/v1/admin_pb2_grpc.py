@@ -80,6 +80,11 @@ class AdminServiceStub:
                 request_serializer=creditgate_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.SerializeToString,
                 response_deserializer=creditgate_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.FromString,
                 _registered_method=True)
+        self.GetLedgerStatus = channel.unary_unary(
+                '/creditgate.v1.AdminService/GetLedgerStatus',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -149,6 +154,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLedgerStatus(self, request, context):
+        """GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +208,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListLedgerEntries,
                     request_deserializer=creditgate_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.FromString,
                     response_serializer=creditgate_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'GetLedgerStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLedgerStatus,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +459,33 @@ class AdminService:
             '/creditgate.v1.AdminService/ListLedgerEntries',
             creditgate_dot_v1_dot_admin__pb2.ListLedgerEntriesRequest.SerializeToString,
             creditgate_dot_v1_dot_admin__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLedgerStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/GetLedgerStatus',
+            creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,8 @@ class AdminServiceStub:
     """AdjustCredits adds (positive delta) or removes (negative delta) credits by hand, with a reason."""
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLedgerEntriesRequest, _admin_pb2.ListLedgerEntriesResponse]
     """ListLedgerEntries reads a customer's ledger from the durable store, newest first."""
+    GetLedgerStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetLedgerStatusRequest, _admin_pb2.GetLedgerStatusResponse]
+    """GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down)."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -75,6 +77,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """AdjustCredits adds (positive delta) or removes (negative delta) credits by hand, with a reason."""
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLedgerEntriesRequest, _admin_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
     """ListLedgerEntries reads a customer's ledger from the durable store, newest first."""
+    GetLedgerStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetLedgerStatusRequest, _admin_pb2.GetLedgerStatusResponse]  # type: ignore[assignment]
+    """GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down)."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is the control plane: catalog, customers, subscriptions, credits and the ledger."""
@@ -150,5 +154,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_admin_pb2.ListLedgerEntriesResponse]]:
         """ListLedgerEntries reads a customer's ledger from the durable store, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetLedgerStatus(
+        self,
+        request: _admin_pb2.GetLedgerStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetLedgerStatusResponse, _abc.Awaitable[_admin_pb2.GetLedgerStatusResponse]]:
+        """GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down)."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

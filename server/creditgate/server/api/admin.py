@@ -12,6 +12,7 @@ from creditgate.server.api.errors import translated
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.errors import InvalidArgument
+from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.store import Store
 from creditgate.v1 import admin_pb2, admin_pb2_grpc
 
@@ -19,10 +20,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, engine: CreditEngine, catalog: CatalogHolder, store: Store) -> None:
+    def __init__(self, engine: CreditEngine, catalog: CatalogHolder, store: Store, flusher: Flusher) -> None:
         self._engine = engine
         self._catalog = catalog
         self._store = store
+        self._flusher = flusher
 
     @translated
     async def ApplyCatalog(
@@ -125,6 +127,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListLedgerEntriesResponse(
             entries=[convert.ledger_entry(record) for record in page], next_page_token=token
         )
+
+    @translated
+    async def GetLedgerStatus(
+        self, request: admin_pb2.GetLedgerStatusRequest, context: Context
+    ) -> admin_pb2.GetLedgerStatusResponse:
+        status = await self._flusher.status()
+        response = admin_pb2.GetLedgerStatusResponse(backlog_entries=status.backlog, pending_entries=status.pending)
+        response.oldest_unflushed_age.FromMilliseconds(status.oldest_age_ms)
+        return response
 
 
 def _encode_page_token(seq: int) -> str:

@@ -7,18 +7,42 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
-from creditgate.server.errors import CreditgateError, Unavailable
+from creditgate.server.errors import CreditgateError, InternalError, Unavailable
 from creditgate.server.ledger.records import Record, parse_record
 from creditgate.server.ledger.store import ParkedEntry, Store
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 GROUP = "flushers"
+# How often the loop logs the backlog while there is one.
+STATUS_LOG_SECONDS = 10.0
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStatus:
+    """How far the durable store is behind Redis."""
+
+    # Outbox entries not yet written to the durable store (acknowledged entries are deleted from the stream).
+    backlog: int
+    # Of those, entries a flusher has read and not yet acknowledged (in flight, or held by a dead replica).
+    pending: int
+    # Age of the oldest unflushed entry by Redis's clock, in milliseconds; 0 when the backlog is empty.
+    oldest_age_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    stream_id: str
+    fields: dict[str, str]
+    record: Record | None = None
+    error: str = ""
 
 
 class Flusher:
@@ -40,22 +64,33 @@ class Flusher:
         self._claim_idle_ms = claim_idle_ms
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._last_status_log = 0.0
 
     async def setup(self) -> None:
         for stream in self._streams:
-            try:
-                await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise Unavailable(f"Redis: {exc}") from exc
-            except RedisError as exc:
+            await self._create_group(stream)
+
+    async def _create_group(self, stream: str) -> None:
+        try:
+            await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
                 raise Unavailable(f"Redis: {exc}") from exc
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
 
     async def flush_once(self) -> int:
         """Move one batch from each stream; returns how many entries were written and acknowledged."""
         moved = 0
         for stream in self._streams:
-            moved += await self._flush_stream(stream)
+            try:
+                moved += await self._flush_stream(stream)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost its data (restarted without persistence): the group is made again.
+                await self._create_group(stream)
         return moved
 
     async def drain(self, max_rounds: int = 10_000) -> int:
@@ -68,26 +103,86 @@ class Flusher:
                 return total
         return total
 
+    async def status(self) -> LedgerStatus:
+        """Backlog, in-flight entries and the oldest unflushed entry's age, read from Redis in one round trip."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for stream in self._streams:
+                    pipe.xlen(stream)
+                    pipe.xpending(stream, GROUP)
+                    pipe.xrange(stream, count=1)
+                replies = await pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from exc
+        seconds, micros = replies[0]
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        backlog = pending = 0
+        oldest_ms = now_ms
+        for length, in_flight, first in zip(replies[1::3], replies[2::3], replies[3::3], strict=True):
+            if isinstance(length, Exception):
+                continue
+            backlog += int(length)
+            if isinstance(in_flight, dict):
+                pending += int(in_flight.get("pending", 0))
+            if isinstance(first, list) and first:
+                oldest_ms = min(oldest_ms, int(str(first[0][0]).split("-")[0]))
+        return LedgerStatus(backlog, pending, max(0, now_ms - oldest_ms) if backlog else 0)
+
     async def _flush_stream(self, stream: str) -> int:
-        entries = await self._claim_stale(stream)
-        if len(entries) < self._batch_size:
+        raw = await self._own_pending(stream)
+        if len(raw) < self._batch_size:
+            raw.extend(await self._claim_stale(stream, self._batch_size - len(raw)))
+        if len(raw) < self._batch_size:
             response = await self._redis.xreadgroup(
-                GROUP, self.consumer, {stream: ">"}, count=self._batch_size - len(entries)
+                GROUP, self.consumer, {stream: ">"}, count=self._batch_size - len(raw)
             )
             for _, stream_entries in cast(list[Any], response) or []:
-                entries.extend(stream_entries)
-        if not entries:
+                raw.extend(stream_entries)
+        if not raw:
             return 0
-        records, parked = _parse(stream, entries)
-        await self._store.write(records, parked)
-        ids = [entry_id for entry_id, _ in entries]
-        async with self._redis.pipeline(transaction=False) as pipe:
+        entries = [_parse(stream, entry_id, fields) for entry_id, fields in raw]
+        await self._write(stream, entries)
+        ids = [entry.stream_id for entry in entries]
+        # One MULTI: an entry is never acknowledged without leaving the stream, so the backlog stays exact.
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xack(stream, GROUP, *ids)
             pipe.xdel(stream, *ids)
             await pipe.execute()
         return len(entries)
 
-    async def _claim_stale(self, stream: str) -> list[Any]:
+    async def _write(self, stream: str, entries: list[_Entry]) -> None:
+        records = [entry.record for entry in entries if entry.record is not None]
+        parked = [_parked(stream, entry, entry.error) for entry in entries if entry.record is None and entry.error]
+        for poison in parked:
+            log.error("outbox_entry_parked", entry=poison.source_id, error=poison.error)
+        try:
+            await self._store.write(records, parked)
+            return
+        except InternalError:
+            if len(entries) == 1:
+                raise
+        # The store refused the batch for its data: one entry at a time, parking the ones it refuses.
+        for entry in entries:
+            try:
+                await self._write(stream, [entry])
+            except InternalError as exc:
+                log.error("outbox_entry_parked", entry=f"{stream}/{entry.stream_id}", error=exc.message)
+                await self._store.write([], [_parked(stream, entry, exc.message)])
+
+    async def _own_pending(self, stream: str) -> list[Any]:
+        """Entries this flusher read before and could not write (the store was down): retried first."""
+        response = await self._redis.xreadgroup(GROUP, self.consumer, {stream: "0"}, count=self._batch_size)
+        entries: list[Any] = []
+        for _, stream_entries in cast(list[Any], response) or []:
+            entries.extend(stream_entries)
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            # Deleted from the stream but still pending (flushed by another replica meanwhile).
+            await self._redis.xack(stream, GROUP, *gone)
+        return [entry for entry in entries if entry[1]]
+
+    async def _claim_stale(self, stream: str, count: int) -> list[Any]:
         """Entries another flusher read but never acknowledged (it crashed): ours now."""
         result = await self._redis.xautoclaim(
             stream,
@@ -95,46 +190,68 @@ class Flusher:
             self.consumer,
             min_idle_time=self._claim_idle_ms,
             start_id="0-0",
-            count=self._batch_size,
+            count=count,
         )
         return [entry for entry in result[1] if entry[1]]
 
     def start(self) -> None:
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="flusher")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout_seconds: float = 10.0) -> None:
+        """Finish the batch in hand, then drain what is left; entries that cannot be written stay in Redis."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # On time-out wait_for cancels it: its entries stay pending and are retried on the next start.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._task, timeout=drain_timeout_seconds)
             self._task = None
-        with contextlib.suppress(CreditgateError, RedisError):
-            await self.drain()
+        try:
+            moved = await asyncio.wait_for(self.drain(), timeout=drain_timeout_seconds)
+            log.info("outbox_drained", entries=moved)
+        except (TimeoutError, CreditgateError, RedisError) as exc:
+            log.warning("outbox_not_drained", error=repr(exc))
+
+    async def run_once(self) -> int:
+        """One round of the loop: flush a batch per stream, and log the backlog now and then."""
+        try:
+            moved = await self.flush_once()
+        except (CreditgateError, RedisError) as exc:
+            # The entries stay pending in Redis and are retried: nothing is lost while a store is down.
+            log.warning("flush_failed", error=str(exc))
+            moved = 0
+        if time.monotonic() - self._last_status_log >= STATUS_LOG_SECONDS:
+            self._last_status_log = time.monotonic()
+            with contextlib.suppress(CreditgateError):
+                status = await self.status()
+                if status.backlog:
+                    log.info(
+                        "ledger_backlog",
+                        backlog=status.backlog,
+                        pending=status.pending,
+                        oldest_age_ms=status.oldest_age_ms,
+                    )
+        return moved
 
     async def _run(self) -> None:
-        while True:
-            try:
-                moved = await self.flush_once()
-            except (CreditgateError, RedisError) as exc:
-                # The entries stay pending in Redis and are retried: nothing is lost while a store is down.
-                log.warning("flush_failed", error=str(exc))
-                moved = 0
+        while not self._stopping.is_set():
+            moved = await self.run_once()
             if moved < self._batch_size:
-                await asyncio.sleep(self._interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=self._interval)
 
 
-def _parse(stream: str, entries: list[Any]) -> tuple[list[Record], list[ParkedEntry]]:
-    records: list[Record] = []
-    parked: list[ParkedEntry] = []
-    for entry_id, raw_fields in entries:
-        entry_text = _text(entry_id)
-        fields = {_text(key): _text(value) for key, value in raw_fields.items()}
-        try:
-            records.append(parse_record(stream, entry_text, fields))
-        except (KeyError, ValueError, TypeError) as exc:
-            log.error("outbox_entry_parked", stream=stream, entry=entry_text, error=repr(exc))
-            parked.append(ParkedEntry(f"{stream}/{entry_text}", repr(fields), repr(exc)))
-    return records, parked
+def _parse(stream: str, entry_id: Any, raw_fields: Any) -> _Entry:
+    entry_text = _text(entry_id)
+    fields = {_text(key): _text(value) for key, value in raw_fields.items()}
+    try:
+        return _Entry(entry_text, fields, parse_record(stream, entry_text, fields))
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        return _Entry(entry_text, fields, error=repr(exc))
+
+
+def _parked(stream: str, entry: _Entry, error: str) -> ParkedEntry:
+    return ParkedEntry(f"{stream}/{entry.stream_id}", repr(entry.fields), error)
 
 
 def _text(value: Any) -> str:
