@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -38,13 +39,13 @@ def make_flusher(store: StoreUnderTest, redis_server: RedisServer, batch_size: i
     return flusher
 
 
-def debit(customer_id: str, seq: int, **overrides: object) -> dict[str, str]:
+def debit(customer_id: str, seq: int, **overrides: object) -> dict[Any, Any]:
     body: dict[str, object] = {"k": "debit", "c": customer_id, "n": seq, "d": -1, "b": 100 - seq, "t": 1000 + seq}
     body.update(overrides)
     return {"type": "ledger", "e": json.dumps(body)}
 
 
-POISON = [
+POISON: list[tuple[str, dict[Any, Any]]] = [
     ("not JSON", {"type": "ledger", "e": "{"}),
     ("unknown entry type", {"type": "gift", "e": "{}"}),
     (
@@ -61,7 +62,7 @@ def test_poison_entries_are_parked_and_the_stream_keeps_moving(
 ) -> None:
     flusher = make_flusher(store, redis_server)
     outbox.xadd(STREAM, debit("a", 1))
-    poison_ids = [outbox.xadd(STREAM, fields) for _, fields in POISON]  # type: ignore[arg-type]
+    poison_ids = [str(outbox.xadd(STREAM, fields)) for _, fields in POISON]
     outbox.xadd(STREAM, debit("a", 2))
     assert store.run(flusher.flush_once()) == 2 + len(POISON)
     assert [entry.seq for entry in store.run(store.store.ledger_since("a", 0, 10))] == [1, 2]
@@ -82,7 +83,7 @@ def test_a_dead_flushers_pending_entries_are_claimed_and_written_once(
     for seq in range(1, 8):
         outbox.xadd(STREAM, debit("a", seq))
     # A replica read five entries, wrote them, and died before XACK.
-    read = outbox.xreadgroup(GROUP, "dead-replica", {STREAM: ">"}, count=5)
+    read: Any = outbox.xreadgroup(GROUP, "dead-replica", {STREAM: ">"}, count=5)
     assert len(read[0][1]) == 5
     status = store.run(flusher.status())
     assert (status.backlog, status.pending) == (7, 5)
