@@ -38,6 +38,10 @@ class KeySpace:
     def all_outboxes(self) -> list[str]:
         return [self.outbox(shard) for shard in range(self._shards)]
 
+    def customer_scan_pattern(self) -> str:
+        """A SCAN pattern that matches every customer hash (and more: callers check the hash's `id`)."""
+        return f"{self._prefix}:{{s*}}:c:*"
+
     def for_customer(self, customer_id: str) -> CustomerKeys:
         shard = self.shard_of(customer_id)
         base = f"{self._prefix}:{self.shard_tag(shard)}:c:{customer_id}"
