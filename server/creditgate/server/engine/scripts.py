@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+from creditgate.server.engine.pipeline import ScriptPipeline
 from creditgate.server.errors import InternalError, Unavailable
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -32,6 +33,7 @@ class Scripts:
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
+        self._pipeline = ScriptPipeline(redis)
 
     async def load(self) -> None:
         """Put every script in Redis's cache up front, so the first call is not slower."""
@@ -43,7 +45,7 @@ class Scripts:
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
         try:
-            result = await self._scripts[name](keys=keys, args=args)
+            result = await self._pipeline.run(self._scripts[name], keys, args)
         except ResponseError as exc:
             raise InternalError(f"script {name} failed: {exc}") from exc
         except RedisError as exc:
