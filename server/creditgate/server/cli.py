@@ -158,3 +158,19 @@ def ledger(customer_id: str, limit: int = 20, target: Target = None) -> None:
             entry.create_time.ToDatetime().isoformat(timespec="seconds"),
         )
     console.print(table)
+
+
+@app.command()
+def reconcile() -> None:
+    """Compare every customer's Redis state with the durable ledger (+ unflushed outbox); exit 1 on drift."""
+    from creditgate.server.ledger.commands import run_reconcile
+
+    raise typer.Exit(run_reconcile(Settings(), console))
+
+
+@app.command()
+def restore() -> None:
+    """Rebuild every customer's Redis state from the durable store (after Redis lost data; no sidecar serving)."""
+    from creditgate.server.ledger.commands import run_restore
+
+    raise typer.Exit(run_restore(Settings(), console))

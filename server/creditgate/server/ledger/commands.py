@@ -1,0 +1,74 @@
+"""`creditgate reconcile` and `creditgate restore`: connect to Redis and the durable store from the settings,
+run, print; the exit code says whether Redis and the ledger agree."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from creditgate.server.embedded_redis import EmbeddedRedis
+from creditgate.server.engine.keys import KeySpace
+from creditgate.server.ledger.reconcile import ReconcileReport, reconcile, redis_now_ms
+from creditgate.server.ledger.restore import RestoreReport, restore
+from creditgate.server.ledger.store import Store, open_store
+from creditgate.server.settings import Settings
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.table import Table
+
+T = TypeVar("T")
+# Differences listed per customer before "… and N more".
+SHOWN_DIFFERENCES = 8
+
+
+def run_reconcile(settings: Settings, console: Console) -> int:
+    """Prints the drift; returns the exit code: 0 healthy, 1 drift."""
+    report = asyncio.run(_with_connections(settings, _reconcile))
+    print_reconcile(report, console)
+    return 0 if report.healthy else 1
+
+
+def run_restore(settings: Settings, console: Console) -> int:
+    report = asyncio.run(_with_connections(settings, _restore))
+    console.print(
+        f"restored {report.customers:,} customers: {report.buckets:,} buckets, {report.credits:,} credits available"
+    )
+    return 0
+
+
+async def _reconcile(redis: Redis, store: Store, keys: KeySpace) -> ReconcileReport:
+    return await reconcile(redis, store, keys, await redis_now_ms(redis))
+
+
+async def _restore(redis: Redis, store: Store, keys: KeySpace) -> RestoreReport:
+    return await restore(redis, store, keys, await redis_now_ms(redis))
+
+
+async def _with_connections(settings: Settings, work: Callable[[Redis, Store, KeySpace], Awaitable[T]]) -> T:
+    url = settings.redis_url or EmbeddedRedis(settings.data_dir / "redis").url
+    redis = Redis.from_url(url, decode_responses=True, socket_timeout=settings.redis_timeout_seconds)
+    store = open_store(settings.effective_database_url, settings.database_migration_url)
+    await store.open()
+    try:
+        return await work(redis, store, KeySpace(settings.shards))
+    finally:
+        await store.close()
+        await redis.aclose()
+
+
+def print_reconcile(report: ReconcileReport, console: Console) -> None:
+    if report.drifts:
+        table = Table(
+            "customer", "credits (redis - ledger)", "entries missing in redis", "what differs (redis → ledger)"
+        )
+        for drift in report.drifts:
+            shown = [f"{d.what}: {d.redis} → {d.ledger}" for d in drift.differences[:SHOWN_DIFFERENCES]]
+            if len(drift.differences) > SHOWN_DIFFERENCES:
+                shown.append(f"… and {len(drift.differences) - SHOWN_DIFFERENCES} more")
+            table.add_row(drift.customer_id, f"{drift.credits:+,}", f"{drift.entries:+,}", "\n".join(shown))
+        console.print(table)
+    console.print(
+        f"drift: {len(report.drifts)} of {report.customers_checked} customers,"
+        f" {report.credits_drift:+,} credits, {report.entries_drift:+,} entries"
+    )

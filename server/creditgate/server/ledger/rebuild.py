@@ -1,0 +1,230 @@
+"""What Redis should hold for each customer, computed from the durable store (plus the outbox entries not
+flushed yet): the one model reconcile compares against and restore writes."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from creditgate.server.billing.periods import DAY_MS, Period, period
+from creditgate.server.catalog.rules import RuleBook
+from creditgate.server.errors import CreditgateError
+from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord, parse_record
+from creditgate.server.ledger.store import Store
+
+# Ledger kinds that create a bucket, and the bucket source the engine gives it.
+BUCKET_SOURCES = {"grant": "grant", "topup": "topup", "adjustment": "adjustment"}
+# Ledger kinds that settle a hold (Reserve): what they return goes back to the buckets the hold took from.
+SETTLE_KINDS = ("commit", "release", "hold_expiry")
+# Ledger kinds that count units against the period (a hold counts when placed; its settlement uncounts the rest).
+COUNTED_KINDS = ("debit", "reserve")
+PAGE = 5000
+
+
+@dataclass
+class CustomerState:
+    """A customer's three Redis hashes as the engine's scripts would have left them."""
+
+    customer_id: str
+    customer: dict[str, str]
+    buckets: dict[str, str]
+    usage: dict[str, str]
+    # The credits the ledger says the customer has (its entries' deltas summed).
+    ledger_balance: int = 0
+
+
+@dataclass
+class DurableView:
+    """Everything the durable store (and the unflushed outbox) knows, grouped by customer."""
+
+    customers: dict[str, CustomerRecord] = field(default_factory=dict)
+    subscriptions: dict[str, list[SubscriptionRecord]] = field(default_factory=lambda: defaultdict(list))
+    ledger: dict[str, dict[int, LedgerRecord]] = field(default_factory=lambda: defaultdict(dict))
+
+    def add(self, record: Record) -> None:
+        if isinstance(record, CustomerRecord):
+            self.customers.setdefault(record.customer_id, record)
+        elif isinstance(record, SubscriptionRecord):
+            if all(known.source_id != record.source_id for known in self.subscriptions[record.customer_id]):
+                self.subscriptions[record.customer_id].append(record)
+        else:
+            self.ledger[record.customer_id].setdefault(record.seq, record)
+
+
+async def read_durable(store: Store, outbox: list[tuple[str, str, dict[str, str]]]) -> DurableView:
+    """The store's records, then the outbox entries (stream, entry id, fields) not flushed yet."""
+    view = DurableView()
+    for customer in await store.customers():
+        view.add(customer)
+    for change in await store.subscription_changes():
+        view.add(change)
+    for customer_id in list(view.customers):
+        after = 0
+        while True:
+            page = await store.ledger_since(customer_id, after, PAGE)
+            for record in page:
+                view.add(record)
+            if len(page) < PAGE:
+                break
+            after = page[-1].seq
+    for stream, entry_id, fields in outbox:
+        try:
+            view.add(parse_record(stream, entry_id, fields))
+        except (KeyError, ValueError, TypeError, AttributeError):
+            continue  # a poison entry: the flusher parks it, it never changed a balance
+    return view
+
+
+def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, now_ms: int) -> CustomerState:
+    record = view.customers.get(customer_id)
+    entries = [view.ledger[customer_id][seq] for seq in sorted(view.ledger.get(customer_id, {}))]
+    customer = {
+        "id": customer_id,
+        "name": record.name if record else "",
+        "metadata": json.dumps(record.metadata if record else {}),
+        "created_at": str(record.created_ms if record else 0),
+        "status": "none",
+        "seq": str(entries[-1].seq if entries else 0),
+        "bucket_seq": "0",
+    }
+    buckets: dict[str, list[Any]] = {}
+    bucket_seq = reserved = 0
+    for entry in entries:
+        if entry.kind in BUCKET_SOURCES and entry.bucket_id and entry.credits_delta > 0:
+            source = BUCKET_SOURCES[entry.kind]
+            buckets[entry.bucket_id] = [entry.credits_delta, entry.bucket_priority, entry.bucket_expires_ms, source]
+            bucket_seq = max(bucket_seq, int(entry.bucket_id[1:]))
+        elif entry.kind == "expiry":
+            buckets.pop(entry.bucket_id, None)
+        elif entry.kind in SETTLE_KINDS and entry.credits_delta > 0:
+            _return_credits(buckets, _hold_takes(entries, entry.reservation_id), entry.credits_delta)
+        for take in entry.takes:
+            if take[0] in buckets:
+                buckets[take[0]][0] -= int(take[1])
+        reserved += entry.reserved_delta
+    customer["bucket_seq"] = str(bucket_seq)
+    if reserved:
+        customer["reserved"] = str(reserved)
+    current = _subscription(customer, view.subscriptions.get(customer_id, []), entries)
+    usage = _usage(entries, current, rules, customer.get("plan", ""), now_ms) if current else {}
+    return CustomerState(
+        customer_id,
+        customer,
+        {bucket_id: "|".join(str(part) for part in value) for bucket_id, value in buckets.items() if value[0] > 0},
+        usage,
+        sum(entry.credits_delta for entry in entries),
+    )
+
+
+def _hold_takes(entries: list[LedgerRecord], reservation_id: str) -> list[list[Any]]:
+    return next((e.takes for e in entries if e.kind == "reserve" and e.reservation_id == reservation_id), [])
+
+
+def _return_credits(buckets: dict[str, list[Any]], takes: list[list[Any]], amount: int) -> None:
+    """What a settled hold gives back goes to the buckets it took from, last taken first (as the engine does)."""
+    for take in reversed(takes):
+        if amount == 0:
+            break
+        bucket_id, credits = take[0], int(take[1])
+        back = min(credits, amount)
+        if bucket_id not in buckets and len(take) >= 5:
+            buckets[bucket_id] = [0, int(take[2]), int(take[3]), str(take[4])]
+        if bucket_id in buckets:
+            buckets[bucket_id][0] += back
+        amount -= back
+
+
+def _subscription(
+    customer: dict[str, str], changes: list[SubscriptionRecord], entries: list[LedgerRecord]
+) -> Period | None:
+    """Fills the subscription fields; returns the current credit period (None when there is none)."""
+    if not changes:
+        return None
+    latest = max(changes, key=lambda change: (change.changed_ms, _stream_order(change.source_id)))
+    anchor = latest.anchor_ms
+    customer.update(plan=latest.plan, anchor=str(anchor), status=latest.status)
+    # A period is opened by the first call in it, and opening it writes its grants (and expiries) at its start:
+    # the latest entry since the anchor says which period Redis is in.
+    since_anchor = [entry.created_ms for entry in entries if entry.created_ms >= anchor]
+    if not since_anchor:
+        customer.update(period_index="-1", period_start=str(anchor), period_end=str(anchor))
+        return None
+    current = _period_at(anchor, max(since_anchor))
+    customer.update(period_index=str(current.index), period_start=str(current.start_ms), period_end=str(current.end_ms))
+    if latest.status == "pending":
+        customer["status"] = "active"
+    return current
+
+
+def _usage(
+    entries: list[LedgerRecord], current: Period, rules: RuleBook | None, plan: str, now_ms: int
+) -> dict[str, str]:
+    """The usage counters of the current period (and per-day caps since its first day)."""
+    counters: dict[str, int] = defaultdict(int)
+    first_day = current.start_ms // DAY_MS
+    holds = {entry.reservation_id: entry for entry in entries if entry.kind == "reserve"}
+    for entry in entries:
+        units, overage, counted = entry.quantity, entry.overage_credits, entry
+        if entry.kind in SETTLE_KINDS and entry.reservation_id in holds:
+            # The hold counted all it held; settling uncounts what was not used, in the hold's own period.
+            counted = holds[entry.reservation_id]
+            units, overage = entry.quantity - counted.quantity, entry.overage_credits - counted.overage_credits
+            if not current.start_ms <= counted.created_ms < current.end_ms:
+                continue
+        elif entry.kind not in COUNTED_KINDS:
+            continue
+        in_period = current.start_ms <= counted.created_ms < current.end_ms
+        if in_period:
+            counters[f"p|{counted.feature}"] += units
+            counters["overage"] += overage
+        cap = _cap(rules, plan, counted)
+        if cap is None:
+            continue
+        scope, window = cap
+        if window == "day" and counted.created_ms // DAY_MS >= first_day:
+            counters[f"c|{counted.feature}|{scope}|{counted.created_ms // DAY_MS}"] += units
+        elif window == "period" and in_period:
+            counters[f"c|{counted.feature}|{scope}|p"] += units
+    return {name: str(value) for name, value in counters.items() if value}
+
+
+def _cap(rules: RuleBook | None, plan: str, entry: LedgerRecord) -> tuple[str, str] | None:
+    """(scope, window) of the plan's hard cap on the entry's feature, from the catalog; None if uncapped."""
+    if rules is None:
+        return None
+    try:
+        rules_json, scope = rules.rules_for(entry.feature, entry.dimensions)
+    except CreditgateError:
+        return None  # the feature left the catalog: its counters no longer matter
+    rule = json.loads(rules_json).get(plan)
+    if not rule or not rule[2]:
+        return None
+    return scope, str(rule[3])
+
+
+def relevant_usage_field(name: str, now_ms: int) -> bool:
+    """Usage counters a decision made now would read (old per-day counters linger until the next rollover)."""
+    if not name.startswith("c|"):
+        return True
+    return name.endswith("|p") or name.endswith(f"|{now_ms // DAY_MS}")
+
+
+def _period_at(anchor_ms: int, when_ms: int) -> Period:
+    index = 0
+    while True:
+        candidate = period(anchor_ms, index)
+        if when_ms < candidate.end_ms:
+            return candidate
+        index += 1
+
+
+def _stream_order(source_id: str) -> tuple[int, int]:
+    """'<stream>/<ms>-<n>' as a number pair, so entries of one stream sort as Redis ordered them."""
+    entry_id = source_id.rpartition("/")[2]
+    ms, _, n = entry_id.partition("-")
+    try:
+        return int(ms), int(n or 0)
+    except ValueError:
+        return 0, 0

@@ -1,0 +1,151 @@
+"""Reconcile and restore against the real server, Redis and the durable store."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import uuid
+from datetime import UTC, datetime
+
+from creditgate.server.engine.keys import KeySpace
+from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
+from creditgate.server.ledger.restore import RestoreReport, restore
+from creditgate.v1 import admin_pb2, metering_pb2
+from harness import REPO, RunningServer
+
+
+def run_reconcile(server: RunningServer) -> ReconcileReport:
+    keys = KeySpace(server.app.settings.shards)
+    return server.call(reconcile(server.app.redis, server.app.store, keys, server.clock.now_ms()))
+
+
+def run_restore(server: RunningServer) -> RestoreReport:
+    keys = KeySpace(server.app.settings.shards)
+    return server.call(restore(server.app.redis, server.app.store, keys, server.clock.now_ms()))
+
+
+def busy_month(server: RunningServer) -> None:
+    """Every kind of entry: grants, expiries (a month boundary), debits with free units, caps and overage,
+    top-ups, adjustments both ways, a cancellation."""
+    server.create_customer("basic-co", plan="basic")
+    server.create_customer("pro-co", plan="professional")
+    server.create_customer("walk-in")
+    server.create_customer("quitter", plan="basic")
+    server.admin.CancelSubscription(admin_pb2.CancelSubscriptionRequest(customer_id="quitter"))
+    assert server.debit("basic-co", "contact_export", quantity=60).allowed
+    assert server.debit("basic-co", "email_send", quantity=7, mailbox="sales@acme.io").allowed
+    server.clock.set(datetime(2027, 2, 3, tzinfo=UTC))
+    assert server.debit("basic-co", "mobile_unlock", quality="verified").allowed
+    assert server.debit("basic-co", "email_send", quantity=5, mailbox="sales@acme.io").allowed
+    server.admin.TopUp(admin_pb2.TopUpRequest(customer_id="basic-co", package="starter", request_id="t1"))
+    server.admin.AdjustCredits(
+        admin_pb2.AdjustCreditsRequest(customer_id="basic-co", delta=-2600, reason="refund", request_id="a1")
+    )
+    server.admin.AdjustCredits(
+        admin_pb2.AdjustCreditsRequest(customer_id="basic-co", delta=15, reason="goodwill", request_id="a2")
+    )
+    assert server.debit("pro-co", "phone_reveal", quantity=450).allowed  # 4,500 of 4,000 + 500 overage
+    assert server.debit("pro-co", "email_send", quantity=3, mailbox="ceo@pro.io").allowed
+
+
+def balances(server: RunningServer, *customers: str) -> list[metering_pb2.GetBalanceResponse]:
+    return [server.metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id=c)) for c in customers]
+
+
+def test_a_healthy_system_has_no_drift_with_or_without_the_outbox_flushed(server: RunningServer) -> None:
+    busy_month(server)
+    unflushed = run_reconcile(server)
+    assert (unflushed.customers_checked, unflushed.drifts) == (4, [])
+    server.flush()
+    flushed = run_reconcile(server)
+    assert (flushed.customers_checked, flushed.drifts) == (4, [])
+
+
+def test_a_tampered_bucket_in_redis_is_reported(server: RunningServer) -> None:
+    busy_month(server)
+    server.flush()
+    buckets_key = KeySpace(server.app.settings.shards).for_customer("basic-co").buckets
+    value = server.call(server.app.redis.hget(buckets_key, "b3"))
+    assert value == "885|20|0|topup"  # the starter pack after the 2,600 refund took the rest of the grant
+    server.call(server.app.redis.hset(buckets_key, "b3", "890|20|0|topup"))
+    report = run_reconcile(server)
+    assert [(d.customer_id, d.credits, d.entries) for d in report.drifts] == [("basic-co", 5, 0)]
+    assert [(d.what, d.redis, d.ledger) for d in report.drifts[0].differences] == [
+        ("bucket b3", "890|20|0|topup", "885|20|0|topup"),
+        ("balance", "905", "900"),
+    ]
+
+
+def test_a_forged_ledger_entry_is_reported(server: RunningServer) -> None:
+    busy_month(server)
+    server.flush()
+    seq = server.ledger("basic-co")[-1].balance_after and len(server.ledger("basic-co")) + 1
+    with sqlite3.connect(server.app.settings.data_dir / "ledger.db") as db:
+        db.execute(
+            "INSERT INTO ledger_entries VALUES ('basic-co', ?, 'debit', -7, 0, 0, 'email_unlock', 7, '{}',"
+            " 0, 0, '', 'forged', '', '', 0, 0, 0, '', '[]')",
+            (seq,),
+        )
+    report = run_reconcile(server)
+    assert [(d.customer_id, d.credits, d.entries) for d in report.drifts] == [("basic-co", 7, 1)]
+    assert {d.what for d in report.drifts[0].differences} >= {"seq", "balance"}
+
+
+def test_restore_rebuilds_a_lost_redis_to_zero_drift_and_decisions_carry_on(server: RunningServer) -> None:
+    busy_month(server)
+    server.flush()
+    customers = ("basic-co", "pro-co", "walk-in", "quitter")
+    before = balances(server, *customers)
+    server.call(server.app.redis.flushall())
+
+    lost = run_reconcile(server)
+    assert [(d.customer_id, d.credits) for d in lost.drifts] == [
+        ("basic-co", -before[0].available_credits),
+        ("pro-co", 0),
+        ("quitter", -2500),
+        ("walk-in", 0),
+    ]
+    # basic-co's starter pack and goodwill bucket (900), and quitter's January grant: due to expire, but
+    # nothing has touched the canceled customer since, so Redis (and the restore) still hold it.
+    assert run_restore(server) == RestoreReport(customers=4, buckets=3, credits=900 + 2500)
+    assert run_reconcile(server).drifts == []
+    assert balances(server, *customers) == before
+
+    # The next decision continues the customer's sequence, and the counters it checks came back too:
+    # 5 of basic's 250 sends a day per mailbox were used today, and 503 of professional's 5,000 overage credits.
+    entries = len(server.ledger("basic-co"))
+    after = server.debit("basic-co", "email_send", quantity=245, mailbox="sales@acme.io")
+    assert (after.allowed, after.entry_id, after.balance_after) == (True, f"basic-co/{entries + 1}", 655)
+    capped = server.debit("basic-co", "email_send", mailbox="sales@acme.io")
+    assert capped.deny_reason == metering_pb2.DENY_REASON_LIMIT_EXCEEDED
+    beyond = server.debit("pro-co", "email_unlock", quantity=4498)
+    assert beyond.deny_reason == metering_pb2.DENY_REASON_INSUFFICIENT_CREDITS
+    assert server.debit("pro-co", "email_unlock", quantity=4497).overage_credits == 4497
+    server.flush()
+    assert run_reconcile(server).drifts == []
+
+
+def test_the_reconcile_command_exits_with_the_drift(server: RunningServer) -> None:
+    server.create_customer("acme", plan="basic")
+    server.flush()
+    env = {
+        **os.environ,
+        "CREDITGATE_REDIS_URL": str(server.app.settings.redis_url),
+        "CREDITGATE_DATABASE_URL": server.app.settings.effective_database_url,
+    }
+    command = [str(REPO / ".venv" / "bin" / "creditgate"), "reconcile"]
+    healthy = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (healthy.returncode, healthy.stdout.splitlines()[-1]) == (
+        0,
+        "drift: 0 of 1 customers, +0 credits, +0 entries",
+    )
+    server.admin.AdjustCredits(
+        admin_pb2.AdjustCreditsRequest(customer_id="acme", delta=-40, reason="unflushed", request_id=str(uuid.uuid4()))
+    )
+    server.call(server.app.redis.delete(*KeySpace(server.app.settings.shards).all_outboxes()))
+    drifted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (drifted.returncode, drifted.stdout.splitlines()[-1]) == (
+        1,
+        "drift: 1 of 1 customers, -40 credits, -1 entries",
+    )
