@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     flush_claim_idle_seconds: float = Field(default=30.0, gt=0)
     top_up_priority: int = Field(default=20, ge=0, le=999)
     adjustment_priority: int = Field(default=30, ge=0, le=999)
+    hold_default_ttl_seconds: int = Field(default=300, ge=1)
+    hold_max_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    # The sweeper returns abandoned holds' credits within this interval of their expiry.
+    hold_sweep_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     log_format: Literal["console", "json"] = "console"
     clock: Literal["system", "manual"] = "system"
     # API keys as a JSON list of {name, sha256, scopes}; none means no auth, allowed on loopback only.

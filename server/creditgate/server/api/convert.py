@@ -51,7 +51,7 @@ def bucket(view: BucketView) -> metering_pb2.Bucket:
 def balance(view: BalanceView) -> metering_pb2.GetBalanceResponse:
     response = metering_pb2.GetBalanceResponse(
         available_credits=view.available,
-        reserved_credits=0,
+        reserved_credits=view.reserved,
         overage_credits=view.overage,
         buckets=[bucket(item) for item in view.buckets],
         features=[

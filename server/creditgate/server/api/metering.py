@@ -8,7 +8,9 @@ import grpc
 from creditgate.server.api import batch, convert, validate
 from creditgate.server.api.errors import translated
 from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.model import DebitRequest
+from creditgate.server.settings import Settings
 from creditgate.v1 import metering_pb2, metering_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -26,8 +28,10 @@ def _debit_request(request: Any, *, dry_run: bool, request_id: str = "") -> Debi
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, engine: CreditEngine) -> None:
+    def __init__(self, engine: CreditEngine, holds: Holds, settings: Settings) -> None:
         self._engine = engine
+        self._holds = holds
+        self._settings = settings
 
     @translated
     async def CheckAndDebit(
@@ -84,6 +88,61 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     ) -> metering_pb2.GetBalanceResponse:
         view = await self._engine.get_balance(validate.identifier(request.customer_id, "customer_id"))
         return convert.balance(view)
+
+    @translated
+    async def Reserve(self, request: metering_pb2.ReserveRequest, context: Context) -> metering_pb2.ReserveResponse:
+        ttl = validate.ttl_seconds(
+            request.ttl.ToTimedelta().total_seconds() if request.HasField("ttl") else None,
+            default=self._settings.hold_default_ttl_seconds,
+            maximum=self._settings.hold_max_ttl_seconds,
+        )
+        reservation = await self._holds.reserve(
+            _debit_request(request, dry_run=False, request_id=request.request_id), ttl
+        )
+        decision = reservation.decision
+        response = metering_pb2.ReserveResponse(
+            allowed=decision.allowed,
+            deny_reason=_deny_reason(decision.deny_reason),
+            reservation_id=reservation.reservation_id,
+            credits_reserved=decision.credits_charged,
+            free_units_reserved=decision.free_units_used,
+            overage_credits_reserved=decision.overage_credits,
+            balance_after=decision.balance_after,
+            low_balance=decision.low_balance,
+            message=decision.message,
+            credits_cost=decision.credits_cost,
+        )
+        if reservation.expires_at_ms:
+            response.expires_at.CopyFrom(convert.timestamp(reservation.expires_at_ms))
+        return response
+
+    @translated
+    async def Commit(self, request: metering_pb2.CommitRequest, context: Context) -> metering_pb2.CommitResponse:
+        settlement = await self._holds.commit(
+            validate.reservation_id(request.reservation_id),
+            validate.commit_quantity(request.quantity if request.HasField("quantity") else None),
+            validate.optional_identifier(request.request_id, "request_id"),
+        )
+        return metering_pb2.CommitResponse(
+            credits_charged=settlement.credits_charged,
+            credits_released=settlement.credits_released,
+            balance_after=settlement.balance_after,
+            entry_id=settlement.entry_id,
+            overage_credits=settlement.overage_credits,
+            free_units_used=settlement.free_units_used,
+        )
+
+    @translated
+    async def Release(self, request: metering_pb2.ReleaseRequest, context: Context) -> metering_pb2.ReleaseResponse:
+        settlement = await self._holds.release(
+            validate.reservation_id(request.reservation_id),
+            validate.optional_identifier(request.request_id, "request_id"),
+        )
+        return metering_pb2.ReleaseResponse(
+            credits_released=settlement.credits_released,
+            balance_after=settlement.balance_after,
+            entry_id=settlement.entry_id,
+        )
 
 
 def _deny_reason(reason: str) -> metering_pb2.DenyReason.ValueType:

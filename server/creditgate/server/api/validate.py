@@ -90,3 +90,28 @@ def page_size(value: int) -> int:
     if not 1 <= value <= 1000:
         raise InvalidArgument("page_size must be between 1 and 1,000 (0 means 100)", field="page_size")
     return value
+
+
+def ttl_seconds(value: float | None, *, default: int, maximum: int) -> int:
+    if value is None:
+        return default
+    if not 1 <= value <= maximum or value != int(value):
+        raise InvalidArgument(f"ttl must be whole seconds from 1 to {maximum:,}", field="ttl")
+    return int(value)
+
+
+def reservation_id(value: str) -> str:
+    customer_id, slash, hold_id = value.rpartition("/")
+    if not slash or not ID_PATTERN.match(customer_id) or not re.fullmatch(r"h[0-9]{1,18}", hold_id):
+        raise InvalidArgument(
+            "reservation_id must be an id Reserve returned (customer_id/h<n>)", field="reservation_id"
+        )
+    return value
+
+
+def commit_quantity(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if not 0 <= value <= MAX_QUANTITY:
+        raise InvalidArgument(f"quantity must be between 0 and {MAX_QUANTITY:,}, got {value}", field="quantity")
+    return value

@@ -1,5 +1,5 @@
 -- add_credits.lua: a top-up (package or credits) or a positive adjustment, as a new bucket.
-local customer_key, buckets_key, request_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local customer_key, buckets_key, request_key, outbox_key, holds_open_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, customer_id, credits = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local priority, expires_at, source = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local kind, reason, price = ARGV[7], ARGV[8], ARGV[9]
@@ -7,7 +7,10 @@ local request_id, fingerprint, ttl = ARGV[10], ARGV[11], tonumber(ARGV[12])
 
 local replayed = replay(request_key, request_id, fingerprint)
 if replayed then return replayed end
-if redis.call('HEXISTS', customer_key, 'id') == 0 then return {'not_found'} end
+local sub = redis.call('HMGET', customer_key, 'id', 'status', 'period_end')
+if not sub[1] then return {'not_found'} end
+local work = pending_work(sub[2], sub[3], holds_open_key, now)
+if work then return {work} end
 
 local live, expired = load_buckets(buckets_key, now)
 local balance = expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired,

@@ -36,8 +36,10 @@ from creditgate.server.settings import Settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-# A decision that finds a new period opens it and decides again; two rounds always suffice, three is slack.
-MAX_ROLLOVER_ROUNDS = 3
+# A call that finds a new period or due holds settles them and tries again; three rounds suffice, four is slack.
+MAX_ROLLOVER_ROUNDS = 4
+# expire_holds.lua settles at most this many holds per call.
+HOLDS_EXPIRED_PER_CALL = 200
 
 
 def fingerprint(*parts: Any) -> str:
@@ -84,12 +86,15 @@ class CreditEngine:
             self._settings.idempotency_ttl_seconds,
             json.dumps(request.dimensions),
         ]
-        script_keys = [keys.customer, keys.buckets, keys.usage, keys.request(request.request_id), keys.outbox]
-        for _ in range(MAX_ROLLOVER_ROUNDS):
-            result = await self._scripts.run("decide", script_keys, args)
-            if result[0] != "rollover":
-                break
-            await self._rollover(request.customer_id, keys, now)
+        script_keys = [
+            keys.customer,
+            keys.buckets,
+            keys.usage,
+            keys.request(request.request_id),
+            keys.outbox,
+            keys.holds_open,
+        ]
+        result = await self.run_touching("decide", request.customer_id, script_keys, args, now)
         decision = self._decision(request.customer_id, result)
         return replace(decision, message=explain(decision, request.feature, rules))
 
@@ -132,7 +137,31 @@ class CreditEngine:
             cap_usage=cap_usage,
         )
 
-    async def _rollover(self, customer_id: str, keys: CustomerKeys, now: int) -> None:
+    async def run_touching(self, script: str, customer_id: str, keys: list[str], args: list[Any], now: int) -> Any:
+        """Run a script that changes a customer; first open new periods or expire due holds when it asks."""
+        for _ in range(MAX_ROLLOVER_ROUNDS):
+            result = await self._scripts.run(script, keys, args)
+            if result[0] == "rollover":
+                await self.open_periods(customer_id, self._keys.for_customer(customer_id), now)
+            elif result[0] == "expire_holds":
+                await self.expire_holds(customer_id, now)
+            else:
+                return result
+        raise InternalError(f"{script} kept asking for periods or holds to be settled")
+
+    async def expire_holds(self, customer_id: str, now: int) -> int:
+        """Return the credits of the customer's holds past their ttl; returns how many expired."""
+        keys = self._keys.for_customer(customer_id)
+        expired = 0
+        while True:
+            result = await self._scripts.run(
+                "expire_holds", keys.hold_keys, [now, customer_id, self._settings.idempotency_ttl_seconds * 1000]
+            )
+            expired += int(result[1])
+            if int(result[1]) < HOLDS_EXPIRED_PER_CALL:
+                return expired
+
+    async def open_periods(self, customer_id: str, keys: CustomerKeys, now: int) -> None:
         """Open the credit periods that have started since the customer's current one."""
         plan_key, status, anchor, index, period_end = await self._hmget(
             keys.customer, "plan", "status", "anchor", "period_index", "period_end"
@@ -168,23 +197,30 @@ class CreditEngine:
                 pipe.hgetall(keys.customer)
                 pipe.hgetall(keys.buckets)
                 pipe.hgetall(keys.usage)
-                customer, buckets, usage = await pipe.execute()
+                pipe.zrange(keys.holds_open, 0, 0, withscores=True)
+                customer, buckets, usage, first_hold = await pipe.execute()
         except RedisError as exc:
             raise Unavailable(f"Redis: {exc}") from exc
+        if first_hold:
+            customer["_next_hold_expiry"] = str(int(first_hold[0][1]))
         return customer, buckets, usage
 
     async def _current(self, customer_id: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-        """The customer's state with every started period opened."""
+        """The customer's state with every started period opened and every due hold expired."""
         keys = self._keys.for_customer(customer_id)
         now = self._clock.now_ms()
         for _ in range(MAX_ROLLOVER_ROUNDS):
             customer, buckets, usage = await self._read_customer(keys)
             if not customer:
                 raise customer_not_found(customer_id)
-            due = customer.get("status") in ("active", "pending") and now >= int(customer["period_end"])
-            if not due:
+            period_due = customer.get("status") in ("active", "pending") and now >= int(customer["period_end"])
+            hold_due = int(customer.get("_next_hold_expiry", now + 1)) <= now
+            if period_due:
+                await self.open_periods(customer_id, keys, now)
+            elif hold_due:
+                await self.expire_holds(customer_id, now)
+            else:
                 return customer, buckets, usage
-            await self._rollover(customer_id, keys, now)
         return customer, buckets, usage
 
     async def get_balance(self, customer_id: str) -> BalanceView:
@@ -204,6 +240,7 @@ class CreditEngine:
             features = self._feature_usage(subscription.plan, usage, now)
         return BalanceView(
             available=sum(bucket.remaining for bucket in buckets),
+            reserved=int(customer.get("reserved", 0)),
             overage=int(usage.get("overage", 0)),
             buckets=buckets,
             features=features,
@@ -334,11 +371,13 @@ class CreditEngine:
                 print_,
             )
         keys = self._keys.for_customer(customer_id)
-        result = await self._scripts.run(
+        now = self._clock.now_ms()
+        result = await self.run_touching(
             "remove_credits",
-            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox],
+            customer_id,
+            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox, keys.holds_open],
             [
-                self._clock.now_ms(),
+                now,
                 customer_id,
                 -delta,
                 reason,
@@ -346,6 +385,7 @@ class CreditEngine:
                 print_,
                 self._settings.idempotency_ttl_seconds,
             ],
+            now,
         )
         if result[0] == "insufficient":
             raise FailedPrecondition(
@@ -369,11 +409,13 @@ class CreditEngine:
     ) -> CreditChange:
         keys = self._keys.for_customer(customer_id)
         kind = "topup" if source == "topup" else "adjustment"
-        result = await self._scripts.run(
+        now = self._clock.now_ms()
+        result = await self.run_touching(
             "add_credits",
-            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox],
+            customer_id,
+            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox, keys.holds_open],
             [
-                self._clock.now_ms(),
+                now,
                 customer_id,
                 credits,
                 priority,
@@ -386,6 +428,7 @@ class CreditEngine:
                 print_,
                 self._settings.idempotency_ttl_seconds,
             ],
+            now,
         )
         change = self._credit_change(customer_id, result)
         return replace(change, bucket=BucketView(result[3], source, credits, priority, expires_at))

@@ -14,6 +14,26 @@ class CustomerKeys:
     buckets: str
     usage: str
     outbox: str
+    # Holds: id -> JSON record; open holds by expiry; settled holds by settle time (pruned after retention).
+    holds: str
+    holds_open: str
+    holds_done: str
+    # The shard's open holds of every customer by expiry, for the sweeper.
+    holds_due: str
+
+    @property
+    def hold_keys(self) -> list[str]:
+        """KEYS[1..8] of every hold script, in this order."""
+        return [
+            self.customer,
+            self.buckets,
+            self.usage,
+            self.holds,
+            self.holds_open,
+            self.holds_done,
+            self.holds_due,
+            self.outbox,
+        ]
 
     def request(self, request_id: str) -> str:
         # An empty request_id still needs a key of the same slot to keep KEYS fixed in shape.
@@ -35,6 +55,10 @@ class KeySpace:
         """The ledger outbox stream of one shard."""
         return f"{self._prefix}:{self.shard_tag(shard)}:outbox"
 
+    def holds_due(self, shard: int) -> str:
+        """Open holds of the shard's customers, scored by expiry, member "customer_id/h<seq>"."""
+        return f"{self._prefix}:{self.shard_tag(shard)}:holds_due"
+
     def all_outboxes(self) -> list[str]:
         return [self.outbox(shard) for shard in range(self._shards)]
 
@@ -50,4 +74,8 @@ class KeySpace:
             buckets=f"{base}:buckets",
             usage=f"{base}:usage",
             outbox=self.outbox(shard),
+            holds=f"{base}:holds",
+            holds_open=f"{base}:holds_open",
+            holds_done=f"{base}:holds_done",
+            holds_due=self.holds_due(shard),
         )

@@ -61,7 +61,8 @@ local function expire_buckets(customer_key, buckets_key, outbox_key, customer_id
   return balance
 end
 
--- Takes `amount` from live buckets in spending order; returns {{bucket_id, credits}, ...}.
+-- Takes `amount` from live buckets in spending order;
+-- returns {{bucket_id, credits, priority, expires_at, source}, ...} so the credits can be put back.
 local function take_credits(buckets_key, live, amount)
   local takes = {}
   for _, b in ipairs(live) do
@@ -71,7 +72,7 @@ local function take_credits(buckets_key, live, amount)
     amount = amount - taken
     if b.remaining == 0 then redis.call('HDEL', buckets_key, b.id)
     else redis.call('HSET', buckets_key, b.id, bucket_value(b)) end
-    takes[#takes + 1] = {b.id, taken}
+    takes[#takes + 1] = {b.id, taken, b.priority, b.expires_at, b.source}
   end
   return takes
 end
@@ -98,4 +99,114 @@ local function remember(request_key, request_id, fingerprint, ttl, result)
     redis.call('SET', request_key, fingerprint .. '\n' .. cjson.encode(result), 'EX', ttl)
   end
   return result
+end
+
+-- The decision CheckAndDebit and Reserve share: entitlement -> cap -> free units -> buckets -> overage.
+-- Reads only. rule = {unit_cost, free_units, cap_limit, cap_window ('day'|'period'), overage_cap (-1: none),
+-- low_threshold}. Returns a table; e.reason is set when the action is denied.
+local function evaluate(usage_key, rule, feature, quantity, cap_scope, now, balance)
+  if not rule then return {reason = 'NOT_ENTITLED', cost = 0, period_used = 0, free_left = 0, cap_limit = 0,
+                           cap_used = 0} end
+  local unit_cost, free_units, cap_limit, cap_window, overage_cap, low_threshold = unpack(rule)
+  local e = {unit_cost = unit_cost, cost = quantity * unit_cost, cap_limit = cap_limit, cap_used = 0,
+             period_field = 'p|' .. feature, cap_field = ''}
+  e.period_used = tonumber(redis.call('HGET', usage_key, e.period_field) or '0')
+  e.free_left = math.max(0, free_units - e.period_used)
+  if cap_limit > 0 then
+    local window = cap_window == 'day' and int(math.floor(now / 86400000)) or 'p'
+    e.cap_field = 'c|' .. feature .. '|' .. cap_scope .. '|' .. window
+    e.cap_used = tonumber(redis.call('HGET', usage_key, e.cap_field) or '0')
+    if e.cap_used + quantity > cap_limit then e.reason = 'LIMIT_EXCEEDED' return e end
+  end
+  e.free_used = math.min(quantity, e.free_left)
+  local to_charge = (quantity - e.free_used) * unit_cost
+  e.charged = math.min(to_charge, balance)
+  e.overage = to_charge - e.charged
+  if e.overage > 0 then
+    local overage_used = tonumber(redis.call('HGET', usage_key, 'overage') or '0')
+    if overage_cap < 0 or overage_used + e.overage > overage_cap then e.reason = 'INSUFFICIENT_CREDITS' return e end
+  end
+  e.after = balance - e.charged
+  e.low = (low_threshold > 0 and balance >= low_threshold and e.after < low_threshold) and 1 or 0
+  return e
+end
+
+-- Counts (sign 1) or uncounts (sign -1) units and overage against the period, the cap and the overage cap.
+local function count_usage(usage_key, period_field, cap_field, units, overage, sign)
+  if units > 0 then
+    redis.call('HINCRBY', usage_key, period_field, sign * units)
+    if cap_field ~= '' then redis.call('HINCRBY', usage_key, cap_field, sign * units) end
+  end
+  if overage > 0 then redis.call('HINCRBY', usage_key, 'overage', sign * overage) end
+end
+
+-- What must happen before a change at `now`: 'rollover' (a period started), 'expire_holds', or nil.
+local function pending_work(status, period_end, holds_open_key, now)
+  if (status == 'active' or status == 'pending') and now >= tonumber(period_end) then return 'rollover' end
+  local first = redis.call('ZRANGE', holds_open_key, 0, 0, 'WITHSCORES')
+  if first[2] and tonumber(first[2]) <= now then return 'expire_holds' end
+  return nil
+end
+
+-- Puts `amount` back into the buckets a hold took from, last taken first; a drained bucket is recreated.
+-- takes: {{bucket_id, credits, priority, expires_at, source}, ...}
+local function return_credits(buckets_key, takes, amount)
+  for i = #takes, 1, -1 do
+    if amount == 0 then break end
+    local id, credits, priority, expires_at, source = unpack(takes[i])
+    local back = math.min(credits, amount)
+    local current = redis.call('HGET', buckets_key, id)
+    local b = current and parse_bucket(id, current) or
+      {remaining = 0, priority = priority, expires_at = expires_at, source = source}
+    b.remaining = b.remaining + back
+    redis.call('HSET', buckets_key, id, bucket_value(b))
+    amount = amount - back
+  end
+end
+
+-- The keys of every hold script, in KEYS order (see CustomerKeys.hold_keys).
+local function hold_keys()
+  return {customer = KEYS[1], buckets = KEYS[2], usage = KEYS[3], holds = KEYS[4], open = KEYS[5],
+          done = KEYS[6], due = KEYS[7], outbox = KEYS[8]}
+end
+
+-- Settles an open hold once: `used` units are charged (free units first, then its buckets, then its overage),
+-- the rest goes back; kind is 'commit', 'release' or 'hold_expiry'. Returns charged, returned, overage,
+-- free units used, balance after, entry id.
+local function settle_hold(k, customer_id, hold_id, hold, used, kind, now, request_id, retention_ms)
+  local free_used = math.min(used, hold.fu)
+  local charge = (used - free_used) * hold.u
+  local charged = math.min(charge, hold.b)
+  local overage = charge - charged
+  local returned = hold.b - charged
+  local state = redis.call('HMGET', k.customer, 'period_index')
+  if tonumber(state[1]) == hold.pi then
+    count_usage(k.usage, hold.pf, hold.cf, hold.q - used, hold.o - overage, -1)
+  end
+  local live, expired = load_buckets(k.buckets, now)
+  local balance = expire_buckets(k.customer, k.buckets, k.outbox, customer_id, expired,
+    sum_remaining(live) + sum_remaining(expired))
+  return_credits(k.buckets, hold.takes, returned)
+  balance = balance + returned
+  -- Lua writes -0 for a negated 0, which HINCRBY refuses.
+  if hold.b > 0 then redis.call('HINCRBY', k.customer, 'reserved', -hold.b) end
+  local reservation_id = customer_id .. '/' .. hold_id
+  hold.st = kind == 'hold_expiry' and 'expired' or (kind == 'commit' and 'committed' or 'released')
+  redis.call('HSET', k.holds, hold_id, cjson.encode(hold))
+  redis.call('ZREM', k.open, hold_id)
+  redis.call('ZREM', k.due, reservation_id)
+  redis.call('ZADD', k.done, now, hold_id)
+  local entry_id = append_entry(k.customer, k.outbox, customer_id, {k = kind, d = returned, rd = -hold.b,
+    b = balance, f = hold.f, q = used, dim = hold.dim, fu = free_used, o = overage, hold = reservation_id,
+    r = request_id, t = now})
+  -- Credits that went back to a bucket which expired meanwhile expire now.
+  local _, due = load_buckets(k.buckets, now)
+  balance = expire_buckets(k.customer, k.buckets, k.outbox, customer_id, due, balance)
+  -- Settled holds are kept for answering late calls, then forgotten.
+  local old = redis.call('ZRANGEBYSCORE', k.done, '-inf', now - retention_ms, 'LIMIT', 0, 100)
+  for _, old_id in ipairs(old) do
+    redis.call('HDEL', k.holds, old_id)
+    redis.call('ZREM', k.done, old_id)
+  end
+  return charged, returned, overage, free_used, balance, entry_id
 end

@@ -6,9 +6,9 @@ from creditgate.server.catalog.rules import RuleBook
 from creditgate.server.engine.model import Decision
 
 
-def explain(decision: Decision, feature: str, rules: RuleBook) -> str:
+def explain(decision: Decision, feature: str, rules: RuleBook, *, verb: str = "charged") -> str:
     if decision.allowed:
-        parts = [f"{feature}: {decision.credits_charged} credits charged"]
+        parts = [f"{feature}: {decision.credits_charged} credits {verb}"]
         if decision.free_units_used:
             parts.append(f"{decision.free_units_used} free units used")
         if decision.overage_credits:

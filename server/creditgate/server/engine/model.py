@@ -69,6 +69,7 @@ class SubscriptionView:
 @dataclass(frozen=True, slots=True)
 class BalanceView:
     available: int
+    reserved: int
     overage: int
     buckets: list[BucketView]
     features: list[FeatureUsageView]

@@ -1,11 +1,14 @@
 -- remove_credits.lua: a negative adjustment, taken from buckets in spending order; never below zero.
-local customer_key, buckets_key, request_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local customer_key, buckets_key, request_key, outbox_key, holds_open_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, customer_id, credits, reason = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local request_id, fingerprint, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 
 local replayed = replay(request_key, request_id, fingerprint)
 if replayed then return replayed end
-if redis.call('HEXISTS', customer_key, 'id') == 0 then return {'not_found'} end
+local sub = redis.call('HMGET', customer_key, 'id', 'status', 'period_end')
+if not sub[1] then return {'not_found'} end
+local work = pending_work(sub[2], sub[3], holds_open_key, now)
+if work then return {work} end
 
 local live, expired = load_buckets(buckets_key, now)
 local balance = sum_remaining(live)

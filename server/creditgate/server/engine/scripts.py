@@ -18,6 +18,9 @@ SCRIPT_NAMES = (
     "create_customer",
     "add_credits",
     "remove_credits",
+    "reserve",
+    "settle",
+    "expire_holds",
 )
 
 

@@ -1,0 +1,207 @@
+"""Two-phase holds: Reserve credits for an action in flight, then Commit what was used or Release it all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, replace
+
+import structlog
+from creditgate.server.catalog.holder import CatalogHolder
+from creditgate.server.clock import Clock
+from creditgate.server.engine.credits import CreditEngine, customer_not_found, fingerprint
+from creditgate.server.engine.keys import KeySpace
+from creditgate.server.engine.messages import explain
+from creditgate.server.engine.model import DebitRequest, Decision
+from creditgate.server.engine.scripts import Scripts
+from creditgate.server.errors import (
+    CreditgateError,
+    FailedPrecondition,
+    InternalError,
+    NotFound,
+    RequestIdReused,
+    Unavailable,
+)
+from creditgate.server.settings import Settings
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = structlog.get_logger(__name__)
+SETTLED_REASONS = {
+    "committed": "RESERVATION_ALREADY_COMMITTED",
+    "released": "RESERVATION_ALREADY_RELEASED",
+    "expired": "RESERVATION_EXPIRED",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    decision: Decision
+    reservation_id: str
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    credits_charged: int
+    credits_released: int
+    balance_after: int
+    entry_id: str
+    overage_credits: int
+    free_units_used: int
+
+
+def split_reservation_id(reservation_id: str) -> tuple[str, str]:
+    """ "customer_id/h<seq>" -> (customer_id, "h<seq>")."""
+    customer_id, _, hold_id = reservation_id.rpartition("/")
+    return customer_id, hold_id
+
+
+class Holds:
+    def __init__(
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        keys: KeySpace,
+        catalog: CatalogHolder,
+        clock: Clock,
+        settings: Settings,
+        engine: CreditEngine,
+    ) -> None:
+        self._redis = redis
+        self._scripts = scripts
+        self._keys = keys
+        self._catalog = catalog
+        self._clock = clock
+        self._settings = settings
+        self._engine = engine
+        self._retention_ms = settings.idempotency_ttl_seconds * 1000
+        self._task: asyncio.Task[None] | None = None
+
+    async def reserve(self, request: DebitRequest, ttl_seconds: int) -> Reservation:
+        rules = self._catalog.rules
+        rules_json, cap_scope = rules.rules_for(request.feature, request.dimensions)
+        keys = self._keys.for_customer(request.customer_id)
+        now = self._clock.now_ms()
+        args = [
+            now,
+            request.customer_id,
+            request.feature,
+            request.quantity,
+            rules_json,
+            cap_scope,
+            request.request_id,
+            fingerprint("reserve", request.feature, request.quantity, request.dimensions, ttl_seconds),
+            self._settings.idempotency_ttl_seconds,
+            json.dumps(request.dimensions),
+            ttl_seconds * 1000,
+        ]
+        result = await self._engine.run_touching(
+            "reserve", request.customer_id, [*keys.hold_keys, keys.request(request.request_id)], args, now
+        )
+        if result[0] == "not_found":
+            raise customer_not_found(request.customer_id)
+        if result[0] == "reused":
+            raise RequestIdReused()
+        (allowed, reason, cost, reserved, free_used, overage, after, low, reservation_id, expires_at, entry_id) = (
+            result[1:]
+        )
+        decision = Decision(
+            allowed=bool(allowed),
+            deny_reason=reason,
+            credits_cost=cost,
+            credits_charged=reserved,
+            free_units_used=free_used,
+            overage_credits=overage,
+            balance_after=after,
+            low_balance=bool(low),
+            entry_id=entry_id,
+            period_usage=0,
+            free_units_remaining=0,
+            cap_limit=0,
+            cap_usage=0,
+        )
+        decision = replace(decision, message=explain(decision, request.feature, rules, verb="reserved"))
+        return Reservation(decision, reservation_id, int(expires_at or 0))
+
+    async def commit(self, reservation_id: str, quantity: int | None, request_id: str) -> Settlement:
+        return await self._settle("commit", reservation_id, -1 if quantity is None else quantity, request_id)
+
+    async def release(self, reservation_id: str, request_id: str) -> Settlement:
+        return await self._settle("release", reservation_id, 0, request_id)
+
+    async def _settle(self, action: str, reservation_id: str, quantity: int, request_id: str) -> Settlement:
+        customer_id, hold_id = split_reservation_id(reservation_id)
+        keys = self._keys.for_customer(customer_id)
+        now = self._clock.now_ms()
+        args = [
+            now,
+            customer_id,
+            hold_id,
+            action,
+            quantity,
+            request_id,
+            fingerprint(action, reservation_id, quantity),
+            self._settings.idempotency_ttl_seconds,
+            self._retention_ms,
+        ]
+        result = await self._engine.run_touching(
+            "settle", customer_id, [*keys.hold_keys, keys.request(request_id)], args, now
+        )
+        status = result[0]
+        if status in ("not_found", "hold_not_found"):
+            raise NotFound(
+                f"reservation {reservation_id!r} does not exist (or was settled long ago)",
+                field="reservation_id",
+                reason="RESERVATION_NOT_FOUND",
+            )
+        if status == "reused":
+            raise RequestIdReused()
+        if status == "settled":
+            raise FailedPrecondition(
+                f"reservation {reservation_id!r} is already {result[1]}",
+                field="reservation_id",
+                reason=SETTLED_REASONS[result[1]],
+            )
+        if status == "too_much":
+            raise FailedPrecondition(
+                f"quantity {quantity} is more than the {result[1]} reserved",
+                field="quantity",
+                reason="QUANTITY_EXCEEDS_RESERVATION",
+            )
+        if status != "ok":
+            raise InternalError(f"settle answered {status!r}")
+        charged, released, after, entry_id, overage, free_used = result[1:]
+        return Settlement(charged, released, after, entry_id, overage, free_used)
+
+    async def sweep_once(self) -> int:
+        """Expire every hold past its ttl, whether or not its customer is touched; returns holds expired."""
+        now = self._clock.now_ms()
+        expired = 0
+        for shard in range(self._settings.shards):
+            try:
+                due = await self._redis.zrangebyscore(self._keys.holds_due(shard), "-inf", now, start=0, num=500)
+            except RedisError as exc:
+                raise Unavailable(f"Redis: {exc}") from exc
+            for customer_id in sorted({split_reservation_id(str(member))[0] for member in due}):
+                expired += await self._engine.expire_holds(customer_id, now)
+        return expired
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="hold-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except CreditgateError as exc:
+                log.warning("hold_sweep_failed", error=exc.message)
+            await asyncio.sleep(self._settings.hold_sweep_interval_seconds)
