@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, timedelta
 
@@ -60,7 +61,7 @@ def error_reason(error: grpc.RpcError) -> str:
     assert status is not None
     info = error_details_pb2.ErrorInfo()
     status.details[0].Unpack(info)
-    return info.reason
+    return str(info.reason)
 
 
 def assert_ledger_matches(server: RunningServer, customer_id: str) -> list[admin_pb2.LedgerEntry]:
@@ -93,7 +94,7 @@ def test_a_hold_settles_once_and_retries_get_the_first_answer(server: RunningSer
     first = commit(server, committed, request_id="c-1")
     assert commit(server, committed, request_id="c-1") == first
     assert release(server, released, request_id="r-1") == release(server, released, request_id="r-1")
-    cases = [
+    cases: list[tuple[Callable[[], object], str]] = [
         (lambda: commit(server, committed), "RESERVATION_ALREADY_COMMITTED"),
         (lambda: release(server, committed), "RESERVATION_ALREADY_COMMITTED"),
         (lambda: commit(server, released), "RESERVATION_ALREADY_RELEASED"),
@@ -185,7 +186,7 @@ def test_10000_partial_commits_change_the_balance_by_exactly_the_committed_amoun
             feature, unit_cost, dimensions = rng.choice(features)
             reserved = rng.randint(1, 1000)
             used = rng.randint(0, reserved)
-            hold = reserve(server, "partial", feature, reserved, **dimensions)
+            hold = reserve(server, "partial", feature, reserved, 300, **dimensions)
             settled = commit(server, hold.reservation_id, used)
             assert (settled.credits_charged, settled.credits_released) == (
                 used * unit_cost,

@@ -129,7 +129,7 @@ class Model:
             today = now // DAY_MS
             self.usage, self.overage = {}, 0
             self.cap_usage = {today: self.cap_usage[today]} if today in self.cap_usage else {}
-        for hold_id, hold in sorted(self.holds.items(), key=lambda item: (item[1].expires_at, int(item[0][1:]))):
+        for _, hold in sorted(self.holds.items(), key=lambda item: (item[1].expires_at, int(item[0][1:]))):
             if hold.state == "open" and hold.expires_at <= now:
                 self.settle(hold, 0, "expired", now)
         self.expire_due(now)
