@@ -6,13 +6,23 @@ import os
 import sqlite3
 import subprocess
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
 from creditgate.server.ledger.restore import RestoreReport, restore
 from creditgate.v1 import admin_pb2, metering_pb2
 from harness import REPO, RunningServer
+
+
+T = TypeVar("T")
+
+
+async def awaited(command: Awaitable[T]) -> T:
+    """redis-py's commands are typed as Awaitable; the server's loop runs coroutines."""
+    return await command
 
 
 def run_reconcile(server: RunningServer) -> ReconcileReport:
@@ -66,9 +76,9 @@ def test_a_tampered_bucket_in_redis_is_reported(server: RunningServer) -> None:
     busy_month(server)
     server.flush()
     buckets_key = KeySpace(server.app.settings.shards).for_customer("basic-co").buckets
-    value = server.call(server.app.redis.hget(buckets_key, "b3"))
+    value = server.call(awaited(server.app.redis.hget(buckets_key, "b3")))
     assert value == "885|20|0|topup"  # the starter pack after the 2,600 refund took the rest of the grant
-    server.call(server.app.redis.hset(buckets_key, "b3", "890|20|0|topup"))
+    server.call(awaited(server.app.redis.hset(buckets_key, "b3", "890|20|0|topup")))
     report = run_reconcile(server)
     assert [(d.customer_id, d.credits, d.entries) for d in report.drifts] == [("basic-co", 5, 0)]
     assert [(d.what, d.redis, d.ledger) for d in report.drifts[0].differences] == [
@@ -97,7 +107,7 @@ def test_restore_rebuilds_a_lost_redis_to_zero_drift_and_decisions_carry_on(serv
     server.flush()
     customers = ("basic-co", "pro-co", "walk-in", "quitter")
     before = balances(server, *customers)
-    server.call(server.app.redis.flushall())
+    server.call(awaited(server.app.redis.flushall()))
 
     lost = run_reconcile(server)
     assert [(d.customer_id, d.credits) for d in lost.drifts] == [
@@ -143,7 +153,7 @@ def test_the_reconcile_command_exits_with_the_drift(server: RunningServer) -> No
     server.admin.AdjustCredits(
         admin_pb2.AdjustCreditsRequest(customer_id="acme", delta=-40, reason="unflushed", request_id=str(uuid.uuid4()))
     )
-    server.call(server.app.redis.delete(*KeySpace(server.app.settings.shards).all_outboxes()))
+    server.call(awaited(server.app.redis.delete(*KeySpace(server.app.settings.shards).all_outboxes())))
     drifted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert (drifted.returncode, drifted.stdout.splitlines()[-1]) == (
         1,
