@@ -263,3 +263,8 @@ class AsyncClient:
             customer_id=customer_id, page_size=page_size, page_token=page_token
         )
         return await self._invoke(self._admin.ListLedgerEntries, request, timeout, idempotent=True)
+
+    async def get_ledger_status(self, *, timeout: float | None = None) -> admin_pb2.GetLedgerStatusResponse:
+        """How far the durable ledger is behind Redis: outbox backlog, pending entries, oldest unflushed age."""
+        request = admin_pb2.GetLedgerStatusRequest()
+        return await self._invoke(self._admin.GetLedgerStatus, request, timeout, idempotent=True)
