@@ -35,6 +35,7 @@ FEATURES = {
 }
 PLANS = {"basic": (2500, 250, None), "professional": (4000, 1000, 5000)}  # grant, email cap, overage cap
 NEVER = 0
+RETENTION_MS = 24 * 3600 * 1000  # settled holds are remembered as long as request ids (the default 24 h)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Hold:
     expires_at: int
     takes: list[tuple[str, int]]
     state: str = "open"
+    settled_at: int = 0
 
 
 @dataclass
@@ -165,6 +167,8 @@ class Model:
             self.count(hold.feature, -(hold.quantity - used), -(hold.overage - (charge - charged)), hold.cap_day)
         self.expire_due(now)
         for bucket_id, taken in reversed(hold.takes):
+            if returned == 0:
+                break
             back = min(taken, returned)
             returned -= back
             if bucket_id in self.buckets:
@@ -172,8 +176,11 @@ class Model:
             else:
                 self.buckets[bucket_id] = Bucket(back, *self.bucket_meta[bucket_id])
         self.expire_due(now)
-        hold.state = state
+        hold.state, hold.settled_at = state, now
         self.spent += charged
+        # Settled holds are forgotten once the retention has passed, at the next settlement.
+        for hold_id in [i for i, h in self.holds.items() if h.state != "open" and h.settled_at <= now - RETENTION_MS]:
+            del self.holds[hold_id]
         return charged, hold.credits - charged
 
     @property
@@ -231,7 +238,7 @@ class CreditMachine(RuleBasedStateMachine):
         target=holds,
         feature=st.sampled_from(sorted(FEATURES)),
         quantity=st.integers(1, 400),
-        ttl=st.integers(1, 3 * 86400),
+        ttl=st.integers(1, 86400),
     )
     def reserve(self, feature: str, quantity: int, ttl: int) -> str:
         self.model.touch(self.now)
@@ -295,13 +302,13 @@ class CreditMachine(RuleBasedStateMachine):
         if quantity is not None:
             request.quantity = quantity
         refusal = self.expected_refusal(hold_id)
-        hold = self.model.holds[hold_id]
-        too_much = refusal is None and quantity is not None and quantity > hold.quantity
+        too_much = refusal is None and quantity is not None and quantity > self.model.holds[hold_id].quantity
         if refusal or too_much:
             with pytest.raises(grpc.RpcError) as raised:
                 self.server.metering.Commit(request)
-            assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert raised.value.code() == refusal_code(refusal)
             return
+        hold = self.model.holds[hold_id]
         charged, released = self.model.settle(
             hold, hold.quantity if quantity is None else quantity, "committed", self.now
         )
@@ -314,10 +321,11 @@ class CreditMachine(RuleBasedStateMachine):
             return
         self.model.touch(self.now)
         request = metering_pb2.ReleaseRequest(reservation_id=f"{self.customer}/{hold_id}", request_id=self.request_id())
-        if self.expected_refusal(hold_id):
+        refusal = self.expected_refusal(hold_id)
+        if refusal:
             with pytest.raises(grpc.RpcError) as raised:
                 self.server.metering.Release(request)
-            assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert raised.value.code() == refusal_code(refusal)
             return
         _, released = self.model.settle(self.model.holds[hold_id], 0, "released", self.now)
         assert self.server.metering.Release(request).credits_released == released
@@ -386,6 +394,10 @@ class CreditMachine(RuleBasedStateMachine):
         )
         settled = [e.reservation_id for e in entries if e.kind in SETTLING_KINDS]
         assert len(settled) == len(set(settled)), "a hold settled twice"
+
+
+def refusal_code(reason: str | None) -> grpc.StatusCode:
+    return grpc.StatusCode.NOT_FOUND if reason == "RESERVATION_NOT_FOUND" else grpc.StatusCode.FAILED_PRECONDITION
 
 
 SETTLING_KINDS = {
