@@ -139,7 +139,6 @@ class PostgresServer:
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "postgres.log", "ab"),  # noqa: SIM115 - the child keeps it
             user=self.user,
-            # Its own process group, so pause() stops the postmaster and every backend at once.
             start_new_session=True,
         )
         deadline = time.monotonic() + 30
@@ -173,13 +172,28 @@ class PostgresServer:
             cursor = conn.execute(sql.encode(), params)
             return cursor.fetchall() if cursor.description else []
 
-    def pause(self) -> None:
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (each backend calls setsid(), so a process group misses them)."""
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGSTOP)
+        found = [self.process.pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rpartition(")")[2].split()[1]) == self.process.pid:
+                    found.append(int(entry.name))
+        return found
+
+    def pause(self) -> None:
+        """SIGSTOP the whole cluster: connections stay open and every query waits (a hung database)."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGCONT)
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process is not None:
