@@ -247,6 +247,8 @@ class Stack:
         by_request = {request_id: f"{customer}/{seq}" for request_id, customer, seq in rows}
         assert len(by_request) == len(rows), "a request_id was charged twice"
         assert {d.request_id: d.entry_id for d in allowed} == by_request
+        retried = sum(1 for attempt in load.attempts if attempt.code != grpc.StatusCode.OK)
+        print(f"acknowledged {len(allowed)}, rows {len(rows)}, failed attempts retried {retried}")
 
     def redis_backlog(self) -> int:
         client = redis.Redis.from_url(self.redis.url)
