@@ -39,16 +39,26 @@ class UpstreamStatus(grpc.Status):
 class LossyProxy(BytesHandler):
     """Forwards every unary call as raw bytes to the upstream server; the first `answers_to_lose` calls are
     carried out upstream but answer UNAVAILABLE, as when a connection drops after the server acted. With
-    `hold_seconds`, every call waits that long before it is forwarded (a slow network, for deadlines)."""
+    `hold_seconds`, every call waits that long before it is forwarded (a slow network, for deadlines); with
+    `credentials`, clients reach it over TLS."""
 
-    def __init__(self, upstream_port: int, answers_to_lose: int = 0, hold_seconds: float = 0) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        answers_to_lose: int = 0,
+        hold_seconds: float = 0,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self.answers_to_lose = answers_to_lose
         self.hold_seconds = hold_seconds
         self.attempts: list[Attempt] = []
         self._lock = threading.Lock()
         self._upstream = grpc.insecure_channel(f"127.0.0.1:{upstream_port}")
         self._server = grpc.server(ThreadPoolExecutor(max_workers=4), handlers=[self])
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            self.port = self._server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
         self._server.start()
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
