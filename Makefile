@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ROOT := $(shell id -u 2>/dev/null)
 PROTOS := $(wildcard proto/creditgate/v1/*.proto)
 
-.PHONY: run test lint proto check-generated system-deps install clean release-proto clients check-clients client-tools \
+.PHONY: run test lint proto check-generated system-deps install clean release-proto python-stubs clients check-clients client-tools \
   client-deps
 
 run: install system-deps
@@ -55,8 +55,10 @@ $(BUF):
 release-proto: $(BUF)
 	cd proto && ../$(BUF) build -o released.binpb
 
-# Regenerate the committed Python stubs from the proto.
-proto: install
+# Regenerate the committed generated code of every client from the proto (the same as `make clients`).
+proto: clients
+
+python-stubs: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -I proto \
 	  --python_out=client/python --grpc_python_out=client/python \
 	  --mypy_out=client/python --mypy_grpc_out=client/python $(PROTOS)
@@ -95,7 +97,7 @@ gen_clients = $(BIN)/python -m grpc_tools.protoc -I proto \
   --go_opt="module=$(GO_IMPORT),$(GO_PACKAGES)" --go-grpc_opt="module=$(GO_IMPORT),$(GO_PACKAGES)" $(PROTOS)
 
 # Regenerate every client's code (Python stubs, Node.js, Go) from the proto; commit the result.
-clients: proto client-tools
+clients: python-stubs client-tools
 	rm -rf $(NODE_CLIENT)/src/gen $(GO_CLIENT)/creditgatev1
 	mkdir -p $(NODE_CLIENT)/src/gen
 	$(call gen_clients,$(NODE_CLIENT)/src/gen,$(GO_CLIENT))
