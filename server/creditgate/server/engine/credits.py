@@ -36,8 +36,8 @@ from creditgate.server.settings import Settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-# A call that finds a new period or due holds settles them and tries again; three rounds suffice, four is slack.
-MAX_ROLLOVER_ROUNDS = 4
+# A call that finds a new period, due holds or due buckets settles them and tries again; five rounds suffice.
+MAX_ROLLOVER_ROUNDS = 5
 # expire_holds.lua settles at most this many holds per call.
 HOLDS_EXPIRED_PER_CALL = 200
 
@@ -215,10 +215,16 @@ class CreditEngine:
                 raise customer_not_found(customer_id)
             period_due = customer.get("status") in ("active", "pending") and now >= int(customer["period_end"])
             hold_due = int(customer.get("_next_hold_expiry", now + 1)) <= now
+            bucket_due = any(_bucket(id_, value).due(now) for id_, value in buckets.items())
             if period_due:
                 await self.open_periods(customer_id, keys, now)
             elif hold_due:
                 await self.expire_holds(customer_id, now)
+            elif bucket_due:
+                # Expired credits leave the ledger when they leave the balance, even if only a read saw it.
+                await self._scripts.run(
+                    "expire_buckets", [keys.customer, keys.buckets, keys.outbox], [now, customer_id]
+                )
             else:
                 return customer, buckets, usage
         return customer, buckets, usage

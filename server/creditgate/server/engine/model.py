@@ -41,6 +41,9 @@ class BucketView:
     priority: int
     expires_at_ms: int
 
+    def due(self, now_ms: int) -> bool:
+        return self.expires_at_ms != 0 and self.expires_at_ms <= now_ms
+
 
 @dataclass(frozen=True, slots=True)
 class CapView:

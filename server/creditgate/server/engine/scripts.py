@@ -21,6 +21,7 @@ SCRIPT_NAMES = (
     "reserve",
     "settle",
     "expire_holds",
+    "expire_buckets",
 )
 
 
