@@ -21,6 +21,7 @@ LEDGER_COLUMNS = (
     " free_units_used, overage_credits, bucket_id, request_id, reason, price, bucket_priority, bucket_expires_ms,"
     " reserved_delta, reservation_id, takes"
 )
+INSERT_LEDGER = f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 20)})"
 
 
 class SqliteStore:
@@ -67,8 +68,11 @@ class SqliteStore:
     async def write(self, records: list[Record], parked: list[ParkedEntry]) -> None:
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
+                # One executemany for the batch's ledger entries: the flusher's hot path.
+                db.executemany(INSERT_LEDGER, [_ledger_row(r) for r in records if isinstance(r, LedgerRecord)])
                 for record in records:
-                    _insert(db, record)
+                    if not isinstance(record, LedgerRecord):
+                        _insert(db, record)
                 db.executemany(
                     "INSERT OR IGNORE INTO parked_entries VALUES (?, ?, ?)",
                     [(p.source_id, p.raw, p.error) for p in parked],
@@ -149,34 +153,33 @@ class _transaction:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
+def _ledger_row(record: LedgerRecord) -> tuple[object, ...]:
+    return (
+        record.customer_id,
+        record.seq,
+        record.kind,
+        record.credits_delta,
+        record.balance_after,
+        record.created_ms,
+        record.feature,
+        record.quantity,
+        json.dumps(record.dimensions),
+        record.free_units_used,
+        record.overage_credits,
+        record.bucket_id,
+        record.request_id,
+        record.reason,
+        record.price,
+        record.bucket_priority,
+        record.bucket_expires_ms,
+        record.reserved_delta,
+        record.reservation_id,
+        json.dumps(record.takes),
+    )
+
+
 def _insert(db: sqlite3.Connection, record: Record) -> None:
-    if isinstance(record, LedgerRecord):
-        db.execute(
-            f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 20)})",
-            (
-                record.customer_id,
-                record.seq,
-                record.kind,
-                record.credits_delta,
-                record.balance_after,
-                record.created_ms,
-                record.feature,
-                record.quantity,
-                json.dumps(record.dimensions),
-                record.free_units_used,
-                record.overage_credits,
-                record.bucket_id,
-                record.request_id,
-                record.reason,
-                record.price,
-                record.bucket_priority,
-                record.bucket_expires_ms,
-                record.reserved_delta,
-                record.reservation_id,
-                json.dumps(record.takes),
-            ),
-        )
-    elif isinstance(record, CustomerRecord):
+    if isinstance(record, CustomerRecord):
         db.execute(
             "INSERT OR IGNORE INTO customers VALUES (?, ?, ?, ?)",
             (record.customer_id, record.name, json.dumps(record.metadata), record.created_ms),

@@ -199,7 +199,7 @@ def _generate(
             concurrency=_share(settings.concurrency, processes, index, minimum=1),
             connections=settings.connections,
             duration_s=settings.duration_s if not settings.requests else 0.0,
-            max_requests=_share(settings.requests, processes, index, minimum=0),
+            max_requests=_share(settings.requests, processes, index, minimum=0) if settings.requests else None,
             rate=settings.rate / processes,
             batch_size=settings.batch_size,
             run_id=f"{run_id}",

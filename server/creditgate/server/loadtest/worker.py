@@ -49,7 +49,8 @@ class WorkerPlan:
     concurrency: int
     connections: int
     duration_s: float
-    max_requests: int
+    # None: no limit (run for duration_s).
+    max_requests: int | None
     rate: float
     batch_size: int
     run_id: str
@@ -99,7 +100,7 @@ class _Worker:
         return with_request_id(encoded, request_id)
 
     def may_issue(self) -> bool:
-        if self.plan.max_requests and self.issued >= self.plan.max_requests:
+        if self.plan.max_requests is not None and self.issued >= self.plan.max_requests:
             return False
         if time.perf_counter() >= self.deadline:
             return False

@@ -1,0 +1,46 @@
+"""The ceiling: a MeteringService whose CheckAndDebit does nothing, on creditgate's own stack (grpc.aio, uvloop)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+import grpc
+import uvloop
+from creditgate.v1 import metering_pb2, metering_pb2_grpc
+
+ALLOWED = metering_pb2.CheckAndDebitResponse(allowed=True)
+
+
+class NoopMetering(metering_pb2_grpc.MeteringServiceServicer):
+    async def CheckAndDebit(
+        self, request: metering_pb2.CheckAndDebitRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> metering_pb2.CheckAndDebitResponse:
+        return ALLOWED
+
+    async def CheckAndDebitBatch(
+        self, request: metering_pb2.CheckAndDebitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> metering_pb2.CheckAndDebitBatchResponse:
+        return metering_pb2.CheckAndDebitBatchResponse(
+            results=[metering_pb2.CheckAndDebitBatchResult(decision=ALLOWED) for _ in request.items]
+        )
+
+
+async def serve(listen: str) -> None:
+    server = grpc.aio.server()
+    metering_pb2_grpc.add_MeteringServiceServicer_to_server(NoopMetering(), server)
+    server.add_insecure_port(listen)
+    await server.start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:50061")
+    uvloop.run(serve(parser.parse_args().listen))

@@ -1,0 +1,160 @@
+"""Writes bench/RESULTS.md and bench/latency_vs_throughput.png from the results of bench/run.py."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROWS = [
+    ("noop", "ceiling: no-op MeteringService (grpc.aio + uvloop), creditgate loadtest"),
+    ("h2load-noop", "ceiling measured with h2load (C, gRPC framing)"),
+    ("cg-hot", "creditgate CheckAndDebit, 1 hot customer"),
+    ("cg-many", "creditgate CheckAndDebit, 10,000 customers"),
+    ("h2load-cg-hot", "creditgate CheckAndDebit, 1 hot customer, h2load"),
+    ("cg-reserve-commit", "creditgate Reserve + Commit, 10,000 customers"),
+    ("cg-batch100", "creditgate CheckAndDebitBatch, 100 per call, 10,000 customers"),
+    ("pg-hot", "PostgreSQL check-then-debit (FOR UPDATE), 1 hot customer"),
+    ("pg-many", "PostgreSQL check-then-debit (FOR UPDATE), 10,000 customers"),
+    ("cg-many@half", "creditgate at half its throughput (open loop)"),
+    ("noop@half", "no-op at the same rate (open loop)"),
+]
+
+
+def med(rows: list[dict[str, Any]], key: str, sub: str | None = None) -> float:
+    return statistics.median(float(row[key][sub] if sub else row[key]) for row in rows)
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    rows = results["rows"]
+    m = results["machine"]
+    s = results["settings"]
+    lines = [
+        "# creditgate benchmark",
+        "",
+        f"Command: `{results['command']}` (bench/run.py), started {results['started']}, took {results['minutes']} min.",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}, {m['redis']}.",
+        f"Load average before / after: {', '.join(f'{x:.2f}' for x in m['load_average_before'])} /"
+        f" {', '.join(f'{x:.2f}' for x in results['load_average_after'])}.",
+        "",
+        f"Load: `creditgate loadtest`, {s['load_processes']} processes of grpc.aio clients, {s['concurrency']} calls in"
+        f" flight (closed loop) unless stated, mix `{s['mix']}`, {s['seconds']} s per run, {s['rounds']} rounds"
+        " run one after another through every row (so the rows of one round share the machine's state);"
+        " figures are medians of the rounds. The server, Redis, PostgreSQL and the load generator share the same"
+        " cores. h2load rows: nghttp2's h2load (Debian nghttp2-client), 4 connections x 16 streams, gRPC framing.",
+        "",
+        "| row | decisions/s | calls/s | p50 ms | p99 ms | p99.9 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in ROWS:
+        if key not in rows:
+            continue
+        data = rows[key]
+        if key.startswith("h2load"):
+            rate = med(data, "calls_per_s")
+            lines.append(f"| {label} | {rate:,.0f} | {rate:,.0f} | | | | |")
+            continue
+        errors = sum(sum(row["errors"].values()) for row in data)
+        lines.append(
+            f"| {label} | {med(data, 'decisions_per_s'):,.0f} | {med(data, 'calls_per_s'):,.0f} |"
+            f" {med(data, 'latency_ms', 'p50'):.2f} | {med(data, 'latency_ms', 'p99'):.2f} |"
+            f" {med(data, 'latency_ms', 'p999'):.2f} | {errors} |"
+        )
+    noop = med(rows["noop"], "decisions_per_s")
+    many = med(rows["cg-many"], "decisions_per_s")
+    hot = med(rows["cg-hot"], "decisions_per_s")
+    pg_many = med(rows["pg-many"], "decisions_per_s")
+    pg_hot = med(rows["pg-hot"], "decisions_per_s")
+    batch = med(rows["cg-batch100"], "decisions_per_s")
+    half_p99 = med(rows["cg-many@half"], "latency_ms", "p99")
+    h2_noop = med(rows["h2load-noop"], "calls_per_s")
+    h2_cg = med(rows["h2load-cg-hot"], "calls_per_s")
+    lag = results["flusher_lag_ms"]
+    store = results["store"]
+    memory = results["memory"]
+    peak = max(many, hot, batch)
+    lines += [
+        "",
+        "## Against the figures of issue #6",
+        "",
+        "| figure | target | measured | met |",
+        "|---|---|---|---|",
+        _goal("CheckAndDebit / no-op ceiling (10,000 customers, loadtest)", ">= 70%", many / noop, 0.70),
+        _goal("CheckAndDebit / no-op ceiling (1 hot customer, loadtest)", ">= 70%", hot / noop, 0.70),
+        _goal("CheckAndDebit / no-op ceiling (1 hot customer, h2load)", ">= 70%", h2_cg / h2_noop, 0.70),
+        f"| p99 at half of creditgate's throughput ({many / 2:,.0f}/s, open loop) | <= 2 ms | {half_p99:.2f} ms |"
+        f" {'yes' if half_p99 <= 2 else 'no'} |",
+        _goal("creditgate / PostgreSQL (10,000 customers)", ">= 5x", many / pg_many, 5, times=True),
+        _goal("creditgate / PostgreSQL (1 hot customer)", ">= 5x", hot / pg_hot, 5, times=True),
+        _goal("CheckAndDebitBatch(100) / unary decisions per second", ">= 10x", batch / many, 10, times=True),
+        f"| flusher lag p99 during the 10,000-customer runs ({lag['samples']} samples every 50 ms) | <= 1 s |"
+        f" {lag['p99']} ms (max {lag['max']} ms) | {'yes' if lag['p99'] <= 1000 else 'no'} |",
+        _goal(
+            f"SQLite store absorbs (batches of {store['batch']}) / peak decision rate ({peak:,.0f}/s)",
+            ">= 3x",
+            store["records_per_s"] / peak,
+            3,
+            times=True,
+        ),
+        f"| Redis memory per customer (plan, {memory['buckets']} buckets, counters) | <= 2 KB |"
+        f" {memory['total_bytes']:,} bytes | {'yes' if memory['total_bytes'] <= 2048 else 'no'} |",
+        "",
+        f"Overspend, 4,000 concurrent 1-credit debits against 2,500 credits: creditgate charged"
+        f" {results['overspend']['creditgate']['charged']:,} (overspend"
+        f" {results['overspend']['creditgate']['overspend']}), PostgreSQL FOR UPDATE charged"
+        f" {results['overspend']['postgresql']['charged']:,} (overspend"
+        f" {results['overspend']['postgresql']['overspend']}).",
+        "",
+        f"Redis limit, redis-benchmark EVALSHA of the same decide script (50 clients, random request ids):"
+        f" {results['evalsha']['P1']:,.0f}/s, pipelined 16: {results['evalsha']['P16']:,.0f}/s.",
+        "",
+        f"Memory per customer (MEMORY USAGE, bytes): {json.dumps(memory['keys'])}. Idempotency keys (one per"
+        " request_id, 24 h) are not counted: they are per request, not per customer.",
+        "",
+        f"One-time setup through AdminService (seconds): {json.dumps(results['setup_s'])}.",
+        "",
+        "![latency vs throughput](latency_vs_throughput.png)",
+        "",
+    ]
+    if not results["reserve_commit"]:
+        lines += ["Reserve + Commit: the server answered UNIMPLEMENTED, so that row is missing.", ""]
+    (out / "RESULTS.md").write_text("\n".join(lines) + "\n" + _notes(out))
+    plot(results, out / "latency_vs_throughput.png")
+
+
+def _goal(label: str, target: str, ratio: float, threshold: float, *, times: bool = False) -> str:
+    shown = f"{ratio:.1f}x" if times else f"{ratio:.0%}"
+    return f"| {label} | {target} | {shown} | {'yes' if ratio >= threshold else 'no'} |"
+
+
+def _notes(out: Path) -> str:
+    """Hand-written notes kept below the generated part (bench/NOTES.md)."""
+    notes = out / "NOTES.md"
+    return notes.read_text() if notes.exists() else ""
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 4.5))
+    for name, points in results["curves"].items():
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+    axes.set_xlabel("decisions per second (closed loop: 1, 4, 16, 64 in flight)")
+    axes.set_ylabel("p99 latency (ms)")
+    axes.set_yscale("log")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    axes.set_title("CheckAndDebit latency vs throughput, same machine, same load")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
+    write_report(json.loads((folder / "results.json").read_text()), folder)

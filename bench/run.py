@@ -1,0 +1,550 @@
+"""`make bench`: the ceiling, creditgate, the PostgreSQL baseline and the Redis limit, in one run on this machine
+with the same load settings; medians of 3 rounds, ratios within the run; writes bench/RESULTS.md and a plot."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis
+from creditgate.server.loadtest.report import as_json
+from creditgate.server.loadtest.runner import LoadSettings, run_load
+from creditgate.v1 import metering_pb2, metering_pb2_grpc
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+CATALOG = REPO / "examples" / "apollo.yaml"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+MIX = "email_unlock:1"  # one flat 1-credit feature everywhere, so every row does the same work
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Processes:
+    """Child processes of the bench, ended in reverse order."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            child.terminate()
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def start_postgres(processes: Processes, workdir: Path) -> str:
+    data, port = workdir / "pg", free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    data.mkdir()
+    if as_postgres:
+        shutil.chown(workdir, "postgres")
+        shutil.chown(data, "postgres")
+    subprocess.run(
+        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-U", "bench", "-A", "trust"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    processes.start(
+        "postgres",
+        [
+            *as_postgres,
+            str(PG_BIN / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(workdir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=100",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "shared_buffers=256MB",
+        ],
+    )
+    wait_port(port)
+    time.sleep(1)
+    return f"host=127.0.0.1 port={port} user=bench dbname=postgres"
+
+
+def python_env() -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
+class LagSampler:
+    """Samples the age of the oldest entry still in any outbox stream (the flusher deletes what it wrote)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.samples_ms: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LagSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        streams = [key for key in self.client.scan_iter(match="cg:*:outbox")]
+        while not self._stop.wait(0.05):
+            oldest = None
+            for stream in streams:
+                first = self.client.xrange(stream, count=1)
+                if first:
+                    ms = int(first[0][0].split(b"-")[0])
+                    oldest = ms if oldest is None else min(oldest, ms)
+            self.samples_ms.append(0 if oldest is None else max(0, int(time.time() * 1000) - oldest))
+
+
+def h2load(target: str, path: str, body: bytes, seconds: int, clients: int, streams: int) -> dict[str, Any]:
+    """h2load (nghttp2, C) with gRPC framing: a 5-byte length prefix and the gRPC headers."""
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as file:
+        file.write(b"\x00" + len(body).to_bytes(4, "big") + body)
+    out = subprocess.run(
+        [
+            "h2load",
+            "-D",
+            str(seconds),
+            "-c",
+            str(clients),
+            "-m",
+            str(streams),
+            "-t",
+            "1",
+            "-d",
+            file.name,
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            f"http://{target}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(file.name)
+    rate = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    done = re.search(r"requests: .* (\d+) succeeded", out)
+    return {"calls_per_s": rate, "succeeded": int(done.group(1)) if done else 0}
+
+
+def capture_decide(redis_url: str, target: str, customer: str) -> list[str]:
+    """The EVALSHA the server sends for one CheckAndDebit, seen with MONITOR, to replay with redis-benchmark."""
+    client = redis.Redis.from_url(redis_url)
+    with client.monitor() as monitor:
+        threading.Thread(target=_one_debit, args=(target, customer), daemon=True).start()
+        while True:
+            command = monitor.next_command()["command"]
+            if command.lower().startswith("evalsha"):
+                return _split_monitor(command)
+
+
+def _one_debit(target: str, customer: str) -> None:
+    time.sleep(0.2)
+    with grpc.insecure_channel(target) as channel:
+        metering_pb2_grpc.MeteringServiceStub(channel).CheckAndDebit(
+            metering_pb2.CheckAndDebitRequest(customer_id=customer, feature="email_unlock", request_id="capture-1")
+        )
+
+
+def _split_monitor(command: str) -> list[str]:
+    # redis-py has already unquoted MONITOR's output into one space-separated string; JSON never holds spaces here.
+    return command.split(" ")
+
+
+def redis_benchmark(port: int, argv: list[str], pipeline: int) -> float:
+    out = subprocess.run(
+        [
+            "redis-benchmark",
+            "-p",
+            str(port),
+            "-n",
+            "200000",
+            "-c",
+            "50",
+            "-P",
+            str(pipeline),
+            "-r",
+            "100000000",
+            "-q",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(re.findall(r"([\d.]+) requests per second", out)[-1])
+
+
+def load(name: str, settings: LoadSettings, rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    result = as_json(run_load(settings))
+    rows.setdefault(name, []).append(result)
+    print(
+        f"  {name}: {result['decisions_per_s']:,.0f} decisions/s, p99 {result['latency_ms']['p99']:.2f} ms,"
+        f" errors {result['errors']}, verified {result['verified']}",
+        flush=True,
+    )
+    return result
+
+
+def median(rows: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for row in rows:
+        value: Any = row
+        for key in path:
+            value = value[key]
+        values.append(float(value))
+    return statistics.median(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=BENCH)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="creditgate-bench-"))
+    processes = Processes(workdir)
+    try:
+        results = run_all(args, processes, workdir)
+    finally:
+        processes.stop_all()
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from report import write_report  # bench/report.py
+
+    write_report(results, args.out)
+    print(f"wrote {args.out / 'RESULTS.md'}")
+
+
+def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> dict[str, Any]:
+    started = time.time()
+    redis_port = free_port()
+    processes.start(
+        "redis",
+        [
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+    )
+    wait_port(redis_port)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    cg, noop, pg = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    env = python_env()
+    processes.start(
+        "creditgate",
+        [sys.executable, "-m", "creditgate.server", "serve", "--catalog", str(CATALOG)],
+        {
+            **env,
+            "CREDITGATE_LISTEN": cg,
+            "CREDITGATE_REDIS_URL": redis_url,
+            "CREDITGATE_DATA_DIR": str(workdir / "cg"),
+            "CREDITGATE_LOG_FORMAT": "json",
+        },
+    )
+    processes.start("noop", [sys.executable, str(BENCH / "noop_server.py"), "--listen", noop], env)
+    dsn = start_postgres(processes, workdir)
+    processes.start(
+        "pg_server",
+        [sys.executable, str(BENCH / "pg_server.py"), "--listen", pg, "--dsn", dsn, "--catalog", str(CATALOG)],
+        env,
+    )
+    for target in (cg, noop, pg):
+        wait_port(int(target.rsplit(":", 1)[1]))
+    time.sleep(2)
+
+    def settings(target: str, **overrides: Any) -> LoadSettings:
+        base = {
+            "target": target,
+            "features": MIX,
+            "concurrency": args.concurrency,
+            "duration_s": args.seconds,
+            "processes": 2,
+        }
+        return LoadSettings(**{**base, **overrides})
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    many = args.customers
+    print("setting up customers (AdminService RPCs)", flush=True)
+    setup = {
+        "cg-hot": run_load(settings(cg, customers=1, customer_prefix="hot", requests=1)).setup_s,
+        "cg-many": run_load(settings(cg, customers=many, customer_prefix="many", requests=1, verify=False)).setup_s,
+        "pg-hot": run_load(settings(pg, customers=1, customer_prefix="hot", requests=1)).setup_s,
+        "pg-many": run_load(settings(pg, customers=many, customer_prefix="many", requests=1, verify=False)).setup_s,
+    }
+    existing = {"setup": False, "verify": True}
+    lag_samples: list[int] = []
+    reserve_available = True
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}/{args.rounds}", flush=True)
+        load("noop", settings(noop, customers=many, customer_prefix="many", setup=False, verify=False), rows)
+        load("cg-hot", settings(cg, customers=1, customer_prefix="hot", **existing), rows)
+        with LagSampler(redis_url) as sampler:
+            load("cg-many", settings(cg, customers=many, customer_prefix="many", setup=False, verify=False), rows)
+        lag_samples += sampler.samples_ms
+        load(
+            "cg-batch100",
+            settings(
+                cg,
+                customers=many,
+                customer_prefix="many",
+                setup=False,
+                verify=False,
+                mode="batch",
+                batch_size=100,
+                concurrency=8,
+            ),
+            rows,
+        )
+        if reserve_available:
+            result = load(
+                "cg-reserve-commit",
+                settings(cg, customers=many, customer_prefix="many", setup=False, verify=False, mode="reserve-commit"),
+                rows,
+            )
+            if result["errors"].get("UNIMPLEMENTED"):
+                reserve_available = False
+                rows.pop("cg-reserve-commit")
+        load("pg-hot", settings(pg, customers=1, customer_prefix="hot", **existing), rows)
+        load("pg-many", settings(pg, customers=many, customer_prefix="many", setup=False, verify=False), rows)
+        body = metering_pb2.CheckAndDebitRequest(customer_id="hot-0", feature="email_unlock").SerializeToString()
+        for name, target in (("h2load-noop", noop), ("h2load-cg-hot", cg)):
+            rows.setdefault(name, []).append(
+                h2load(target, "/creditgate.v1.MeteringService/CheckAndDebit", body, int(args.seconds), 4, 16)
+            )
+            print(f"  {name}: {rows[name][-1]['calls_per_s']:,.0f} calls/s", flush=True)
+
+    print("latency at half of creditgate's throughput (open loop)", flush=True)
+    half = median(rows["cg-many"], "decisions_per_s") / 2
+    for name, target in (("cg-many@half", cg), ("noop@half", noop)):
+        for _ in range(args.rounds):
+            load(
+                name,
+                settings(
+                    target,
+                    customers=many,
+                    customer_prefix="many",
+                    setup=False,
+                    verify=False,
+                    rate=half,
+                    concurrency=256,
+                ),
+                rows,
+            )
+
+    print("latency vs throughput (closed loop, 1..64 in flight)", flush=True)
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, target in (("noop", noop), ("creditgate", cg), ("postgresql", pg)):
+        for in_flight in (1, 4, 16, 64):
+            result = load(
+                f"curve-{name}-{in_flight}",
+                settings(
+                    target, customers=many, customer_prefix="many", setup=False, verify=False, concurrency=in_flight
+                ),
+                rows,
+            )
+            curves.setdefault(name, []).append((result["decisions_per_s"], result["latency_ms"]["p99"]))
+
+    print("overspend: 4,000 concurrent 1-credit debits against a customer with 2,500 credits", flush=True)
+    overspend = {}
+    for name, target in (("creditgate", cg), ("postgresql", pg)):
+        result = load(
+            f"overspend-{name}",
+            settings(target, customers=1, plan="basic", credits_per_customer=0, requests=4000, duration_s=0),
+            rows,
+        )
+        overspend[name] = {
+            "charged": result["credits_charged"],
+            "granted": 2500,
+            "overspend": max(0, result["credits_charged"] - 2500),
+            "verified": result["verified"],
+        }
+
+    print("redis-benchmark: EVALSHA of the decide script", flush=True)
+    command = capture_decide(redis_url, cg, "hot-0")
+    argv = [part.replace("capture-1", "rb__rand_int__") for part in command]
+    evalsha = {f"P{p}": redis_benchmark(redis_port, argv, p) for p in (1, 16)}
+    print(f"  {evalsha}", flush=True)
+
+    return {
+        "command": "make bench",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        "minutes": round((time.time() - started) / 60, 1),
+        "machine": machine(),
+        "settings": {
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "concurrency": args.concurrency,
+            "customers": many,
+            "mix": MIX,
+            "load_processes": 2,
+        },
+        "setup_s": setup,
+        "rows": rows,
+        "curves": curves,
+        "overspend": overspend,
+        "evalsha": evalsha,
+        "flusher_lag_ms": {
+            "samples": len(lag_samples),
+            "p50": _pct(lag_samples, 50),
+            "p99": _pct(lag_samples, 99),
+            "max": max(lag_samples or [0]),
+        },
+        "store": store_throughput(workdir),
+        "memory": memory_per_customer(redis_url, cg),
+        "reserve_commit": reserve_available,
+        "load_average_after": os.getloadavg(),
+    }
+
+
+def _pct(values: list[int], percentile: float) -> int:
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * percentile / 100))]
+
+
+def store_throughput(workdir: Path) -> dict[str, float]:
+    """Ledger records per second the SQLite store absorbs in the flusher's batch size (500)."""
+    import asyncio
+
+    from creditgate.server.ledger.records import LedgerRecord
+    from creditgate.server.ledger.sqlite_store import SqliteStore
+
+    async def write() -> float:
+        store = SqliteStore(str(workdir / "store-bench.db"))
+        await store.open()
+        batches = [
+            [
+                LedgerRecord(
+                    f"c{b % 1000}",
+                    b * 500 + i,
+                    "debit",
+                    -1,
+                    100,
+                    0,
+                    "email_unlock",
+                    1,
+                    request_id=f"r{b}.{i}",
+                    takes=[["b1", 1]],
+                )
+                for i in range(500)
+            ]
+            for b in range(100)
+        ]
+        started = time.perf_counter()
+        for batch in batches:
+            await store.write(list(batch), [])
+        elapsed = time.perf_counter() - started
+        await store.close()
+        return 50_000 / elapsed
+
+    return {"records_per_s": round(asyncio.run(write())), "batch": 500}
+
+
+def memory_per_customer(redis_url: str, target: str) -> dict[str, Any]:
+    """MEMORY USAGE of one customer's keys: plan and period (hash), 3 buckets, usage counters."""
+    with grpc.insecure_channel(target) as channel:
+        from creditgate.v1 import admin_pb2, admin_pb2_grpc
+
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        metering = metering_pb2_grpc.MeteringServiceStub(channel)
+        admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id="mem-1", name="Memory Inc"))
+        admin.CreateSubscription(admin_pb2.CreateSubscriptionRequest(customer_id="mem-1", plan="professional"))
+        for index in range(2):
+            admin.TopUp(admin_pb2.TopUpRequest(customer_id="mem-1", package="starter", request_id=f"mem-{index}"))
+        for feature, dims in (("email_unlock", {}), ("contact_export", {}), ("email_send", {"mailbox": "a@b.io"})):
+            metering.CheckAndDebit(
+                metering_pb2.CheckAndDebitRequest(customer_id="mem-1", feature=feature, dimensions=dims)
+            )
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = sorted(k for k in client.scan_iter(match="cg:*:c:mem-1*") if ":req:" not in k)
+    usage = {key: int(client.memory_usage(key, samples=0) or 0) for key in keys}
+    return {
+        "keys": usage,
+        "total_bytes": sum(usage.values()),
+        "buckets": client.hlen(next(k for k in keys if k.endswith(":buckets"))),
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(
+        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "load_average_before": os.getloadavg(),
+        "redis": subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip(),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""CheckAndDebitBatch: each item decided as CheckAndDebit would decide it alone, with its own result."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from creditgate.v1 import metering_pb2
+from harness import RunningServer
+
+
+def item(
+    customer: str, feature: str, request_id: str = "", quantity: int | None = None, **dims: str
+) -> metering_pb2.CheckAndDebitRequest:
+    request = metering_pb2.CheckAndDebitRequest(
+        customer_id=customer, feature=feature, request_id=request_id, dimensions=dims
+    )
+    if quantity is not None:
+        request.quantity = quantity
+    return request
+
+
+def batch(
+    server: RunningServer, *items: metering_pb2.CheckAndDebitRequest
+) -> list[metering_pb2.CheckAndDebitBatchResult]:
+    response = server.metering.CheckAndDebitBatch(metering_pb2.CheckAndDebitBatchRequest(items=items))
+    return list(response.results)
+
+
+def outcome(result: metering_pb2.CheckAndDebitBatchResult) -> tuple[object, ...]:
+    if result.HasField("decision"):
+        d = result.decision
+        return ("decision", d.allowed, metering_pb2.DenyReason.Name(d.deny_reason), d.credits_charged, d.balance_after)
+    e = result.error
+    return ("error", grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == e.code)).name, e.reason, e.field)
+
+
+def test_each_item_has_its_own_result_and_bad_items_do_not_fail_the_others(server: RunningServer) -> None:
+    server.create_customer("acme", "basic")  # 2,500 credits
+    results = batch(
+        server,
+        item("acme", "email_unlock", "r1"),
+        item("ghost", "email_unlock", "r2"),
+        item("acme", "email_unlock", "r3", quantity=0),
+        item("acme", "no_such_feature", "r4"),
+        item("acme", "ai_personalization", "r5"),
+        item("acme", "mobile_unlock", "r6", quality="verified"),
+        item("acme", "mobile_unlock", "r7", quality="gold"),
+    )
+    assert [outcome(r) for r in results] == [
+        ("decision", True, "DENY_REASON_UNSPECIFIED", 1, 2499),
+        ("error", "NOT_FOUND", "CUSTOMER_NOT_FOUND", "customer_id"),
+        ("error", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "quantity"),
+        ("error", "NOT_FOUND", "FEATURE_NOT_FOUND", "feature"),
+        ("decision", False, "DENY_REASON_NOT_ENTITLED", 0, 2499),
+        ("decision", True, "DENY_REASON_UNSPECIFIED", 10, 2489),
+        ("error", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "dimensions[quality]"),
+    ]
+    assert server.available("acme") == 2489
+
+
+def test_request_ids_are_idempotent_per_item(server: RunningServer) -> None:
+    server.create_customer("acme", "basic")
+    first = batch(
+        server,
+        item("acme", "phone_reveal", "once"),
+        item("acme", "phone_reveal", "once"),
+        item("acme", "phone_reveal", "twice"),
+    )
+    assert [outcome(r) for r in first] == [
+        ("decision", True, "DENY_REASON_UNSPECIFIED", 10, 2490),
+        ("decision", True, "DENY_REASON_UNSPECIFIED", 10, 2490),
+        ("decision", True, "DENY_REASON_UNSPECIFIED", 10, 2480),
+    ]
+    replay = batch(server, item("acme", "phone_reveal", "twice"), item("acme", "email_unlock", "once"))
+    assert [outcome(r) for r in replay] == [
+        ("decision", True, "DENY_REASON_UNSPECIFIED", 10, 2480),
+        ("error", "ALREADY_EXISTS", "REQUEST_ID_REUSED", "request_id"),
+    ]
+    assert server.available("acme") == 2480
+    assert [e.credits_delta for e in server.ledger("acme") if e.request_id] == [-10, -10]
+
+
+def test_concurrent_batches_never_overspend(server: RunningServer) -> None:
+    server.create_customer("acme", "basic")  # 2,500 credits: 250 phone reveals at 10
+
+    def send(thread: int) -> list[metering_pb2.CheckAndDebitBatchResult]:
+        results = []
+        for round_ in range(2):
+            results += batch(server, *(item("acme", "phone_reveal", f"t{thread}.{round_}.{i}") for i in range(100)))
+        return results
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [r for chunk in pool.map(send, range(4)) for r in chunk]
+    decisions = [r.decision for r in results]
+    assert len(decisions) == 800
+    assert sum(d.allowed for d in decisions) == 250
+    assert sum(d.credits_charged for d in decisions) == 2500
+    assert {metering_pb2.DenyReason.Name(d.deny_reason) for d in decisions if not d.allowed} == {
+        "DENY_REASON_INSUFFICIENT_CREDITS"
+    }
+    assert server.available("acme") == 0
+    assert sum(e.credits_delta for e in server.ledger("acme")) == 0
+
+
+@pytest.mark.parametrize("count", [0, 1001])
+def test_a_batch_of_the_wrong_size_is_rejected_whole(server: RunningServer, count: int) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        batch(server, *(item("acme", "email_unlock") for _ in range(count)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
