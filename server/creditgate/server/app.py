@@ -80,7 +80,8 @@ class App:
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> App:
-    clock = clock or (ManualClock(SystemClock().now_ms()) if settings.clock == "manual" else SystemClock())
+    simulated = settings.clock in ("simulated", "manual")
+    clock = clock or (ManualClock(SystemClock().now_ms()) if simulated else SystemClock())
     embedded = None
     redis_url = settings.redis_url
     if redis_url is None:
@@ -111,7 +112,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     )
     server = grpc.aio.server()
     metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(engine, catalog, store, flusher), server)
+    simulated_clock = clock if simulated and isinstance(clock, ManualClock) else None
+    admin = AdminServicer(engine, catalog, store, flusher, simulated_clock)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -31,7 +31,10 @@ app.command("loadtest")(loadtest)
 
 
 @app.command()
-def serve(catalog: Annotated[Path | None, typer.Option(help="catalog YAML applied at start")] = None) -> None:
+def serve(
+    catalog: Annotated[Path | None, typer.Option(help="catalog YAML applied at start")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="processes sharing the port (SO_REUSEPORT), one per core")] = 1,
+) -> None:
     """Run the sidecar (embedded Redis unless CREDITGATE_REDIS_URL is set)."""
     from creditgate.server.logs import configure
     from creditgate.server.serve import run
@@ -40,7 +43,7 @@ def serve(catalog: Annotated[Path | None, typer.Option(help="catalog YAML applie
     if catalog is not None:
         settings = settings.model_copy(update={"catalog": catalog})
     configure(settings.log_format)
-    run(settings)
+    run(settings, workers)
 
 
 @contextmanager

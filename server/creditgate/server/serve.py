@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import signal
 
 import uvloop
 from creditgate.server.app import build_app
+from creditgate.server.embedded_redis import EmbeddedRedis
+from creditgate.server.logs import configure
 from creditgate.server.settings import Settings
 
 
@@ -23,5 +26,39 @@ async def serve(settings: Settings) -> None:
         await app.stop()
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, workers: int = 1) -> None:
+    """With workers > 1, that many processes serve the same port (gRPC binds it with SO_REUSEPORT, so the
+    kernel spreads connections over them), sharing one Redis; each runs its own flusher in the consumer group."""
+    if workers <= 1:
+        uvloop.run(serve(settings))
+        return
+    embedded = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        embedded.start()
+        settings = settings.model_copy(update={"redis_url": embedded.url})
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_worker, args=(settings,), name=f"creditgate-{n}") for n in range(workers)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        for child in children:
+            child.join()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _worker(settings: Settings) -> None:
+    configure(settings.log_format)
+    # The parent forwards SIGINT as SIGTERM; a terminal's Ctrl-C must not reach the workers twice.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     uvloop.run(serve(settings))

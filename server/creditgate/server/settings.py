@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     # The sweeper returns abandoned holds' credits within this interval of their expiry.
     hold_sweep_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     log_format: Literal["console", "json"] = "console"
-    clock: Literal["system", "manual"] = "system"
+    # "simulated" (alias "manual"): a clock that starts at the real now and moves only by AdminService.AdvanceClock.
+    clock: Literal["system", "simulated", "manual"] = "system"
     # API keys as a JSON list of {name, sha256, scopes}; none means no auth, allowed on loopback only.
     api_keys: tuple[ApiKey, ...] = ()
     # A file with the same JSON list (e.g. a mounted secret); its keys are added to api_keys.
