@@ -16,7 +16,6 @@ from creditgate.server.ledger.restore import RestoreReport, restore
 from creditgate.v1 import admin_pb2, metering_pb2
 from harness import REPO, RunningServer
 
-
 T = TypeVar("T")
 
 
