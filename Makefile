@@ -9,7 +9,7 @@ ROOT := $(shell id -u 2>/dev/null)
 PROTOS := $(wildcard proto/creditgate/v1/*.proto)
 
 .PHONY: run test lint proto check-generated system-deps install clean release-proto python-stubs clients check-clients client-tools \
-  client-deps
+  client-deps bench bench-deps
 
 run: install system-deps
 	$(BIN)/creditgate serve --catalog examples/apollo.yaml
@@ -133,6 +133,18 @@ client-deps: client-tools $(NODE_CLIENT)/dist/.built
 $(NODE_CLIENT)/dist/.built: $(NODE_STAMP) $(NODE_SOURCES) $(NODE_CLIENT)/tsconfig.json
 	cd $(NODE_CLIENT) && node_modules/.bin/tsc -p .
 	touch $@
+
+# Speed: the no-op ceiling, creditgate, the PostgreSQL baseline and redis-benchmark in one run (~15 min);
+# writes bench/RESULTS.md, bench/results.json and bench/latency_vs_throughput.png. Not part of `make test`.
+bench: install system-deps bench-deps
+	$(BIN)/python bench/run.py
+
+# h2load (nghttp2-client) and PostgreSQL 15 from Debian when root.
+bench-deps:
+	@command -v h2load >/dev/null 2>&1 && test -x /usr/lib/postgresql/15/bin/postgres || { \
+	  if [ "$(ROOT)" = "0" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    nghttp2-client postgresql-15 >/dev/null; \
+	  else echo "bench needs h2load (nghttp2-client) and PostgreSQL 15" >&2; exit 1; fi; }
 
 clean:
 	rm -rf $(VENV) .tools data .mypy_cache .pytest_cache .ruff_cache build $(NODE_CLIENT)/node_modules $(NODE_CLIENT)/dist
