@@ -20,7 +20,7 @@ def run_node(server: RunningServer, *args: str) -> subprocess.CompletedProcess[s
 
 
 def test_the_node_test_suite_passes_against_the_live_server(server: RunningServer) -> None:
-    result = run_node(server, "--test", "dist/test/client.test.js")
+    result = run_node(server, "--test", "--test-reporter=tap", "dist/test/client.test.js")
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "# pass 7\n" in result.stdout
