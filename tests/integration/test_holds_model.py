@@ -197,6 +197,8 @@ class Model:
 
 class CreditMachine(RuleBasedStateMachine):
     server: RunningServer
+    examples = 0
+    checks = 0
     holds = Bundle("holds")
 
     def __init__(self) -> None:
@@ -209,6 +211,7 @@ class CreditMachine(RuleBasedStateMachine):
         self.now = to_ms(JAN_1)
         self.model = Model(plan, self.now)
         self.server.create_customer(self.customer, plan=plan)
+        CreditMachine.examples += 1
         self.model.touch(self.now)
         self.model.remember_meta()
 
@@ -370,6 +373,7 @@ class CreditMachine(RuleBasedStateMachine):
     def balances_agree(self) -> None:
         if not hasattr(self, "model"):
             return
+        CreditMachine.checks += 1
         self.model.touch(self.now)
         balance = self.server.metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id=self.customer))
         model = self.model
@@ -420,3 +424,7 @@ def test_the_server_follows_the_model_for_1000_runs_of_50_steps(server: RunningS
             derandomize=True,
         ),
     )
+    # The invariant runs once after subscribing and once after every step.
+    steps = CreditMachine.checks - CreditMachine.examples
+    assert CreditMachine.examples >= 1000
+    assert steps >= 1000 * 49, f"{steps} steps in {CreditMachine.examples} runs"
