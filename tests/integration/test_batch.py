@@ -5,7 +5,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import pytest
 from creditgate.v1 import metering_pb2
 from harness import RunningServer
 
@@ -102,10 +101,3 @@ def test_concurrent_batches_never_overspend(server: RunningServer) -> None:
     }
     assert server.available("acme") == 0
     assert sum(e.credits_delta for e in server.ledger("acme")) == 0
-
-
-@pytest.mark.parametrize("count", [0, 1001])
-def test_a_batch_of_the_wrong_size_is_rejected_whole(server: RunningServer, count: int) -> None:
-    with pytest.raises(grpc.RpcError) as caught:
-        batch(server, *(item("acme", "email_unlock") for _ in range(count)))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
