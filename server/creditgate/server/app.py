@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import structlog
 from creditgate.server.api.admin import AdminServicer
+from creditgate.server.api.auth import ApiKeyInterceptor, load_api_keys, require_keys_off_loopback
+from creditgate.server.api.calls import CallInterceptor
 from creditgate.server.api.metering import MeteringServicer
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock, ManualClock, SystemClock
@@ -17,6 +20,9 @@ from creditgate.server.engine.scripts import Scripts
 from creditgate.server.errors import Unavailable
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.store import Store, open_store
+from creditgate.server.ops.metrics import Metrics
+from creditgate.server.ops.probe import HealthProbe
+from creditgate.server.ops.tls import server_credentials
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 from grpc_health.v1 import _async as health_aio  # published as health.aio, which type checkers cannot see
@@ -48,6 +54,9 @@ class App:
     health: health_aio.HealthServicer
     embedded_redis: EmbeddedRedis | None = None
     port: int = field(default=0)
+    metrics: Metrics = field(default_factory=Metrics)
+    probe: HealthProbe | None = None
+    metrics_port: int = 0
 
     async def start(self) -> None:
         await self.store.open()
@@ -61,17 +70,28 @@ class App:
         if self.settings.catalog is not None:
             version, changed = await self.catalog.apply(self.settings.catalog.read_text())
             log.info("catalog_applied", path=str(self.settings.catalog), version=version, changed=changed)
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = self.server.add_secure_port(self.settings.listen, credentials)
         await self.server.start()
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.flusher.start()
+        if self.probe is not None:
+            self.probe.start()
+        if self.settings.metrics_listen is not None:
+            self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
         log.info("serving", listen=self.settings.listen, port=self.port)
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop taking calls, let in-flight ones finish, flush the outbox, close."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+        if self.probe is not None:
+            await self.probe.stop()
+        self.metrics.close()
         await self.flusher.stop()
         await self.redis.aclose()
         await self.store.close()
@@ -80,6 +100,8 @@ class App:
 
 
 def build_app(settings: Settings, clock: Clock | None = None) -> App:
+    api_keys = load_api_keys(settings)
+    require_keys_off_loopback(settings, api_keys)
     simulated = settings.clock in ("simulated", "manual")
     clock = clock or (ManualClock(SystemClock().now_ms()) if simulated else SystemClock())
     embedded = None
@@ -110,7 +132,11 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         interval_seconds=settings.flush_interval_seconds,
         claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000),
     )
-    server = grpc.aio.server()
+    metrics = Metrics()
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [CallInterceptor(metrics)]
+    if api_keys:
+        interceptors.append(ApiKeyInterceptor(api_keys, lambda reason: metrics.auth_failures.labels(reason).inc()))
+    server = grpc.aio.server(interceptors=interceptors)
     metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine), server)
     simulated_clock = clock if simulated and isinstance(clock, ManualClock) else None
     admin = AdminServicer(engine, catalog, store, flusher, simulated_clock)
@@ -118,4 +144,17 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    return App(settings, clock, redis, scripts, store, catalog, engine, flusher, server, health_servicer, embedded)
+    app = App(settings, clock, redis, scripts, store, catalog, engine, flusher, server, health_servicer, embedded)
+    app.metrics = metrics
+    app.probe = HealthProbe(
+        redis,
+        store,
+        health_servicer,
+        (*SERVICE_NAMES, ""),
+        keys.all_outboxes(),
+        metrics,
+        clock,
+        interval_seconds=settings.health_probe_interval_seconds,
+        timeout_seconds=settings.health_probe_timeout_seconds,
+    )
+    return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from typing import Annotated
 
 import grpc
 import typer
+from creditgate.server.errors import CreditgateError
 from creditgate.server.loadtest.command import loadtest
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
@@ -19,6 +21,15 @@ from rich.table import Table
 app = typer.Typer(help="creditgate: decide and charge credits before each billable action.", no_args_is_help=True)
 customer_app = typer.Typer(help="Customers.", no_args_is_help=True)
 app.add_typer(customer_app, name="customer")
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+class Scope(StrEnum):
+    metering = "metering"
+    admin = "admin"
+
+
 console = Console()
 Target = Annotated[str | None, typer.Option(help="host:port of the server (default: CREDITGATE_LISTEN)")]
 
@@ -43,7 +54,26 @@ def serve(
     if catalog is not None:
         settings = settings.model_copy(update={"catalog": catalog})
     configure(settings.log_format)
-    run(settings, workers)
+    try:
+        run(settings, workers)
+    except CreditgateError as exc:
+        console.print(f"[red]creditgate cannot start[/red]: {exc.message}")
+        raise typer.Exit(2) from exc
+
+
+@keys_app.command("new")
+def keys_new(
+    scope: Annotated[list[Scope], typer.Option(help="what the key may call (repeatable)")],
+    name: Annotated[str, typer.Option(help="a name for the key, shown in logs")] = "default",
+) -> None:
+    """Print a fresh API key for the caller, and the entry (its hash only) for CREDITGATE_API_KEYS."""
+    from creditgate.server.api.auth import hash_key, new_key
+    from creditgate.server.settings import ApiKey
+
+    key = new_key()
+    entry = ApiKey.model_validate({"name": name, "sha256": hash_key(key), "scopes": [item.value for item in scope]})
+    print(f"key:   {key}")
+    print(f"entry: {json.dumps({'name': entry.name, 'sha256': entry.sha256, 'scopes': sorted(entry.scopes)})}")
 
 
 @contextmanager

@@ -1,0 +1,75 @@
+"""The Prometheus metrics of one server, in its own registry, served over HTTP when metrics_listen is set."""
+
+from __future__ import annotations
+
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Decisions take about a millisecond; the buckets resolve that, and still show a slow Redis.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Every metric creditgate exports; a registry per server, so several servers in one process stay apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "creditgate_decisions",
+            "Charging CheckAndDebit answers (dry runs excluded), by feature and outcome (allowed or the deny reason).",
+            ["feature", "outcome"],
+            registry=self.registry,
+        )
+        self.rpcs = Counter(
+            "creditgate_rpcs", "Finished RPCs by method and status code.", ["rpc", "code"], registry=self.registry
+        )
+        self.rpc_duration = Histogram(
+            "creditgate_rpc_duration_seconds",
+            "Server-side RPC latency by method.",
+            ["rpc"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "creditgate_redis_errors",
+            "Redis commands that failed (unreachable, timed out), by who saw it: rpc or health_probe.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "creditgate_auth_failures",
+            "Calls refused for their credentials: api_key_missing, api_key_invalid or api_key_scope.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.dependency_up = Gauge(
+            "creditgate_dependency_up",
+            "1 when the last health probe reached the dependency (redis, store), else 0.",
+            ["dependency"],
+            registry=self.registry,
+        )
+        self.outbox_backlog = Gauge(
+            "creditgate_outbox_backlog_entries",
+            "Ledger outbox entries in Redis not yet written to the durable store (all shards).",
+            registry=self.registry,
+        )
+        self.outbox_lag = Gauge(
+            "creditgate_outbox_lag_seconds",
+            "Age of the oldest outbox entry not yet in the durable store; 0 when the outbox is empty.",
+            registry=self.registry,
+        )
+        self._http: WSGIServer | None = None
+
+    def serve(self, listen: str) -> int:
+        """Serve /metrics on host:port (port 0 picks a free one); returns the port."""
+        host, _, port = listen.rpartition(":")
+        self._http, _ = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
+        bound: int = self._http.server_port
+        return bound
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

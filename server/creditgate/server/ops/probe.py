@@ -1,0 +1,132 @@
+"""The health probe: reports NOT_SERVING while Redis or the durable store does not answer, and measures the
+outbox backlog and lag for the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+import structlog
+from creditgate.server.clock import Clock
+from creditgate.server.ledger.store import Store
+from creditgate.server.ops.metrics import Metrics
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2
+from redis.asyncio import Redis
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# A customer id the validator never lets in, so the store's probe query reads an index and finds nothing.
+PROBE_CUSTOMER_ID = "#health-probe"
+
+
+class HealthProbe:
+    def __init__(
+        self,
+        redis: Redis,
+        store: Store,
+        health: health_aio.HealthServicer,
+        services: Sequence[str],
+        outboxes: Sequence[str],
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        interval_seconds: float,
+        timeout_seconds: float,
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self._health = health
+        self._services = services
+        self._outboxes = outboxes
+        self._metrics = metrics
+        self._clock = clock
+        self._interval = interval_seconds
+        self._timeout = timeout_seconds
+        self._serving: bool | None = None
+        self._changed_ms = clock.now_ms()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def run_once(self) -> bool:
+        """Probe both dependencies, publish the verdict to gRPC health and the metrics; True when serving."""
+        redis_up = await self._answers("redis", self._redis.ping())
+        store_up = await self._answers("store", self._store.list_ledger(PROBE_CUSTOMER_ID, 1, None))
+        serving = redis_up and store_up
+        if serving != self._serving:
+            now = self._clock.now_ms()
+            (log.info if serving else log.warning)(
+                "health_changed",
+                serving=serving,
+                redis_up=redis_up,
+                store_up=store_up,
+                after_ms=now - self._changed_ms,
+            )
+            self._serving, self._changed_ms = serving, now
+            for service in self._services:
+                await self._health.set(service, SERVING if serving else NOT_SERVING)
+        if redis_up:
+            await self._answers("redis", self._measure_outbox())
+        return serving
+
+    async def _answers(self, dependency: str, check: Awaitable[Any]) -> bool:
+        try:
+            await asyncio.wait_for(check, self._timeout)
+        except Exception as exc:  # whatever a dependency raises, the probe answers "unreachable" and goes on
+            log.warning("dependency_unreachable", dependency=dependency, error=str(exc) or type(exc).__name__)
+            self._metrics.dependency_up.labels(dependency).set(0)
+            if dependency == "redis":
+                self._metrics.redis_errors.labels("health_probe").inc()
+            return False
+        self._metrics.dependency_up.labels(dependency).set(1)
+        return True
+
+    async def _measure_outbox(self) -> None:
+        backlog, oldest_ms, now_ms = await outbox_backlog(self._redis, self._outboxes)
+        self._metrics.outbox_backlog.set(backlog)
+        self._metrics.outbox_lag.set(max(0, now_ms - oldest_ms) / 1000 if backlog else 0)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="health-probe")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._stopping.set()
+            self._task.cancel()
+            # redis-py can swallow a cancellation that lands inside a command; the event still ends the loop.
+            await asyncio.wait({self._task}, timeout=self._timeout + 1)
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            await self.run_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+
+
+async def outbox_backlog(redis: Redis, outboxes: Sequence[str]) -> tuple[int, int, int]:
+    """(entries waiting in all outboxes, the oldest one's Redis time in ms, Redis's time now in ms).
+
+    The flusher deletes an entry once the store has it, so a stream's length is its backlog, and its first
+    entry's id (Redis time at XADD) tells how long the oldest has waited.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for stream in outboxes:
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+        replies = await pipe.execute()
+    seconds, micros = replies[0]
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    backlog, oldest_ms = 0, now_ms
+    for length, first in zip(replies[1::2], replies[2::2], strict=True):
+        backlog += int(length)
+        if first:
+            entry_id = first[0][0]
+            entry_text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            oldest_ms = min(oldest_ms, int(entry_text.split("-")[0]))
+    return backlog, oldest_ms, now_ms
