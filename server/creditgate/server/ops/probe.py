@@ -102,10 +102,13 @@ class HealthProbe:
             self._task = None
 
     async def _run(self) -> None:
-        while not self._stopping.is_set():
-            await self.run_once()
+        # start() published SERVING after reaching both; the first probe is one interval later.
+        while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._interval)
+            if self._stopping.is_set():
+                return
+            await self.run_once()
 
 
 async def outbox_backlog(redis: Redis, outboxes: Sequence[str]) -> tuple[int, int, int]:
