@@ -152,6 +152,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         health_servicer,
         (*SERVICE_NAMES, ""),
         keys.all_outboxes(),
+        [keys.holds_due(shard) for shard in range(settings.shards)],
         metrics,
         clock,
         interval_seconds=settings.health_probe_interval_seconds,

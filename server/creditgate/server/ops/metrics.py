@@ -59,6 +59,11 @@ class Metrics:
             "Age of the oldest outbox entry not yet in the durable store; 0 when the outbox is empty.",
             registry=self.registry,
         )
+        self.holds_outstanding = Gauge(
+            "creditgate_holds_outstanding",
+            "Open holds (Reserve not yet committed, released or expired), all customers.",
+            registry=self.registry,
+        )
         self._http: WSGIServer | None = None
 
     def serve(self, listen: str) -> int:

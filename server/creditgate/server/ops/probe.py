@@ -1,5 +1,5 @@
 """The health probe: reports NOT_SERVING while Redis or the durable store does not answer, and measures the
-outbox backlog and lag for the metrics."""
+outbox backlog and lag and the open holds for the metrics."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class HealthProbe:
         health: health_aio.HealthServicer,
         services: Sequence[str],
         outboxes: Sequence[str],
+        holds_due: Sequence[str],
         metrics: Metrics,
         clock: Clock,
         *,
@@ -43,6 +44,7 @@ class HealthProbe:
         self._health = health
         self._services = services
         self._outboxes = outboxes
+        self._holds_due = holds_due
         self._metrics = metrics
         self._clock = clock
         self._interval = interval_seconds
@@ -70,7 +72,7 @@ class HealthProbe:
             for service in self._services:
                 await self._health.set(service, SERVING if serving else NOT_SERVING)
         if redis_up:
-            await self._answers("redis", self._measure_outbox())
+            await self._answers("redis", self._measure())
         return serving
 
     async def _answers(self, dependency: str, check: Awaitable[Any]) -> bool:
@@ -85,10 +87,14 @@ class HealthProbe:
         self._metrics.dependency_up.labels(dependency).set(1)
         return True
 
-    async def _measure_outbox(self) -> None:
+    async def _measure(self) -> None:
         backlog, oldest_ms, now_ms = await outbox_backlog(self._redis, self._outboxes)
         self._metrics.outbox_backlog.set(backlog)
         self._metrics.outbox_lag.set(max(0, now_ms - oldest_ms) / 1000 if backlog else 0)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in self._holds_due:
+                pipe.zcard(key)
+            self._metrics.holds_outstanding.set(sum(int(count) for count in await pipe.execute()))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="health-probe")

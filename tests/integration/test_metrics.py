@@ -1,0 +1,120 @@
+"""The Prometheus endpoint, scraped over HTTP after real calls: exact counts of decisions, RPCs, latency
+observations, outbox backlog and open holds."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from creditgate.server.clock import ManualClock, to_ms
+from creditgate.server.settings import Settings
+from creditgate.v1 import metering_pb2
+from harness import APOLLO, JAN_1, RedisServer, RunningServer
+from prometheus_client.parser import text_string_to_metric_families
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture
+def measured(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer]:
+    redis.Redis.from_url(redis_server.url).flushall()
+    settings = Settings(
+        listen="127.0.0.1:0",
+        redis_url=redis_server.url,
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+        catalog=APOLLO,
+        data_dir=tmp_path,
+        flush_interval_seconds=60,
+        metrics_listen="127.0.0.1:0",
+        health_probe_interval_seconds=300,  # the test runs the probe itself
+    )
+    running = RunningServer(settings, ManualClock(to_ms(JAN_1)))
+    yield running
+    time.sleep(0.3)  # see test_tls.stop: a cancellation redis-py swallows makes App.stop wait
+    running.stop()
+
+
+def scrape(server: RunningServer) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.app.metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def test_decisions_rpcs_and_latency_are_counted_exactly(measured: RunningServer) -> None:
+    measured.create_customer("acme", plan="basic")
+    for _ in range(3):
+        assert measured.debit("acme", "email_unlock", request_id=str(uuid.uuid4())).allowed
+    assert not measured.debit("acme", "ai_personalization").allowed
+    assert measured.debit("acme", "mobile_unlock", quality="verified").allowed
+    dry_run = metering_pb2.CheckAndDebitRequest(customer_id="acme", feature="email_unlock", dry_run=True)
+    assert measured.metering.CheckAndDebit(dry_run).allowed
+    with pytest.raises(grpc.RpcError):
+        measured.debit("acme", "email_unlock", quantity=0)
+    with pytest.raises(grpc.RpcError):
+        measured.debit("nobody", "email_unlock")
+    measured.available("acme")
+
+    samples = scrape(measured)
+    decisions = {
+        (dict(labels)["feature"], dict(labels)["outcome"]): count
+        for (name, labels), count in samples.items()
+        if name == "creditgate_decisions_total"
+    }
+    assert decisions == {
+        ("email_unlock", "allowed"): 3.0,
+        ("ai_personalization", "not_entitled"): 1.0,
+        ("mobile_unlock", "allowed"): 1.0,
+    }
+    assert value(samples, "creditgate_rpcs_total", rpc="CheckAndDebit", code="OK") == 6.0
+    assert value(samples, "creditgate_rpcs_total", rpc="CheckAndDebit", code="INVALID_ARGUMENT") == 1.0
+    assert value(samples, "creditgate_rpcs_total", rpc="CheckAndDebit", code="NOT_FOUND") == 1.0
+    assert value(samples, "creditgate_rpcs_total", rpc="GetBalance", code="OK") == 1.0
+    assert value(samples, "creditgate_rpcs_total", rpc="CreateCustomer", code="OK") == 1.0
+    assert value(samples, "creditgate_rpc_duration_seconds_count", rpc="CheckAndDebit") == 8.0
+    assert value(samples, "creditgate_rpc_duration_seconds_bucket", rpc="CheckAndDebit", le="+Inf") == 8.0
+    assert value(samples, "creditgate_auth_failures_total", reason="api_key_missing") is None  # no keys: no auth
+
+
+def test_probe_publishes_outbox_backlog_open_holds_and_dependencies(measured: RunningServer) -> None:
+    measured.create_customer("acme", plan="basic")
+    measured.flush()
+    assert measured.call(measured.app.probe.run_once()) is True  # type: ignore[union-attr]
+    samples = scrape(measured)
+    assert value(samples, "creditgate_outbox_backlog_entries") == 0.0
+    assert value(samples, "creditgate_outbox_lag_seconds") == 0.0
+    assert value(samples, "creditgate_holds_outstanding") == 0.0
+    assert value(samples, "creditgate_dependency_up", dependency="redis") == 1.0
+    assert value(samples, "creditgate_dependency_up", dependency="store") == 1.0
+
+    for _ in range(2):
+        measured.debit("acme", "email_unlock")
+    for _ in range(3):
+        measured.metering.Reserve(
+            metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock", request_id=str(uuid.uuid4()))
+        )
+    measured.call(measured.app.probe.run_once())  # type: ignore[union-attr]
+    samples = scrape(measured)
+    # Two debits and three holds, each one ledger entry in the outbox; the flusher has not run.
+    assert value(samples, "creditgate_outbox_backlog_entries") == 5.0
+    assert (value(samples, "creditgate_outbox_lag_seconds") or 0.0) >= 0.0
+    assert value(samples, "creditgate_holds_outstanding") == 3.0
+
+    measured.flush()
+    measured.call(measured.app.probe.run_once())  # type: ignore[union-attr]
+    samples = scrape(measured)
+    assert value(samples, "creditgate_outbox_backlog_entries") == 0.0
+    assert value(samples, "creditgate_outbox_lag_seconds") == 0.0
