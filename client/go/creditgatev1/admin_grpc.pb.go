@@ -37,6 +37,25 @@ type AdminServiceClient interface {
 	ListLedgerEntries(ctx context.Context, in *ListLedgerEntriesRequest, opts ...grpc.CallOption) (*ListLedgerEntriesResponse, error)
 	// GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down).
 	GetLedgerStatus(ctx context.Context, in *GetLedgerStatusRequest, opts ...grpc.CallOption) (*GetLedgerStatusResponse, error)
+	// AdvanceClock moves a simulated clock forward (CREDITGATE_CLOCK=simulated); refused on a real clock.
+	AdvanceClock(ctx context.Context, in *AdvanceClockRequest, opts ...grpc.CallOption) (*AdvanceClockResponse, error)
+	// ChangePlan moves a running subscription to another plan now: the new plan's first period and grants start
+	// at once; the old plan's buckets keep their own expiry.
+	ChangePlan(ctx context.Context, in *ChangePlanRequest, opts ...grpc.CallOption) (*ChangePlanResponse, error)
+	// SetLowBalanceThreshold sets the balance below which a customer's low_balance event fires.
+	SetLowBalanceThreshold(ctx context.Context, in *SetLowBalanceThresholdRequest, opts ...grpc.CallOption) (*SetLowBalanceThresholdResponse, error)
+	// SetAutoTopUp configures (or turns off) the automatic purchase of a package when the balance runs low.
+	SetAutoTopUp(ctx context.Context, in *SetAutoTopUpRequest, opts ...grpc.CallOption) (*SetAutoTopUpResponse, error)
+	// PreviewInvoice shows the invoice of the running credit period so far (a draft, not stored).
+	PreviewInvoice(ctx context.Context, in *PreviewInvoiceRequest, opts ...grpc.CallOption) (*PreviewInvoiceResponse, error)
+	// ListInvoices pages through a customer's finalized invoices, newest first.
+	ListInvoices(ctx context.Context, in *ListInvoicesRequest, opts ...grpc.CallOption) (*ListInvoicesResponse, error)
+	// GetInvoice returns one finalized invoice.
+	GetInvoice(ctx context.Context, in *GetInvoiceRequest, opts ...grpc.CallOption) (*GetInvoiceResponse, error)
+	// ListEvents pages through the billing events kept in the durable store, newest first.
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
+	// RedeliverEvent sends an event to every webhook URL again (also after it was dead-lettered).
+	RedeliverEvent(ctx context.Context, in *RedeliverEventRequest, opts ...grpc.CallOption) (*RedeliverEventResponse, error)
 }
 
 type adminServiceClient struct {
@@ -137,6 +156,87 @@ func (c *adminServiceClient) GetLedgerStatus(ctx context.Context, in *GetLedgerS
 	return out, nil
 }
 
+func (c *adminServiceClient) AdvanceClock(ctx context.Context, in *AdvanceClockRequest, opts ...grpc.CallOption) (*AdvanceClockResponse, error) {
+	out := new(AdvanceClockResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/AdvanceClock", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ChangePlan(ctx context.Context, in *ChangePlanRequest, opts ...grpc.CallOption) (*ChangePlanResponse, error) {
+	out := new(ChangePlanResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/ChangePlan", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) SetLowBalanceThreshold(ctx context.Context, in *SetLowBalanceThresholdRequest, opts ...grpc.CallOption) (*SetLowBalanceThresholdResponse, error) {
+	out := new(SetLowBalanceThresholdResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/SetLowBalanceThreshold", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) SetAutoTopUp(ctx context.Context, in *SetAutoTopUpRequest, opts ...grpc.CallOption) (*SetAutoTopUpResponse, error) {
+	out := new(SetAutoTopUpResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/SetAutoTopUp", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PreviewInvoice(ctx context.Context, in *PreviewInvoiceRequest, opts ...grpc.CallOption) (*PreviewInvoiceResponse, error) {
+	out := new(PreviewInvoiceResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/PreviewInvoice", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListInvoices(ctx context.Context, in *ListInvoicesRequest, opts ...grpc.CallOption) (*ListInvoicesResponse, error) {
+	out := new(ListInvoicesResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/ListInvoices", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetInvoice(ctx context.Context, in *GetInvoiceRequest, opts ...grpc.CallOption) (*GetInvoiceResponse, error) {
+	out := new(GetInvoiceResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/GetInvoice", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
+	out := new(ListEventsResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/ListEvents", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RedeliverEvent(ctx context.Context, in *RedeliverEventRequest, opts ...grpc.CallOption) (*RedeliverEventResponse, error) {
+	out := new(RedeliverEventResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/RedeliverEvent", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility
@@ -161,6 +261,25 @@ type AdminServiceServer interface {
 	ListLedgerEntries(context.Context, *ListLedgerEntriesRequest) (*ListLedgerEntriesResponse, error)
 	// GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down).
 	GetLedgerStatus(context.Context, *GetLedgerStatusRequest) (*GetLedgerStatusResponse, error)
+	// AdvanceClock moves a simulated clock forward (CREDITGATE_CLOCK=simulated); refused on a real clock.
+	AdvanceClock(context.Context, *AdvanceClockRequest) (*AdvanceClockResponse, error)
+	// ChangePlan moves a running subscription to another plan now: the new plan's first period and grants start
+	// at once; the old plan's buckets keep their own expiry.
+	ChangePlan(context.Context, *ChangePlanRequest) (*ChangePlanResponse, error)
+	// SetLowBalanceThreshold sets the balance below which a customer's low_balance event fires.
+	SetLowBalanceThreshold(context.Context, *SetLowBalanceThresholdRequest) (*SetLowBalanceThresholdResponse, error)
+	// SetAutoTopUp configures (or turns off) the automatic purchase of a package when the balance runs low.
+	SetAutoTopUp(context.Context, *SetAutoTopUpRequest) (*SetAutoTopUpResponse, error)
+	// PreviewInvoice shows the invoice of the running credit period so far (a draft, not stored).
+	PreviewInvoice(context.Context, *PreviewInvoiceRequest) (*PreviewInvoiceResponse, error)
+	// ListInvoices pages through a customer's finalized invoices, newest first.
+	ListInvoices(context.Context, *ListInvoicesRequest) (*ListInvoicesResponse, error)
+	// GetInvoice returns one finalized invoice.
+	GetInvoice(context.Context, *GetInvoiceRequest) (*GetInvoiceResponse, error)
+	// ListEvents pages through the billing events kept in the durable store, newest first.
+	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
+	// RedeliverEvent sends an event to every webhook URL again (also after it was dead-lettered).
+	RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -197,6 +316,33 @@ func (UnimplementedAdminServiceServer) ListLedgerEntries(context.Context, *ListL
 }
 func (UnimplementedAdminServiceServer) GetLedgerStatus(context.Context, *GetLedgerStatusRequest) (*GetLedgerStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetLedgerStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) AdvanceClock(context.Context, *AdvanceClockRequest) (*AdvanceClockResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AdvanceClock not implemented")
+}
+func (UnimplementedAdminServiceServer) ChangePlan(context.Context, *ChangePlanRequest) (*ChangePlanResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ChangePlan not implemented")
+}
+func (UnimplementedAdminServiceServer) SetLowBalanceThreshold(context.Context, *SetLowBalanceThresholdRequest) (*SetLowBalanceThresholdResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetLowBalanceThreshold not implemented")
+}
+func (UnimplementedAdminServiceServer) SetAutoTopUp(context.Context, *SetAutoTopUpRequest) (*SetAutoTopUpResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetAutoTopUp not implemented")
+}
+func (UnimplementedAdminServiceServer) PreviewInvoice(context.Context, *PreviewInvoiceRequest) (*PreviewInvoiceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PreviewInvoice not implemented")
+}
+func (UnimplementedAdminServiceServer) ListInvoices(context.Context, *ListInvoicesRequest) (*ListInvoicesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListInvoices not implemented")
+}
+func (UnimplementedAdminServiceServer) GetInvoice(context.Context, *GetInvoiceRequest) (*GetInvoiceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetInvoice not implemented")
+}
+func (UnimplementedAdminServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedAdminServiceServer) RedeliverEvent(context.Context, *RedeliverEventRequest) (*RedeliverEventResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RedeliverEvent not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 
@@ -391,6 +537,168 @@ func _AdminService_GetLedgerStatus_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_AdvanceClock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdvanceClockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AdvanceClock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/AdvanceClock",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AdvanceClock(ctx, req.(*AdvanceClockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ChangePlan_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangePlanRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ChangePlan(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/ChangePlan",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ChangePlan(ctx, req.(*ChangePlanRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_SetLowBalanceThreshold_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetLowBalanceThresholdRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetLowBalanceThreshold(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/SetLowBalanceThreshold",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetLowBalanceThreshold(ctx, req.(*SetLowBalanceThresholdRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_SetAutoTopUp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetAutoTopUpRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetAutoTopUp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/SetAutoTopUp",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetAutoTopUp(ctx, req.(*SetAutoTopUpRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PreviewInvoice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PreviewInvoiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PreviewInvoice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/PreviewInvoice",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PreviewInvoice(ctx, req.(*PreviewInvoiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListInvoices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListInvoicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListInvoices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/ListInvoices",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListInvoices(ctx, req.(*ListInvoicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetInvoice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetInvoiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetInvoice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/GetInvoice",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetInvoice(ctx, req.(*GetInvoiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/ListEvents",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListEvents(ctx, req.(*ListEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RedeliverEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedeliverEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RedeliverEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/RedeliverEvent",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RedeliverEvent(ctx, req.(*RedeliverEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AdminService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "creditgate.v1.AdminService",
 	HandlerType: (*AdminServiceServer)(nil),
@@ -434,6 +742,42 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetLedgerStatus",
 			Handler:    _AdminService_GetLedgerStatus_Handler,
+		},
+		{
+			MethodName: "AdvanceClock",
+			Handler:    _AdminService_AdvanceClock_Handler,
+		},
+		{
+			MethodName: "ChangePlan",
+			Handler:    _AdminService_ChangePlan_Handler,
+		},
+		{
+			MethodName: "SetLowBalanceThreshold",
+			Handler:    _AdminService_SetLowBalanceThreshold_Handler,
+		},
+		{
+			MethodName: "SetAutoTopUp",
+			Handler:    _AdminService_SetAutoTopUp_Handler,
+		},
+		{
+			MethodName: "PreviewInvoice",
+			Handler:    _AdminService_PreviewInvoice_Handler,
+		},
+		{
+			MethodName: "ListInvoices",
+			Handler:    _AdminService_ListInvoices_Handler,
+		},
+		{
+			MethodName: "GetInvoice",
+			Handler:    _AdminService_GetInvoice_Handler,
+		},
+		{
+			MethodName: "ListEvents",
+			Handler:    _AdminService_ListEvents_Handler,
+		},
+		{
+			MethodName: "RedeliverEvent",
+			Handler:    _AdminService_RedeliverEvent_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -266,3 +266,66 @@ class Client:
         """How far the durable ledger is behind Redis: outbox backlog, pending entries, oldest unflushed age."""
         request = admin_pb2.GetLedgerStatusRequest()
         return self._invoke(self._admin.GetLedgerStatus, request, timeout, idempotent=True)
+
+    def advance_clock(self, seconds: int, *, timeout: float | None = None) -> admin_pb2.AdvanceClockResponse:
+        """Move a simulated clock forward (servers started with CREDITGATE_CLOCK=simulated)."""
+        request = admin_pb2.AdvanceClockRequest(seconds=seconds)
+        return self._invoke(self._admin.AdvanceClock, request, timeout)
+
+    def change_plan(self, customer_id: str, plan: str, *, timeout: float | None = None) -> admin_pb2.ChangePlanResponse:
+        """Move a running subscription to another plan now; its first grants are issued at once."""
+        request = admin_pb2.ChangePlanRequest(customer_id=customer_id, plan=plan)
+        return self._invoke(self._admin.ChangePlan, request, timeout)
+
+    def set_low_balance_threshold(
+        self, customer_id: str, threshold_credits: int | None, *, timeout: float | None = None
+    ) -> admin_pb2.SetLowBalanceThresholdResponse:
+        """The customer's own low-balance threshold; None goes back to the plan's."""
+        request = admin_pb2.SetLowBalanceThresholdRequest(customer_id=customer_id)
+        if threshold_credits is not None:
+            request.threshold_credits = threshold_credits
+        return self._invoke(self._admin.SetLowBalanceThreshold, request, timeout, idempotent=True)
+
+    def set_auto_top_up(
+        self,
+        customer_id: str,
+        package: str,
+        threshold_credits: int = 0,
+        *,
+        cooldown_seconds: int = 0,
+        timeout: float | None = None,
+    ) -> admin_pb2.SetAutoTopUpResponse:
+        """Buy `package` when the balance falls below `threshold_credits`; an empty package turns it off."""
+        request = admin_pb2.SetAutoTopUpRequest(
+            customer_id=customer_id, package=package, threshold_credits=threshold_credits
+        )
+        request.cooldown.FromSeconds(cooldown_seconds)
+        return self._invoke(self._admin.SetAutoTopUp, request, timeout, idempotent=True)
+
+    def preview_invoice(self, customer_id: str, *, timeout: float | None = None) -> admin_pb2.PreviewInvoiceResponse:
+        """The running period's invoice so far (a draft)."""
+        request = admin_pb2.PreviewInvoiceRequest(customer_id=customer_id)
+        return self._invoke(self._admin.PreviewInvoice, request, timeout, idempotent=True)
+
+    def list_invoices(
+        self, customer_id: str, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> admin_pb2.ListInvoicesResponse:
+        """One page of finalized invoices, newest first."""
+        request = admin_pb2.ListInvoicesRequest(customer_id=customer_id, page_size=page_size, page_token=page_token)
+        return self._invoke(self._admin.ListInvoices, request, timeout, idempotent=True)
+
+    def get_invoice(self, invoice_id: str, *, timeout: float | None = None) -> admin_pb2.GetInvoiceResponse:
+        request = admin_pb2.GetInvoiceRequest(invoice_id=invoice_id)
+        return self._invoke(self._admin.GetInvoice, request, timeout, idempotent=True)
+
+    def list_events(
+        self, customer_id: str = "", *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> admin_pb2.ListEventsResponse:
+        """One page of billing events (one customer's, or everyone's), newest first."""
+        request = admin_pb2.ListEventsRequest(customer_id=customer_id, page_size=page_size, page_token=page_token)
+        return self._invoke(self._admin.ListEvents, request, timeout, idempotent=True)
+
+    def redeliver_event(self, event_id: str, *, timeout: float | None = None) -> admin_pb2.RedeliverEventResponse:
+        """Send an event to every webhook URL again."""
+        request = admin_pb2.RedeliverEventRequest(event_id=event_id)
+        return self._invoke(self._admin.RedeliverEvent, request, timeout, idempotent=True)

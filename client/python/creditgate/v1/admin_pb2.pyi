@@ -76,6 +76,8 @@ class _LedgerEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ledge
     """A hold was cancelled by Release: everything returned."""
     LEDGER_ENTRY_KIND_RESERVATION_EXPIRY: _LedgerEntryKind.ValueType  # 9
     """A hold outlived its ttl and returned everything by itself."""
+    LEDGER_ENTRY_KIND_ROLLOVER: _LedgerEntryKind.ValueType  # 10
+    """Unspent credits of an expired grant carried into the next period (up to the grant's rollover cap)."""
 
 class LedgerEntryKind(_LedgerEntryKind, metaclass=_LedgerEntryKindEnumTypeWrapper):
     """LedgerEntryKind says what kind of change a ledger entry records."""
@@ -100,7 +102,89 @@ LEDGER_ENTRY_KIND_RELEASE: LedgerEntryKind.ValueType  # 8
 """A hold was cancelled by Release: everything returned."""
 LEDGER_ENTRY_KIND_RESERVATION_EXPIRY: LedgerEntryKind.ValueType  # 9
 """A hold outlived its ttl and returned everything by itself."""
+LEDGER_ENTRY_KIND_ROLLOVER: LedgerEntryKind.ValueType  # 10
+"""Unspent credits of an expired grant carried into the next period (up to the grant's rollover cap)."""
 Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
+
+class _InvoiceStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InvoiceStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InvoiceStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INVOICE_STATUS_UNSPECIFIED: _InvoiceStatus.ValueType  # 0
+    """Unknown status."""
+    INVOICE_STATUS_DRAFT: _InvoiceStatus.ValueType  # 1
+    """The running period's invoice so far (PreviewInvoice): not stored, still changing."""
+    INVOICE_STATUS_FINALIZED: _InvoiceStatus.ValueType  # 2
+    """Made once the period ended, from the durable ledger; never changes."""
+
+class InvoiceStatus(_InvoiceStatus, metaclass=_InvoiceStatusEnumTypeWrapper):
+    """InvoiceStatus says whether an invoice can still change."""
+
+INVOICE_STATUS_UNSPECIFIED: InvoiceStatus.ValueType  # 0
+"""Unknown status."""
+INVOICE_STATUS_DRAFT: InvoiceStatus.ValueType  # 1
+"""The running period's invoice so far (PreviewInvoice): not stored, still changing."""
+INVOICE_STATUS_FINALIZED: InvoiceStatus.ValueType  # 2
+"""Made once the period ended, from the durable ledger; never changes."""
+Global___InvoiceStatus: _TypeAlias = InvoiceStatus  # noqa: Y015
+
+class _InvoiceLineKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InvoiceLineKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InvoiceLineKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INVOICE_LINE_KIND_UNSPECIFIED: _InvoiceLineKind.ValueType  # 0
+    """Unknown kind."""
+    INVOICE_LINE_KIND_PLAN_FEE: _InvoiceLineKind.ValueType  # 1
+    """The plan's price, on the period that starts a billing interval."""
+    INVOICE_LINE_KIND_TOP_UP: _InvoiceLineKind.ValueType  # 2
+    """A purchased credit package (by hand or automatic)."""
+    INVOICE_LINE_KIND_OVERAGE: _InvoiceLineKind.ValueType  # 3
+    """Overage credits times the plan's price per credit."""
+
+class InvoiceLineKind(_InvoiceLineKind, metaclass=_InvoiceLineKindEnumTypeWrapper):
+    """InvoiceLineKind says what an invoice line charges for."""
+
+INVOICE_LINE_KIND_UNSPECIFIED: InvoiceLineKind.ValueType  # 0
+"""Unknown kind."""
+INVOICE_LINE_KIND_PLAN_FEE: InvoiceLineKind.ValueType  # 1
+"""The plan's price, on the period that starts a billing interval."""
+INVOICE_LINE_KIND_TOP_UP: InvoiceLineKind.ValueType  # 2
+"""A purchased credit package (by hand or automatic)."""
+INVOICE_LINE_KIND_OVERAGE: InvoiceLineKind.ValueType  # 3
+"""Overage credits times the plan's price per credit."""
+Global___InvoiceLineKind: _TypeAlias = InvoiceLineKind  # noqa: Y015
+
+class _DeliveryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATUS_UNSPECIFIED: _DeliveryStatus.ValueType  # 0
+    """Unknown status."""
+    DELIVERY_STATUS_PENDING: _DeliveryStatus.ValueType  # 1
+    """Not delivered yet: tried again after a backoff."""
+    DELIVERY_STATUS_DELIVERED: _DeliveryStatus.ValueType  # 2
+    """The receiver answered 2xx."""
+    DELIVERY_STATUS_DEAD: _DeliveryStatus.ValueType  # 3
+    """Given up after the maximum number of tries (dead letter); RedeliverEvent tries again."""
+
+class DeliveryStatus(_DeliveryStatus, metaclass=_DeliveryStatusEnumTypeWrapper):
+    """DeliveryStatus is where a webhook delivery stands."""
+
+DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus.ValueType  # 0
+"""Unknown status."""
+DELIVERY_STATUS_PENDING: DeliveryStatus.ValueType  # 1
+"""Not delivered yet: tried again after a backoff."""
+DELIVERY_STATUS_DELIVERED: DeliveryStatus.ValueType  # 2
+"""The receiver answered 2xx."""
+DELIVERY_STATUS_DEAD: DeliveryStatus.ValueType  # 3
+"""Given up after the maximum number of tries (dead letter); RedeliverEvent tries again."""
+Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
 
 @_typing.final
 class ApplyCatalogRequest(_message.Message):
@@ -881,3 +965,717 @@ class GetLedgerStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetLedgerStatusResponse: _TypeAlias = GetLedgerStatusResponse  # noqa: Y015
+
+@_typing.final
+class AdvanceClockRequest(_message.Message):
+    """AdvanceClockRequest moves the simulated clock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECONDS_FIELD_NUMBER: _builtins.int
+    seconds: _builtins.int
+    """Seconds to move forward: 1 to 3,153,600,000 (100 years)."""
+    def __init__(
+        self,
+        *,
+        seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvanceClockRequest: _TypeAlias = AdvanceClockRequest  # noqa: Y015
+
+@_typing.final
+class AdvanceClockResponse(_message.Message):
+    """AdvanceClockResponse is the simulated clock after the move."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def now(self) -> _timestamp_pb2.Timestamp:
+        """The server's time now."""
+
+    def __init__(
+        self,
+        *,
+        now: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["now", b"now"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["now", b"now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvanceClockResponse: _TypeAlias = AdvanceClockResponse  # noqa: Y015
+
+@_typing.final
+class ChangePlanRequest(_message.Message):
+    """ChangePlanRequest moves a customer to another plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The app's own id for the customer."""
+    plan: _builtins.str
+    """The new plan key from the catalog."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        plan: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePlanRequest: _TypeAlias = ChangePlanRequest  # noqa: Y015
+
+@_typing.final
+class ChangePlanResponse(_message.Message):
+    """ChangePlanResponse is the subscription on its new plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    AVAILABLE_CREDITS_FIELD_NUMBER: _builtins.int
+    available_credits: _builtins.int
+    """Available credits after the new plan's first grants."""
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """The subscription as stored: the new plan, anchored now."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        available_credits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_credits", b"available_credits", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePlanResponse: _TypeAlias = ChangePlanResponse  # noqa: Y015
+
+@_typing.final
+class SetLowBalanceThresholdRequest(_message.Message):
+    """SetLowBalanceThresholdRequest sets a customer's low-balance threshold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    THRESHOLD_CREDITS_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The app's own id for the customer."""
+    threshold_credits: _builtins.int
+    """Credits, 0 to 1,000,000,000 (0: no low_balance event); unset: the plan's low_balance_threshold again."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        threshold_credits: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold_credits", b"_threshold_credits", "threshold_credits", b"threshold_credits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold_credits", b"_threshold_credits", "customer_id", b"customer_id", "threshold_credits", b"threshold_credits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__threshold_credits: _TypeAlias = _typing.Literal["threshold_credits"]  # noqa: Y015
+    _WhichOneofArgType__threshold_credits: _TypeAlias = _typing.Literal["_threshold_credits", b"_threshold_credits"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold_credits) -> _WhichOneofReturnType__threshold_credits | None: ...
+
+Global___SetLowBalanceThresholdRequest: _TypeAlias = SetLowBalanceThresholdRequest  # noqa: Y015
+
+@_typing.final
+class SetLowBalanceThresholdResponse(_message.Message):
+    """SetLowBalanceThresholdResponse is the threshold in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THRESHOLD_CREDITS_FIELD_NUMBER: _builtins.int
+    threshold_credits: _builtins.int
+    """The customer's own threshold; unset when the plan's applies."""
+    def __init__(
+        self,
+        *,
+        threshold_credits: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold_credits", b"_threshold_credits", "threshold_credits", b"threshold_credits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold_credits", b"_threshold_credits", "threshold_credits", b"threshold_credits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__threshold_credits: _TypeAlias = _typing.Literal["threshold_credits"]  # noqa: Y015
+    _WhichOneofArgType__threshold_credits: _TypeAlias = _typing.Literal["_threshold_credits", b"_threshold_credits"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold_credits) -> _WhichOneofReturnType__threshold_credits | None: ...
+
+Global___SetLowBalanceThresholdResponse: _TypeAlias = SetLowBalanceThresholdResponse  # noqa: Y015
+
+@_typing.final
+class SetAutoTopUpRequest(_message.Message):
+    """SetAutoTopUpRequest configures a customer's automatic top-up."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_CREDITS_FIELD_NUMBER: _builtins.int
+    COOLDOWN_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The app's own id for the customer."""
+    package: _builtins.str
+    """The package bought when the balance falls below threshold_credits; empty turns auto top-up off."""
+    threshold_credits: _builtins.int
+    """Credits, 1 to 1,000,000,000: a change that takes the balance below this buys the package once."""
+    @_builtins.property
+    def cooldown(self) -> _duration_pb2.Duration:
+        """No second automatic purchase within this time of the last one; unset means none."""
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        package: _builtins.str = ...,
+        threshold_credits: _builtins.int = ...,
+        cooldown: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown", b"cooldown"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown", b"cooldown", "customer_id", b"customer_id", "package", b"package", "threshold_credits", b"threshold_credits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAutoTopUpRequest: _TypeAlias = SetAutoTopUpRequest  # noqa: Y015
+
+@_typing.final
+class SetAutoTopUpResponse(_message.Message):
+    """SetAutoTopUpResponse is the configuration in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PACKAGE_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_CREDITS_FIELD_NUMBER: _builtins.int
+    COOLDOWN_FIELD_NUMBER: _builtins.int
+    package: _builtins.str
+    """The package bought; empty when auto top-up is off."""
+    credits: _builtins.int
+    """Credits of one purchase."""
+    price: _builtins.str
+    """Price of one purchase in the catalog currency, as a decimal string."""
+    threshold_credits: _builtins.int
+    """The threshold that triggers a purchase."""
+    @_builtins.property
+    def cooldown(self) -> _duration_pb2.Duration:
+        """The minimum time between two purchases."""
+
+    def __init__(
+        self,
+        *,
+        package: _builtins.str = ...,
+        credits: _builtins.int = ...,
+        price: _builtins.str = ...,
+        threshold_credits: _builtins.int = ...,
+        cooldown: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cooldown", b"cooldown"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown", b"cooldown", "credits", b"credits", "package", b"package", "price", b"price", "threshold_credits", b"threshold_credits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAutoTopUpResponse: _TypeAlias = SetAutoTopUpResponse  # noqa: Y015
+
+@_typing.final
+class InvoiceLine(_message.Message):
+    """InvoiceLine is one charge on an invoice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___InvoiceLineKind.ValueType
+    """What the line charges for."""
+    description: _builtins.str
+    """For a person, e.g. "Starter: 1,000 credits"."""
+    quantity: _builtins.int
+    """How many units (1 for fees and packages, credits for overage)."""
+    unit_price: _builtins.str
+    """Price of one unit, a decimal string in the invoice currency."""
+    amount: _builtins.str
+    """quantity x unit_price, a decimal string in the invoice currency."""
+    entry_id: _builtins.str
+    """The ledger entry the line comes from (top-ups); empty otherwise."""
+    def __init__(
+        self,
+        *,
+        kind: Global___InvoiceLineKind.ValueType = ...,
+        description: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        unit_price: _builtins.str = ...,
+        amount: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "entry_id", b"entry_id", "kind", b"kind", "quantity", b"quantity", "unit_price", b"unit_price"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceLine: _TypeAlias = InvoiceLine  # noqa: Y015
+
+@_typing.final
+class InvoiceUsage(_message.Message):
+    """InvoiceUsage is the credits spent on one feature in the period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    """The feature key."""
+    credits: _builtins.int
+    """Credits spent (debits and committed holds)."""
+    value: _builtins.str
+    """Their value at the catalog's credit_price, a decimal string in the invoice currency."""
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        credits: _builtins.int = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "feature", b"feature", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceUsage: _TypeAlias = InvoiceUsage  # noqa: Y015
+
+@_typing.final
+class Invoice(_message.Message):
+    """Invoice is what a customer owes for one credit period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    SUBTOTAL_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    invoice_id: _builtins.str
+    """"customer_id/inv/<period start in ms>"; empty for a draft."""
+    customer_id: _builtins.str
+    """The app's own id for the customer."""
+    plan: _builtins.str
+    """The plan of the period."""
+    currency: _builtins.str
+    """The catalog currency, e.g. "USD"."""
+    subtotal: _builtins.str
+    """Sum of the lines, a decimal string."""
+    total: _builtins.str
+    """What is owed, a decimal string (equal to subtotal: there are no taxes or discounts)."""
+    status: Global___InvoiceStatus.ValueType
+    """Draft or finalized."""
+    @_builtins.property
+    def period_start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the credit period."""
+
+    @_builtins.property
+    def period_end(self) -> _timestamp_pb2.Timestamp:
+        """End of the credit period."""
+
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceLine]:
+        """The charges, plan fee first."""
+
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceUsage]:
+        """Credits spent per feature and their value, to show what was paid for."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the invoice was made (server clock)."""
+
+    def __init__(
+        self,
+        *,
+        invoice_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        plan: _builtins.str = ...,
+        period_start: _timestamp_pb2.Timestamp | None = ...,
+        period_end: _timestamp_pb2.Timestamp | None = ...,
+        currency: _builtins.str = ...,
+        lines: _abc.Iterable[Global___InvoiceLine] | None = ...,
+        subtotal: _builtins.str = ...,
+        total: _builtins.str = ...,
+        usage: _abc.Iterable[Global___InvoiceUsage] | None = ...,
+        status: Global___InvoiceStatus.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency", b"currency", "customer_id", b"customer_id", "invoice_id", b"invoice_id", "lines", b"lines", "period_end", b"period_end", "period_start", b"period_start", "plan", b"plan", "status", b"status", "subtotal", b"subtotal", "total", b"total", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Invoice: _TypeAlias = Invoice  # noqa: Y015
+
+@_typing.final
+class PreviewInvoiceRequest(_message.Message):
+    """PreviewInvoiceRequest names a customer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The app's own id for the customer."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewInvoiceRequest: _TypeAlias = PreviewInvoiceRequest  # noqa: Y015
+
+@_typing.final
+class PreviewInvoiceResponse(_message.Message):
+    """PreviewInvoiceResponse is the draft invoice of the running period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invoice(self) -> Global___Invoice:
+        """The draft."""
+
+    def __init__(
+        self,
+        *,
+        invoice: Global___Invoice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewInvoiceResponse: _TypeAlias = PreviewInvoiceResponse  # noqa: Y015
+
+@_typing.final
+class ListInvoicesRequest(_message.Message):
+    """ListInvoicesRequest pages through a customer's invoices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The app's own id for the customer."""
+    page_size: _builtins.int
+    """Invoices per page: 1 to 1,000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of a previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesRequest: _TypeAlias = ListInvoicesRequest  # noqa: Y015
+
+@_typing.final
+class ListInvoicesResponse(_message.Message):
+    """ListInvoicesResponse is one page of invoices, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last."""
+    @_builtins.property
+    def invoices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Invoice]:
+        """The invoices of this page."""
+
+    def __init__(
+        self,
+        *,
+        invoices: _abc.Iterable[Global___Invoice] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoices", b"invoices", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesResponse: _TypeAlias = ListInvoicesResponse  # noqa: Y015
+
+@_typing.final
+class GetInvoiceRequest(_message.Message):
+    """GetInvoiceRequest names an invoice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    invoice_id: _builtins.str
+    """The invoice id."""
+    def __init__(
+        self,
+        *,
+        invoice_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoice_id", b"invoice_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInvoiceRequest: _TypeAlias = GetInvoiceRequest  # noqa: Y015
+
+@_typing.final
+class GetInvoiceResponse(_message.Message):
+    """GetInvoiceResponse is the invoice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invoice(self) -> Global___Invoice:
+        """The invoice as stored."""
+
+    def __init__(
+        self,
+        *,
+        invoice: Global___Invoice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInvoiceResponse: _TypeAlias = GetInvoiceResponse  # noqa: Y015
+
+@_typing.final
+class EventDelivery(_message.Message):
+    """EventDelivery is an event's delivery to one webhook URL."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The webhook URL."""
+    status: Global___DeliveryStatus.ValueType
+    """Where the delivery stands."""
+    attempts: _builtins.int
+    """Tries so far."""
+    last_error: _builtins.str
+    """Why the last try failed; empty after success."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        status: Global___DeliveryStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "last_error", b"last_error", "status", b"status", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventDelivery: _TypeAlias = EventDelivery  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    """Event is something that happened to a customer's credits, kept in the durable store and sent to webhooks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """"<ledger entry id>:<type>" (or "<invoice id>:invoice_finalized"): the same event always has the same id."""
+    type: _builtins.str
+    """low_balance, recovered, depleted, auto_topup, grant_issued, credits_expired or invoice_finalized."""
+    customer_id: _builtins.str
+    """The app's own id for the customer."""
+    entry_id: _builtins.str
+    """The ledger entry that caused it; empty for invoice_finalized."""
+    payload_json: _builtins.str
+    """The JSON body webhooks receive."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened (server clock)."""
+
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventDelivery]:
+        """Its deliveries, one per webhook URL."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        payload_json: _builtins.str = ...,
+        deliveries: _abc.Iterable[Global___EventDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer_id", b"customer_id", "deliveries", b"deliveries", "entry_id", b"entry_id", "event_id", b"event_id", "payload_json", b"payload_json", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class ListEventsRequest(_message.Message):
+    """ListEventsRequest pages through events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """Only this customer's events; empty for every customer's."""
+    page_size: _builtins.int
+    """Events per page: 1 to 1,000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of a previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    """ListEventsResponse is one page of events, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """The events of this page."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
+
+@_typing.final
+class RedeliverEventRequest(_message.Message):
+    """RedeliverEventRequest names an event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event id."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverEventRequest: _TypeAlias = RedeliverEventRequest  # noqa: Y015
+
+@_typing.final
+class RedeliverEventResponse(_message.Message):
+    """RedeliverEventResponse is the event with its deliveries queued again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___Event:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___Event | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverEventResponse: _TypeAlias = RedeliverEventResponse  # noqa: Y015

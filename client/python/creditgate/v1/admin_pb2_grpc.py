@@ -85,6 +85,51 @@ class AdminServiceStub:
                 request_serializer=creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusRequest.SerializeToString,
                 response_deserializer=creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusResponse.FromString,
                 _registered_method=True)
+        self.AdvanceClock = channel.unary_unary(
+                '/creditgate.v1.AdminService/AdvanceClock',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.AdvanceClockRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.AdvanceClockResponse.FromString,
+                _registered_method=True)
+        self.ChangePlan = channel.unary_unary(
+                '/creditgate.v1.AdminService/ChangePlan',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.ChangePlanRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.ChangePlanResponse.FromString,
+                _registered_method=True)
+        self.SetLowBalanceThreshold = channel.unary_unary(
+                '/creditgate.v1.AdminService/SetLowBalanceThreshold',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.SetLowBalanceThresholdRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.SetLowBalanceThresholdResponse.FromString,
+                _registered_method=True)
+        self.SetAutoTopUp = channel.unary_unary(
+                '/creditgate.v1.AdminService/SetAutoTopUp',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.SetAutoTopUpRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.SetAutoTopUpResponse.FromString,
+                _registered_method=True)
+        self.PreviewInvoice = channel.unary_unary(
+                '/creditgate.v1.AdminService/PreviewInvoice',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.PreviewInvoiceRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.PreviewInvoiceResponse.FromString,
+                _registered_method=True)
+        self.ListInvoices = channel.unary_unary(
+                '/creditgate.v1.AdminService/ListInvoices',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.ListInvoicesRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.ListInvoicesResponse.FromString,
+                _registered_method=True)
+        self.GetInvoice = channel.unary_unary(
+                '/creditgate.v1.AdminService/GetInvoice',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.GetInvoiceRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.GetInvoiceResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/creditgate.v1.AdminService/ListEvents',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.RedeliverEvent = channel.unary_unary(
+                '/creditgate.v1.AdminService/RedeliverEvent',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.RedeliverEventRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.RedeliverEventResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -161,6 +206,70 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdvanceClock(self, request, context):
+        """AdvanceClock moves a simulated clock forward (CREDITGATE_CLOCK=simulated); refused on a real clock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePlan(self, request, context):
+        """ChangePlan moves a running subscription to another plan now: the new plan's first period and grants start
+        at once; the old plan's buckets keep their own expiry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLowBalanceThreshold(self, request, context):
+        """SetLowBalanceThreshold sets the balance below which a customer's low_balance event fires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAutoTopUp(self, request, context):
+        """SetAutoTopUp configures (or turns off) the automatic purchase of a package when the balance runs low.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewInvoice(self, request, context):
+        """PreviewInvoice shows the invoice of the running credit period so far (a draft, not stored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvoices(self, request, context):
+        """ListInvoices pages through a customer's finalized invoices, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInvoice(self, request, context):
+        """GetInvoice returns one finalized invoice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """ListEvents pages through the billing events kept in the durable store, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverEvent(self, request, context):
+        """RedeliverEvent sends an event to every webhook URL again (also after it was dead-lettered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +322,51 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetLedgerStatus,
                     request_deserializer=creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusRequest.FromString,
                     response_serializer=creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusResponse.SerializeToString,
+            ),
+            'AdvanceClock': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvanceClock,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.AdvanceClockRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.AdvanceClockResponse.SerializeToString,
+            ),
+            'ChangePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePlan,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.ChangePlanRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.ChangePlanResponse.SerializeToString,
+            ),
+            'SetLowBalanceThreshold': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLowBalanceThreshold,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.SetLowBalanceThresholdRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.SetLowBalanceThresholdResponse.SerializeToString,
+            ),
+            'SetAutoTopUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAutoTopUp,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.SetAutoTopUpRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.SetAutoTopUpResponse.SerializeToString,
+            ),
+            'PreviewInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewInvoice,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.PreviewInvoiceRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.PreviewInvoiceResponse.SerializeToString,
+            ),
+            'ListInvoices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvoices,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.ListInvoicesRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.ListInvoicesResponse.SerializeToString,
+            ),
+            'GetInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInvoice,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.GetInvoiceRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.GetInvoiceResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.ListEventsRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'RedeliverEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverEvent,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.RedeliverEventRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.RedeliverEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +640,249 @@ class AdminService:
             '/creditgate.v1.AdminService/GetLedgerStatus',
             creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusRequest.SerializeToString,
             creditgate_dot_v1_dot_admin__pb2.GetLedgerStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvanceClock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/AdvanceClock',
+            creditgate_dot_v1_dot_admin__pb2.AdvanceClockRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.AdvanceClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/ChangePlan',
+            creditgate_dot_v1_dot_admin__pb2.ChangePlanRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.ChangePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLowBalanceThreshold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/SetLowBalanceThreshold',
+            creditgate_dot_v1_dot_admin__pb2.SetLowBalanceThresholdRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.SetLowBalanceThresholdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAutoTopUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/SetAutoTopUp',
+            creditgate_dot_v1_dot_admin__pb2.SetAutoTopUpRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.SetAutoTopUpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/PreviewInvoice',
+            creditgate_dot_v1_dot_admin__pb2.PreviewInvoiceRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.PreviewInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/ListInvoices',
+            creditgate_dot_v1_dot_admin__pb2.ListInvoicesRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.ListInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/GetInvoice',
+            creditgate_dot_v1_dot_admin__pb2.GetInvoiceRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.GetInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/ListEvents',
+            creditgate_dot_v1_dot_admin__pb2.ListEventsRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/RedeliverEvent',
+            creditgate_dot_v1_dot_admin__pb2.RedeliverEventRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.RedeliverEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

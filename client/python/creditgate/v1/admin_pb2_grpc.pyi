@@ -53,6 +53,26 @@ class AdminServiceStub:
     """ListLedgerEntries reads a customer's ledger from the durable store, newest first."""
     GetLedgerStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetLedgerStatusRequest, _admin_pb2.GetLedgerStatusResponse]
     """GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down)."""
+    AdvanceClock: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AdvanceClockRequest, _admin_pb2.AdvanceClockResponse]
+    """AdvanceClock moves a simulated clock forward (CREDITGATE_CLOCK=simulated); refused on a real clock."""
+    ChangePlan: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ChangePlanRequest, _admin_pb2.ChangePlanResponse]
+    """ChangePlan moves a running subscription to another plan now: the new plan's first period and grants start
+    at once; the old plan's buckets keep their own expiry.
+    """
+    SetLowBalanceThreshold: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetLowBalanceThresholdRequest, _admin_pb2.SetLowBalanceThresholdResponse]
+    """SetLowBalanceThreshold sets the balance below which a customer's low_balance event fires."""
+    SetAutoTopUp: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetAutoTopUpRequest, _admin_pb2.SetAutoTopUpResponse]
+    """SetAutoTopUp configures (or turns off) the automatic purchase of a package when the balance runs low."""
+    PreviewInvoice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PreviewInvoiceRequest, _admin_pb2.PreviewInvoiceResponse]
+    """PreviewInvoice shows the invoice of the running credit period so far (a draft, not stored)."""
+    ListInvoices: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListInvoicesRequest, _admin_pb2.ListInvoicesResponse]
+    """ListInvoices pages through a customer's finalized invoices, newest first."""
+    GetInvoice: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetInvoiceRequest, _admin_pb2.GetInvoiceResponse]
+    """GetInvoice returns one finalized invoice."""
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListEventsRequest, _admin_pb2.ListEventsResponse]
+    """ListEvents pages through the billing events kept in the durable store, newest first."""
+    RedeliverEvent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RedeliverEventRequest, _admin_pb2.RedeliverEventResponse]
+    """RedeliverEvent sends an event to every webhook URL again (also after it was dead-lettered)."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -79,6 +99,26 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ListLedgerEntries reads a customer's ledger from the durable store, newest first."""
     GetLedgerStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetLedgerStatusRequest, _admin_pb2.GetLedgerStatusResponse]  # type: ignore[assignment]
     """GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down)."""
+    AdvanceClock: _aio.UnaryUnaryMultiCallable[_admin_pb2.AdvanceClockRequest, _admin_pb2.AdvanceClockResponse]  # type: ignore[assignment]
+    """AdvanceClock moves a simulated clock forward (CREDITGATE_CLOCK=simulated); refused on a real clock."""
+    ChangePlan: _aio.UnaryUnaryMultiCallable[_admin_pb2.ChangePlanRequest, _admin_pb2.ChangePlanResponse]  # type: ignore[assignment]
+    """ChangePlan moves a running subscription to another plan now: the new plan's first period and grants start
+    at once; the old plan's buckets keep their own expiry.
+    """
+    SetLowBalanceThreshold: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetLowBalanceThresholdRequest, _admin_pb2.SetLowBalanceThresholdResponse]  # type: ignore[assignment]
+    """SetLowBalanceThreshold sets the balance below which a customer's low_balance event fires."""
+    SetAutoTopUp: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetAutoTopUpRequest, _admin_pb2.SetAutoTopUpResponse]  # type: ignore[assignment]
+    """SetAutoTopUp configures (or turns off) the automatic purchase of a package when the balance runs low."""
+    PreviewInvoice: _aio.UnaryUnaryMultiCallable[_admin_pb2.PreviewInvoiceRequest, _admin_pb2.PreviewInvoiceResponse]  # type: ignore[assignment]
+    """PreviewInvoice shows the invoice of the running credit period so far (a draft, not stored)."""
+    ListInvoices: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListInvoicesRequest, _admin_pb2.ListInvoicesResponse]  # type: ignore[assignment]
+    """ListInvoices pages through a customer's finalized invoices, newest first."""
+    GetInvoice: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetInvoiceRequest, _admin_pb2.GetInvoiceResponse]  # type: ignore[assignment]
+    """GetInvoice returns one finalized invoice."""
+    ListEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListEventsRequest, _admin_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """ListEvents pages through the billing events kept in the durable store, newest first."""
+    RedeliverEvent: _aio.UnaryUnaryMultiCallable[_admin_pb2.RedeliverEventRequest, _admin_pb2.RedeliverEventResponse]  # type: ignore[assignment]
+    """RedeliverEvent sends an event to every webhook URL again (also after it was dead-lettered)."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is the control plane: catalog, customers, subscriptions, credits and the ledger."""
@@ -162,5 +202,79 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetLedgerStatusResponse, _abc.Awaitable[_admin_pb2.GetLedgerStatusResponse]]:
         """GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down)."""
+
+    @_abc_1.abstractmethod
+    def AdvanceClock(
+        self,
+        request: _admin_pb2.AdvanceClockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AdvanceClockResponse, _abc.Awaitable[_admin_pb2.AdvanceClockResponse]]:
+        """AdvanceClock moves a simulated clock forward (CREDITGATE_CLOCK=simulated); refused on a real clock."""
+
+    @_abc_1.abstractmethod
+    def ChangePlan(
+        self,
+        request: _admin_pb2.ChangePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ChangePlanResponse, _abc.Awaitable[_admin_pb2.ChangePlanResponse]]:
+        """ChangePlan moves a running subscription to another plan now: the new plan's first period and grants start
+        at once; the old plan's buckets keep their own expiry.
+        """
+
+    @_abc_1.abstractmethod
+    def SetLowBalanceThreshold(
+        self,
+        request: _admin_pb2.SetLowBalanceThresholdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetLowBalanceThresholdResponse, _abc.Awaitable[_admin_pb2.SetLowBalanceThresholdResponse]]:
+        """SetLowBalanceThreshold sets the balance below which a customer's low_balance event fires."""
+
+    @_abc_1.abstractmethod
+    def SetAutoTopUp(
+        self,
+        request: _admin_pb2.SetAutoTopUpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetAutoTopUpResponse, _abc.Awaitable[_admin_pb2.SetAutoTopUpResponse]]:
+        """SetAutoTopUp configures (or turns off) the automatic purchase of a package when the balance runs low."""
+
+    @_abc_1.abstractmethod
+    def PreviewInvoice(
+        self,
+        request: _admin_pb2.PreviewInvoiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PreviewInvoiceResponse, _abc.Awaitable[_admin_pb2.PreviewInvoiceResponse]]:
+        """PreviewInvoice shows the invoice of the running credit period so far (a draft, not stored)."""
+
+    @_abc_1.abstractmethod
+    def ListInvoices(
+        self,
+        request: _admin_pb2.ListInvoicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListInvoicesResponse, _abc.Awaitable[_admin_pb2.ListInvoicesResponse]]:
+        """ListInvoices pages through a customer's finalized invoices, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetInvoice(
+        self,
+        request: _admin_pb2.GetInvoiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetInvoiceResponse, _abc.Awaitable[_admin_pb2.GetInvoiceResponse]]:
+        """GetInvoice returns one finalized invoice."""
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _admin_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListEventsResponse, _abc.Awaitable[_admin_pb2.ListEventsResponse]]:
+        """ListEvents pages through the billing events kept in the durable store, newest first."""
+
+    @_abc_1.abstractmethod
+    def RedeliverEvent(
+        self,
+        request: _admin_pb2.RedeliverEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RedeliverEventResponse, _abc.Awaitable[_admin_pb2.RedeliverEventResponse]]:
+        """RedeliverEvent sends an event to every webhook URL again (also after it was dead-lettered)."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

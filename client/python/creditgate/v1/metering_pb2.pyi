@@ -67,6 +67,8 @@ class _BucketSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BucketSo
     """A purchased credit package or a granted top-up."""
     BUCKET_SOURCE_ADJUSTMENT: _BucketSource.ValueType  # 3
     """A manual adjustment."""
+    BUCKET_SOURCE_ROLLOVER: _BucketSource.ValueType  # 4
+    """Unspent grant credits carried into the next period; they expire at its end and do not roll again."""
 
 class BucketSource(_BucketSource, metaclass=_BucketSourceEnumTypeWrapper):
     """BucketSource says where a bucket's credits came from."""
@@ -79,6 +81,8 @@ BUCKET_SOURCE_TOP_UP: BucketSource.ValueType  # 2
 """A purchased credit package or a granted top-up."""
 BUCKET_SOURCE_ADJUSTMENT: BucketSource.ValueType  # 3
 """A manual adjustment."""
+BUCKET_SOURCE_ROLLOVER: BucketSource.ValueType  # 4
+"""Unspent grant credits carried into the next period; they expire at its end and do not roll again."""
 Global___BucketSource: _TypeAlias = BucketSource  # noqa: Y015
 
 @_typing.final

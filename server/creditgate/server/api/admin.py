@@ -10,21 +10,33 @@ import grpc
 from creditgate.server.api import convert, validate
 from creditgate.server.api.errors import translated
 from creditgate.server.catalog.holder import CatalogHolder
+from creditgate.server.clock import ManualClock
 from creditgate.server.engine.credits import CreditEngine
-from creditgate.server.errors import InvalidArgument
+from creditgate.server.errors import FailedPrecondition, InvalidArgument
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.store import Store
 from creditgate.v1 import admin_pb2, admin_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# AdvanceClock moves at most this far in one call: 100 years.
+MAX_ADVANCE_SECONDS = 100 * 365 * 86_400
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, engine: CreditEngine, catalog: CatalogHolder, store: Store, flusher: Flusher) -> None:
+    def __init__(
+        self,
+        engine: CreditEngine,
+        catalog: CatalogHolder,
+        store: Store,
+        flusher: Flusher,
+        simulated_clock: ManualClock | None = None,
+    ) -> None:
         self._engine = engine
         self._catalog = catalog
         self._store = store
         self._flusher = flusher
+        # Set only when the server runs on a simulated clock (CREDITGATE_CLOCK=simulated).
+        self._simulated_clock = simulated_clock
 
     @translated
     async def ApplyCatalog(
@@ -136,6 +148,63 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         response = admin_pb2.GetLedgerStatusResponse(backlog_entries=status.backlog, pending_entries=status.pending)
         response.oldest_unflushed_age.FromMilliseconds(status.oldest_age_ms)
         return response
+
+    @translated
+    async def AdvanceClock(
+        self, request: admin_pb2.AdvanceClockRequest, context: Context
+    ) -> admin_pb2.AdvanceClockResponse:
+        if self._simulated_clock is None:
+            raise FailedPrecondition(
+                "the server runs on the real clock; start it with CREDITGATE_CLOCK=simulated to move time",
+                reason="CLOCK_NOT_SIMULATED",
+            )
+        if not 1 <= request.seconds <= MAX_ADVANCE_SECONDS:
+            raise InvalidArgument(f"seconds must be 1 to {MAX_ADVANCE_SECONDS}", field="seconds")
+        self._simulated_clock.advance(request.seconds)
+        return admin_pb2.AdvanceClockResponse(now=convert.timestamp(self._simulated_clock.now_ms()))
+
+    # Not built yet (issue 5, in progress).
+    async def ChangePlan(self, request: admin_pb2.ChangePlanRequest, context: Context) -> admin_pb2.ChangePlanResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChangePlan is not built yet")
+        raise AssertionError("abort raises")
+
+    async def SetLowBalanceThreshold(
+        self, request: admin_pb2.SetLowBalanceThresholdRequest, context: Context
+    ) -> admin_pb2.SetLowBalanceThresholdResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SetLowBalanceThreshold is not built yet")
+        raise AssertionError("abort raises")
+
+    async def SetAutoTopUp(
+        self, request: admin_pb2.SetAutoTopUpRequest, context: Context
+    ) -> admin_pb2.SetAutoTopUpResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SetAutoTopUp is not built yet")
+        raise AssertionError("abort raises")
+
+    async def PreviewInvoice(
+        self, request: admin_pb2.PreviewInvoiceRequest, context: Context
+    ) -> admin_pb2.PreviewInvoiceResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "PreviewInvoice is not built yet")
+        raise AssertionError("abort raises")
+
+    async def ListInvoices(
+        self, request: admin_pb2.ListInvoicesRequest, context: Context
+    ) -> admin_pb2.ListInvoicesResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ListInvoices is not built yet")
+        raise AssertionError("abort raises")
+
+    async def GetInvoice(self, request: admin_pb2.GetInvoiceRequest, context: Context) -> admin_pb2.GetInvoiceResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetInvoice is not built yet")
+        raise AssertionError("abort raises")
+
+    async def ListEvents(self, request: admin_pb2.ListEventsRequest, context: Context) -> admin_pb2.ListEventsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ListEvents is not built yet")
+        raise AssertionError("abort raises")
+
+    async def RedeliverEvent(
+        self, request: admin_pb2.RedeliverEventRequest, context: Context
+    ) -> admin_pb2.RedeliverEventResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "RedeliverEvent is not built yet")
+        raise AssertionError("abort raises")
 
 
 def _encode_page_token(seq: int) -> str:

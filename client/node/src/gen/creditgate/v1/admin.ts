@@ -94,6 +94,8 @@ export enum LedgerEntryKind {
   LEDGER_ENTRY_KIND_RELEASE = 8,
   /** LEDGER_ENTRY_KIND_RESERVATION_EXPIRY - A hold outlived its ttl and returned everything by itself. */
   LEDGER_ENTRY_KIND_RESERVATION_EXPIRY = 9,
+  /** LEDGER_ENTRY_KIND_ROLLOVER - Unspent credits of an expired grant carried into the next period (up to the grant's rollover cap). */
+  LEDGER_ENTRY_KIND_ROLLOVER = 10,
   UNRECOGNIZED = -1,
 }
 
@@ -129,6 +131,9 @@ export function ledgerEntryKindFromJSON(object: any): LedgerEntryKind {
     case 9:
     case "LEDGER_ENTRY_KIND_RESERVATION_EXPIRY":
       return LedgerEntryKind.LEDGER_ENTRY_KIND_RESERVATION_EXPIRY;
+    case 10:
+    case "LEDGER_ENTRY_KIND_ROLLOVER":
+      return LedgerEntryKind.LEDGER_ENTRY_KIND_ROLLOVER;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -158,7 +163,152 @@ export function ledgerEntryKindToJSON(object: LedgerEntryKind): string {
       return "LEDGER_ENTRY_KIND_RELEASE";
     case LedgerEntryKind.LEDGER_ENTRY_KIND_RESERVATION_EXPIRY:
       return "LEDGER_ENTRY_KIND_RESERVATION_EXPIRY";
+    case LedgerEntryKind.LEDGER_ENTRY_KIND_ROLLOVER:
+      return "LEDGER_ENTRY_KIND_ROLLOVER";
     case LedgerEntryKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** InvoiceStatus says whether an invoice can still change. */
+export enum InvoiceStatus {
+  /** INVOICE_STATUS_UNSPECIFIED - Unknown status. */
+  INVOICE_STATUS_UNSPECIFIED = 0,
+  /** INVOICE_STATUS_DRAFT - The running period's invoice so far (PreviewInvoice): not stored, still changing. */
+  INVOICE_STATUS_DRAFT = 1,
+  /** INVOICE_STATUS_FINALIZED - Made once the period ended, from the durable ledger; never changes. */
+  INVOICE_STATUS_FINALIZED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function invoiceStatusFromJSON(object: any): InvoiceStatus {
+  switch (object) {
+    case 0:
+    case "INVOICE_STATUS_UNSPECIFIED":
+      return InvoiceStatus.INVOICE_STATUS_UNSPECIFIED;
+    case 1:
+    case "INVOICE_STATUS_DRAFT":
+      return InvoiceStatus.INVOICE_STATUS_DRAFT;
+    case 2:
+    case "INVOICE_STATUS_FINALIZED":
+      return InvoiceStatus.INVOICE_STATUS_FINALIZED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return InvoiceStatus.UNRECOGNIZED;
+  }
+}
+
+export function invoiceStatusToJSON(object: InvoiceStatus): string {
+  switch (object) {
+    case InvoiceStatus.INVOICE_STATUS_UNSPECIFIED:
+      return "INVOICE_STATUS_UNSPECIFIED";
+    case InvoiceStatus.INVOICE_STATUS_DRAFT:
+      return "INVOICE_STATUS_DRAFT";
+    case InvoiceStatus.INVOICE_STATUS_FINALIZED:
+      return "INVOICE_STATUS_FINALIZED";
+    case InvoiceStatus.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** InvoiceLineKind says what an invoice line charges for. */
+export enum InvoiceLineKind {
+  /** INVOICE_LINE_KIND_UNSPECIFIED - Unknown kind. */
+  INVOICE_LINE_KIND_UNSPECIFIED = 0,
+  /** INVOICE_LINE_KIND_PLAN_FEE - The plan's price, on the period that starts a billing interval. */
+  INVOICE_LINE_KIND_PLAN_FEE = 1,
+  /** INVOICE_LINE_KIND_TOP_UP - A purchased credit package (by hand or automatic). */
+  INVOICE_LINE_KIND_TOP_UP = 2,
+  /** INVOICE_LINE_KIND_OVERAGE - Overage credits times the plan's price per credit. */
+  INVOICE_LINE_KIND_OVERAGE = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function invoiceLineKindFromJSON(object: any): InvoiceLineKind {
+  switch (object) {
+    case 0:
+    case "INVOICE_LINE_KIND_UNSPECIFIED":
+      return InvoiceLineKind.INVOICE_LINE_KIND_UNSPECIFIED;
+    case 1:
+    case "INVOICE_LINE_KIND_PLAN_FEE":
+      return InvoiceLineKind.INVOICE_LINE_KIND_PLAN_FEE;
+    case 2:
+    case "INVOICE_LINE_KIND_TOP_UP":
+      return InvoiceLineKind.INVOICE_LINE_KIND_TOP_UP;
+    case 3:
+    case "INVOICE_LINE_KIND_OVERAGE":
+      return InvoiceLineKind.INVOICE_LINE_KIND_OVERAGE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return InvoiceLineKind.UNRECOGNIZED;
+  }
+}
+
+export function invoiceLineKindToJSON(object: InvoiceLineKind): string {
+  switch (object) {
+    case InvoiceLineKind.INVOICE_LINE_KIND_UNSPECIFIED:
+      return "INVOICE_LINE_KIND_UNSPECIFIED";
+    case InvoiceLineKind.INVOICE_LINE_KIND_PLAN_FEE:
+      return "INVOICE_LINE_KIND_PLAN_FEE";
+    case InvoiceLineKind.INVOICE_LINE_KIND_TOP_UP:
+      return "INVOICE_LINE_KIND_TOP_UP";
+    case InvoiceLineKind.INVOICE_LINE_KIND_OVERAGE:
+      return "INVOICE_LINE_KIND_OVERAGE";
+    case InvoiceLineKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** DeliveryStatus is where a webhook delivery stands. */
+export enum DeliveryStatus {
+  /** DELIVERY_STATUS_UNSPECIFIED - Unknown status. */
+  DELIVERY_STATUS_UNSPECIFIED = 0,
+  /** DELIVERY_STATUS_PENDING - Not delivered yet: tried again after a backoff. */
+  DELIVERY_STATUS_PENDING = 1,
+  /** DELIVERY_STATUS_DELIVERED - The receiver answered 2xx. */
+  DELIVERY_STATUS_DELIVERED = 2,
+  /** DELIVERY_STATUS_DEAD - Given up after the maximum number of tries (dead letter); RedeliverEvent tries again. */
+  DELIVERY_STATUS_DEAD = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function deliveryStatusFromJSON(object: any): DeliveryStatus {
+  switch (object) {
+    case 0:
+    case "DELIVERY_STATUS_UNSPECIFIED":
+      return DeliveryStatus.DELIVERY_STATUS_UNSPECIFIED;
+    case 1:
+    case "DELIVERY_STATUS_PENDING":
+      return DeliveryStatus.DELIVERY_STATUS_PENDING;
+    case 2:
+    case "DELIVERY_STATUS_DELIVERED":
+      return DeliveryStatus.DELIVERY_STATUS_DELIVERED;
+    case 3:
+    case "DELIVERY_STATUS_DEAD":
+      return DeliveryStatus.DELIVERY_STATUS_DEAD;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return DeliveryStatus.UNRECOGNIZED;
+  }
+}
+
+export function deliveryStatusToJSON(object: DeliveryStatus): string {
+  switch (object) {
+    case DeliveryStatus.DELIVERY_STATUS_UNSPECIFIED:
+      return "DELIVERY_STATUS_UNSPECIFIED";
+    case DeliveryStatus.DELIVERY_STATUS_PENDING:
+      return "DELIVERY_STATUS_PENDING";
+    case DeliveryStatus.DELIVERY_STATUS_DELIVERED:
+      return "DELIVERY_STATUS_DELIVERED";
+    case DeliveryStatus.DELIVERY_STATUS_DEAD:
+      return "DELIVERY_STATUS_DEAD";
+    case DeliveryStatus.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -421,6 +571,238 @@ export interface GetLedgerStatusResponse {
   pendingEntries: bigint;
   /** Age of the oldest entry not yet written, by Redis's clock; zero when the backlog is empty. */
   oldestUnflushedAge: Duration | undefined;
+}
+
+/** AdvanceClockRequest moves the simulated clock. */
+export interface AdvanceClockRequest {
+  /** Seconds to move forward: 1 to 3,153,600,000 (100 years). */
+  seconds: bigint;
+}
+
+/** AdvanceClockResponse is the simulated clock after the move. */
+export interface AdvanceClockResponse {
+  /** The server's time now. */
+  now: Date | undefined;
+}
+
+/** ChangePlanRequest moves a customer to another plan. */
+export interface ChangePlanRequest {
+  /** The app's own id for the customer. */
+  customerId: string;
+  /** The new plan key from the catalog. */
+  plan: string;
+}
+
+/** ChangePlanResponse is the subscription on its new plan. */
+export interface ChangePlanResponse {
+  /** The subscription as stored: the new plan, anchored now. */
+  subscription:
+    | Subscription
+    | undefined;
+  /** Available credits after the new plan's first grants. */
+  availableCredits: bigint;
+}
+
+/** SetLowBalanceThresholdRequest sets a customer's low-balance threshold. */
+export interface SetLowBalanceThresholdRequest {
+  /** The app's own id for the customer. */
+  customerId: string;
+  /** Credits, 0 to 1,000,000,000 (0: no low_balance event); unset: the plan's low_balance_threshold again. */
+  thresholdCredits?: bigint | undefined;
+}
+
+/** SetLowBalanceThresholdResponse is the threshold in force. */
+export interface SetLowBalanceThresholdResponse {
+  /** The customer's own threshold; unset when the plan's applies. */
+  thresholdCredits?: bigint | undefined;
+}
+
+/** SetAutoTopUpRequest configures a customer's automatic top-up. */
+export interface SetAutoTopUpRequest {
+  /** The app's own id for the customer. */
+  customerId: string;
+  /** The package bought when the balance falls below threshold_credits; empty turns auto top-up off. */
+  package: string;
+  /** Credits, 1 to 1,000,000,000: a change that takes the balance below this buys the package once. */
+  thresholdCredits: bigint;
+  /** No second automatic purchase within this time of the last one; unset means none. */
+  cooldown: Duration | undefined;
+}
+
+/** SetAutoTopUpResponse is the configuration in force. */
+export interface SetAutoTopUpResponse {
+  /** The package bought; empty when auto top-up is off. */
+  package: string;
+  /** Credits of one purchase. */
+  credits: bigint;
+  /** Price of one purchase in the catalog currency, as a decimal string. */
+  price: string;
+  /** The threshold that triggers a purchase. */
+  thresholdCredits: bigint;
+  /** The minimum time between two purchases. */
+  cooldown: Duration | undefined;
+}
+
+/** InvoiceLine is one charge on an invoice. */
+export interface InvoiceLine {
+  /** What the line charges for. */
+  kind: InvoiceLineKind;
+  /** For a person, e.g. "Starter: 1,000 credits". */
+  description: string;
+  /** How many units (1 for fees and packages, credits for overage). */
+  quantity: bigint;
+  /** Price of one unit, a decimal string in the invoice currency. */
+  unitPrice: string;
+  /** quantity x unit_price, a decimal string in the invoice currency. */
+  amount: string;
+  /** The ledger entry the line comes from (top-ups); empty otherwise. */
+  entryId: string;
+}
+
+/** InvoiceUsage is the credits spent on one feature in the period. */
+export interface InvoiceUsage {
+  /** The feature key. */
+  feature: string;
+  /** Credits spent (debits and committed holds). */
+  credits: bigint;
+  /** Their value at the catalog's credit_price, a decimal string in the invoice currency. */
+  value: string;
+}
+
+/** Invoice is what a customer owes for one credit period. */
+export interface Invoice {
+  /** "customer_id/inv/<period start in ms>"; empty for a draft. */
+  invoiceId: string;
+  /** The app's own id for the customer. */
+  customerId: string;
+  /** The plan of the period. */
+  plan: string;
+  /** Start of the credit period. */
+  periodStart:
+    | Date
+    | undefined;
+  /** End of the credit period. */
+  periodEnd:
+    | Date
+    | undefined;
+  /** The catalog currency, e.g. "USD". */
+  currency: string;
+  /** The charges, plan fee first. */
+  lines: InvoiceLine[];
+  /** Sum of the lines, a decimal string. */
+  subtotal: string;
+  /** What is owed, a decimal string (equal to subtotal: there are no taxes or discounts). */
+  total: string;
+  /** Credits spent per feature and their value, to show what was paid for. */
+  usage: InvoiceUsage[];
+  /** Draft or finalized. */
+  status: InvoiceStatus;
+  /** When the invoice was made (server clock). */
+  createTime: Date | undefined;
+}
+
+/** PreviewInvoiceRequest names a customer. */
+export interface PreviewInvoiceRequest {
+  /** The app's own id for the customer. */
+  customerId: string;
+}
+
+/** PreviewInvoiceResponse is the draft invoice of the running period. */
+export interface PreviewInvoiceResponse {
+  /** The draft. */
+  invoice: Invoice | undefined;
+}
+
+/** ListInvoicesRequest pages through a customer's invoices. */
+export interface ListInvoicesRequest {
+  /** The app's own id for the customer. */
+  customerId: string;
+  /** Invoices per page: 1 to 1,000; 0 means 100. */
+  pageSize: number;
+  /** The next_page_token of a previous page; empty for the first page. */
+  pageToken: string;
+}
+
+/** ListInvoicesResponse is one page of invoices, newest first. */
+export interface ListInvoicesResponse {
+  /** The invoices of this page. */
+  invoices: Invoice[];
+  /** Token for the next page; empty when this is the last. */
+  nextPageToken: string;
+}
+
+/** GetInvoiceRequest names an invoice. */
+export interface GetInvoiceRequest {
+  /** The invoice id. */
+  invoiceId: string;
+}
+
+/** GetInvoiceResponse is the invoice. */
+export interface GetInvoiceResponse {
+  /** The invoice as stored. */
+  invoice: Invoice | undefined;
+}
+
+/** EventDelivery is an event's delivery to one webhook URL. */
+export interface EventDelivery {
+  /** The webhook URL. */
+  url: string;
+  /** Where the delivery stands. */
+  status: DeliveryStatus;
+  /** Tries so far. */
+  attempts: number;
+  /** Why the last try failed; empty after success. */
+  lastError: string;
+}
+
+/** Event is something that happened to a customer's credits, kept in the durable store and sent to webhooks. */
+export interface Event {
+  /** "<ledger entry id>:<type>" (or "<invoice id>:invoice_finalized"): the same event always has the same id. */
+  eventId: string;
+  /** low_balance, recovered, depleted, auto_topup, grant_issued, credits_expired or invoice_finalized. */
+  type: string;
+  /** The app's own id for the customer. */
+  customerId: string;
+  /** The ledger entry that caused it; empty for invoice_finalized. */
+  entryId: string;
+  /** When it happened (server clock). */
+  createTime:
+    | Date
+    | undefined;
+  /** The JSON body webhooks receive. */
+  payloadJson: string;
+  /** Its deliveries, one per webhook URL. */
+  deliveries: EventDelivery[];
+}
+
+/** ListEventsRequest pages through events. */
+export interface ListEventsRequest {
+  /** Only this customer's events; empty for every customer's. */
+  customerId: string;
+  /** Events per page: 1 to 1,000; 0 means 100. */
+  pageSize: number;
+  /** The next_page_token of a previous page; empty for the first page. */
+  pageToken: string;
+}
+
+/** ListEventsResponse is one page of events, newest first. */
+export interface ListEventsResponse {
+  /** The events of this page. */
+  events: Event[];
+  /** Token for the next page; empty when this is the last. */
+  nextPageToken: string;
+}
+
+/** RedeliverEventRequest names an event. */
+export interface RedeliverEventRequest {
+  /** The event id. */
+  eventId: string;
+}
+
+/** RedeliverEventResponse is the event with its deliveries queued again. */
+export interface RedeliverEventResponse {
+  /** The event. */
+  event: Event | undefined;
 }
 
 function createBaseApplyCatalogRequest(): ApplyCatalogRequest {
@@ -3321,6 +3703,2469 @@ export const GetLedgerStatusResponse: MessageFns<GetLedgerStatusResponse> = {
   },
 };
 
+function createBaseAdvanceClockRequest(): AdvanceClockRequest {
+  return { seconds: 0n };
+}
+
+export const AdvanceClockRequest: MessageFns<AdvanceClockRequest> = {
+  encode(message: AdvanceClockRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.seconds !== 0n) {
+      if (BigInt.asIntN(64, message.seconds) !== message.seconds) {
+        throw new globalThis.Error("value provided for field message.seconds of type int64 too large");
+      }
+      writer.uint32(8).int64(message.seconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdvanceClockRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdvanceClockRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.seconds = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AdvanceClockRequest {
+    return { seconds: isSet(object.seconds) ? BigInt(object.seconds) : 0n };
+  },
+
+  toJSON(message: AdvanceClockRequest): unknown {
+    const obj: any = {};
+    if (message.seconds !== 0n) {
+      obj.seconds = message.seconds.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AdvanceClockRequest>, I>>(base?: I): AdvanceClockRequest {
+    return AdvanceClockRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AdvanceClockRequest>, I>>(object: I): AdvanceClockRequest {
+    const message = createBaseAdvanceClockRequest();
+    message.seconds = (object.seconds !== undefined && object.seconds !== null) ? BigInt(object.seconds) : 0n;
+    return message;
+  },
+};
+
+function createBaseAdvanceClockResponse(): AdvanceClockResponse {
+  return { now: undefined };
+}
+
+export const AdvanceClockResponse: MessageFns<AdvanceClockResponse> = {
+  encode(message: AdvanceClockResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.now !== undefined) {
+      Timestamp.encode(toTimestamp(message.now), writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdvanceClockResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdvanceClockResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.now = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AdvanceClockResponse {
+    return { now: isSet(object.now) ? fromJsonTimestamp(object.now) : undefined };
+  },
+
+  toJSON(message: AdvanceClockResponse): unknown {
+    const obj: any = {};
+    if (message.now !== undefined) {
+      obj.now = message.now.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AdvanceClockResponse>, I>>(base?: I): AdvanceClockResponse {
+    return AdvanceClockResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AdvanceClockResponse>, I>>(object: I): AdvanceClockResponse {
+    const message = createBaseAdvanceClockResponse();
+    message.now = object.now ?? undefined;
+    return message;
+  },
+};
+
+function createBaseChangePlanRequest(): ChangePlanRequest {
+  return { customerId: "", plan: "" };
+}
+
+export const ChangePlanRequest: MessageFns<ChangePlanRequest> = {
+  encode(message: ChangePlanRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.customerId !== "") {
+      writer.uint32(10).string(message.customerId);
+    }
+    if (message.plan !== "") {
+      writer.uint32(18).string(message.plan);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChangePlanRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChangePlanRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.customerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.plan = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChangePlanRequest {
+    return {
+      customerId: isSet(object.customerId)
+        ? globalThis.String(object.customerId)
+        : isSet(object.customer_id)
+        ? globalThis.String(object.customer_id)
+        : "",
+      plan: isSet(object.plan) ? globalThis.String(object.plan) : "",
+    };
+  },
+
+  toJSON(message: ChangePlanRequest): unknown {
+    const obj: any = {};
+    if (message.customerId !== "") {
+      obj.customerId = message.customerId;
+    }
+    if (message.plan !== "") {
+      obj.plan = message.plan;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ChangePlanRequest>, I>>(base?: I): ChangePlanRequest {
+    return ChangePlanRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ChangePlanRequest>, I>>(object: I): ChangePlanRequest {
+    const message = createBaseChangePlanRequest();
+    message.customerId = object.customerId ?? "";
+    message.plan = object.plan ?? "";
+    return message;
+  },
+};
+
+function createBaseChangePlanResponse(): ChangePlanResponse {
+  return { subscription: undefined, availableCredits: 0n };
+}
+
+export const ChangePlanResponse: MessageFns<ChangePlanResponse> = {
+  encode(message: ChangePlanResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.subscription !== undefined) {
+      Subscription.encode(message.subscription, writer.uint32(10).fork()).join();
+    }
+    if (message.availableCredits !== 0n) {
+      if (BigInt.asIntN(64, message.availableCredits) !== message.availableCredits) {
+        throw new globalThis.Error("value provided for field message.availableCredits of type int64 too large");
+      }
+      writer.uint32(16).int64(message.availableCredits);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChangePlanResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChangePlanResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.subscription = Subscription.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.availableCredits = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChangePlanResponse {
+    return {
+      subscription: isSet(object.subscription) ? Subscription.fromJSON(object.subscription) : undefined,
+      availableCredits: isSet(object.availableCredits)
+        ? BigInt(object.availableCredits)
+        : isSet(object.available_credits)
+        ? BigInt(object.available_credits)
+        : 0n,
+    };
+  },
+
+  toJSON(message: ChangePlanResponse): unknown {
+    const obj: any = {};
+    if (message.subscription !== undefined) {
+      obj.subscription = Subscription.toJSON(message.subscription);
+    }
+    if (message.availableCredits !== 0n) {
+      obj.availableCredits = message.availableCredits.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ChangePlanResponse>, I>>(base?: I): ChangePlanResponse {
+    return ChangePlanResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ChangePlanResponse>, I>>(object: I): ChangePlanResponse {
+    const message = createBaseChangePlanResponse();
+    message.subscription = (object.subscription !== undefined && object.subscription !== null)
+      ? Subscription.fromPartial(object.subscription)
+      : undefined;
+    message.availableCredits = (object.availableCredits !== undefined && object.availableCredits !== null)
+      ? BigInt(object.availableCredits)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseSetLowBalanceThresholdRequest(): SetLowBalanceThresholdRequest {
+  return { customerId: "", thresholdCredits: undefined };
+}
+
+export const SetLowBalanceThresholdRequest: MessageFns<SetLowBalanceThresholdRequest> = {
+  encode(message: SetLowBalanceThresholdRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.customerId !== "") {
+      writer.uint32(10).string(message.customerId);
+    }
+    if (message.thresholdCredits !== undefined) {
+      if (BigInt.asIntN(64, message.thresholdCredits) !== message.thresholdCredits) {
+        throw new globalThis.Error("value provided for field message.thresholdCredits of type int64 too large");
+      }
+      writer.uint32(16).int64(message.thresholdCredits);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetLowBalanceThresholdRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetLowBalanceThresholdRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.customerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.thresholdCredits = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetLowBalanceThresholdRequest {
+    return {
+      customerId: isSet(object.customerId)
+        ? globalThis.String(object.customerId)
+        : isSet(object.customer_id)
+        ? globalThis.String(object.customer_id)
+        : "",
+      thresholdCredits: isSet(object.thresholdCredits)
+        ? BigInt(object.thresholdCredits)
+        : isSet(object.threshold_credits)
+        ? BigInt(object.threshold_credits)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SetLowBalanceThresholdRequest): unknown {
+    const obj: any = {};
+    if (message.customerId !== "") {
+      obj.customerId = message.customerId;
+    }
+    if (message.thresholdCredits !== undefined) {
+      obj.thresholdCredits = message.thresholdCredits.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetLowBalanceThresholdRequest>, I>>(base?: I): SetLowBalanceThresholdRequest {
+    return SetLowBalanceThresholdRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetLowBalanceThresholdRequest>, I>>(
+    object: I,
+  ): SetLowBalanceThresholdRequest {
+    const message = createBaseSetLowBalanceThresholdRequest();
+    message.customerId = object.customerId ?? "";
+    message.thresholdCredits = (object.thresholdCredits !== undefined && object.thresholdCredits !== null)
+      ? BigInt(object.thresholdCredits)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetLowBalanceThresholdResponse(): SetLowBalanceThresholdResponse {
+  return { thresholdCredits: undefined };
+}
+
+export const SetLowBalanceThresholdResponse: MessageFns<SetLowBalanceThresholdResponse> = {
+  encode(message: SetLowBalanceThresholdResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.thresholdCredits !== undefined) {
+      if (BigInt.asIntN(64, message.thresholdCredits) !== message.thresholdCredits) {
+        throw new globalThis.Error("value provided for field message.thresholdCredits of type int64 too large");
+      }
+      writer.uint32(8).int64(message.thresholdCredits);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetLowBalanceThresholdResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetLowBalanceThresholdResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.thresholdCredits = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetLowBalanceThresholdResponse {
+    return {
+      thresholdCredits: isSet(object.thresholdCredits)
+        ? BigInt(object.thresholdCredits)
+        : isSet(object.threshold_credits)
+        ? BigInt(object.threshold_credits)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SetLowBalanceThresholdResponse): unknown {
+    const obj: any = {};
+    if (message.thresholdCredits !== undefined) {
+      obj.thresholdCredits = message.thresholdCredits.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetLowBalanceThresholdResponse>, I>>(base?: I): SetLowBalanceThresholdResponse {
+    return SetLowBalanceThresholdResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetLowBalanceThresholdResponse>, I>>(
+    object: I,
+  ): SetLowBalanceThresholdResponse {
+    const message = createBaseSetLowBalanceThresholdResponse();
+    message.thresholdCredits = (object.thresholdCredits !== undefined && object.thresholdCredits !== null)
+      ? BigInt(object.thresholdCredits)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetAutoTopUpRequest(): SetAutoTopUpRequest {
+  return { customerId: "", package: "", thresholdCredits: 0n, cooldown: undefined };
+}
+
+export const SetAutoTopUpRequest: MessageFns<SetAutoTopUpRequest> = {
+  encode(message: SetAutoTopUpRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.customerId !== "") {
+      writer.uint32(10).string(message.customerId);
+    }
+    if (message.package !== "") {
+      writer.uint32(18).string(message.package);
+    }
+    if (message.thresholdCredits !== 0n) {
+      if (BigInt.asIntN(64, message.thresholdCredits) !== message.thresholdCredits) {
+        throw new globalThis.Error("value provided for field message.thresholdCredits of type int64 too large");
+      }
+      writer.uint32(24).int64(message.thresholdCredits);
+    }
+    if (message.cooldown !== undefined) {
+      Duration.encode(message.cooldown, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetAutoTopUpRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetAutoTopUpRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.customerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.package = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.thresholdCredits = reader.int64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.cooldown = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetAutoTopUpRequest {
+    return {
+      customerId: isSet(object.customerId)
+        ? globalThis.String(object.customerId)
+        : isSet(object.customer_id)
+        ? globalThis.String(object.customer_id)
+        : "",
+      package: isSet(object.package) ? globalThis.String(object.package) : "",
+      thresholdCredits: isSet(object.thresholdCredits)
+        ? BigInt(object.thresholdCredits)
+        : isSet(object.threshold_credits)
+        ? BigInt(object.threshold_credits)
+        : 0n,
+      cooldown: isSet(object.cooldown) ? Duration.fromJSON(object.cooldown) : undefined,
+    };
+  },
+
+  toJSON(message: SetAutoTopUpRequest): unknown {
+    const obj: any = {};
+    if (message.customerId !== "") {
+      obj.customerId = message.customerId;
+    }
+    if (message.package !== "") {
+      obj.package = message.package;
+    }
+    if (message.thresholdCredits !== 0n) {
+      obj.thresholdCredits = message.thresholdCredits.toString();
+    }
+    if (message.cooldown !== undefined) {
+      obj.cooldown = Duration.toJSON(message.cooldown);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetAutoTopUpRequest>, I>>(base?: I): SetAutoTopUpRequest {
+    return SetAutoTopUpRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetAutoTopUpRequest>, I>>(object: I): SetAutoTopUpRequest {
+    const message = createBaseSetAutoTopUpRequest();
+    message.customerId = object.customerId ?? "";
+    message.package = object.package ?? "";
+    message.thresholdCredits = (object.thresholdCredits !== undefined && object.thresholdCredits !== null)
+      ? BigInt(object.thresholdCredits)
+      : 0n;
+    message.cooldown = (object.cooldown !== undefined && object.cooldown !== null)
+      ? Duration.fromPartial(object.cooldown)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetAutoTopUpResponse(): SetAutoTopUpResponse {
+  return { package: "", credits: 0n, price: "", thresholdCredits: 0n, cooldown: undefined };
+}
+
+export const SetAutoTopUpResponse: MessageFns<SetAutoTopUpResponse> = {
+  encode(message: SetAutoTopUpResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.package !== "") {
+      writer.uint32(10).string(message.package);
+    }
+    if (message.credits !== 0n) {
+      if (BigInt.asIntN(64, message.credits) !== message.credits) {
+        throw new globalThis.Error("value provided for field message.credits of type int64 too large");
+      }
+      writer.uint32(16).int64(message.credits);
+    }
+    if (message.price !== "") {
+      writer.uint32(26).string(message.price);
+    }
+    if (message.thresholdCredits !== 0n) {
+      if (BigInt.asIntN(64, message.thresholdCredits) !== message.thresholdCredits) {
+        throw new globalThis.Error("value provided for field message.thresholdCredits of type int64 too large");
+      }
+      writer.uint32(32).int64(message.thresholdCredits);
+    }
+    if (message.cooldown !== undefined) {
+      Duration.encode(message.cooldown, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetAutoTopUpResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetAutoTopUpResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.package = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.credits = reader.int64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.price = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.thresholdCredits = reader.int64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.cooldown = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetAutoTopUpResponse {
+    return {
+      package: isSet(object.package) ? globalThis.String(object.package) : "",
+      credits: isSet(object.credits) ? BigInt(object.credits) : 0n,
+      price: isSet(object.price) ? globalThis.String(object.price) : "",
+      thresholdCredits: isSet(object.thresholdCredits)
+        ? BigInt(object.thresholdCredits)
+        : isSet(object.threshold_credits)
+        ? BigInt(object.threshold_credits)
+        : 0n,
+      cooldown: isSet(object.cooldown) ? Duration.fromJSON(object.cooldown) : undefined,
+    };
+  },
+
+  toJSON(message: SetAutoTopUpResponse): unknown {
+    const obj: any = {};
+    if (message.package !== "") {
+      obj.package = message.package;
+    }
+    if (message.credits !== 0n) {
+      obj.credits = message.credits.toString();
+    }
+    if (message.price !== "") {
+      obj.price = message.price;
+    }
+    if (message.thresholdCredits !== 0n) {
+      obj.thresholdCredits = message.thresholdCredits.toString();
+    }
+    if (message.cooldown !== undefined) {
+      obj.cooldown = Duration.toJSON(message.cooldown);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetAutoTopUpResponse>, I>>(base?: I): SetAutoTopUpResponse {
+    return SetAutoTopUpResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetAutoTopUpResponse>, I>>(object: I): SetAutoTopUpResponse {
+    const message = createBaseSetAutoTopUpResponse();
+    message.package = object.package ?? "";
+    message.credits = (object.credits !== undefined && object.credits !== null) ? BigInt(object.credits) : 0n;
+    message.price = object.price ?? "";
+    message.thresholdCredits = (object.thresholdCredits !== undefined && object.thresholdCredits !== null)
+      ? BigInt(object.thresholdCredits)
+      : 0n;
+    message.cooldown = (object.cooldown !== undefined && object.cooldown !== null)
+      ? Duration.fromPartial(object.cooldown)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseInvoiceLine(): InvoiceLine {
+  return { kind: 0, description: "", quantity: 0n, unitPrice: "", amount: "", entryId: "" };
+}
+
+export const InvoiceLine: MessageFns<InvoiceLine> = {
+  encode(message: InvoiceLine, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.description !== "") {
+      writer.uint32(18).string(message.description);
+    }
+    if (message.quantity !== 0n) {
+      if (BigInt.asIntN(64, message.quantity) !== message.quantity) {
+        throw new globalThis.Error("value provided for field message.quantity of type int64 too large");
+      }
+      writer.uint32(24).int64(message.quantity);
+    }
+    if (message.unitPrice !== "") {
+      writer.uint32(34).string(message.unitPrice);
+    }
+    if (message.amount !== "") {
+      writer.uint32(42).string(message.amount);
+    }
+    if (message.entryId !== "") {
+      writer.uint32(50).string(message.entryId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InvoiceLine {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInvoiceLine();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.quantity = reader.int64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.unitPrice = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.amount = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.entryId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InvoiceLine {
+    return {
+      kind: isSet(object.kind) ? invoiceLineKindFromJSON(object.kind) : 0,
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+      quantity: isSet(object.quantity) ? BigInt(object.quantity) : 0n,
+      unitPrice: isSet(object.unitPrice)
+        ? globalThis.String(object.unitPrice)
+        : isSet(object.unit_price)
+        ? globalThis.String(object.unit_price)
+        : "",
+      amount: isSet(object.amount) ? globalThis.String(object.amount) : "",
+      entryId: isSet(object.entryId)
+        ? globalThis.String(object.entryId)
+        : isSet(object.entry_id)
+        ? globalThis.String(object.entry_id)
+        : "",
+    };
+  },
+
+  toJSON(message: InvoiceLine): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = invoiceLineKindToJSON(message.kind);
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    if (message.quantity !== 0n) {
+      obj.quantity = message.quantity.toString();
+    }
+    if (message.unitPrice !== "") {
+      obj.unitPrice = message.unitPrice;
+    }
+    if (message.amount !== "") {
+      obj.amount = message.amount;
+    }
+    if (message.entryId !== "") {
+      obj.entryId = message.entryId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InvoiceLine>, I>>(base?: I): InvoiceLine {
+    return InvoiceLine.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InvoiceLine>, I>>(object: I): InvoiceLine {
+    const message = createBaseInvoiceLine();
+    message.kind = object.kind ?? 0;
+    message.description = object.description ?? "";
+    message.quantity = (object.quantity !== undefined && object.quantity !== null) ? BigInt(object.quantity) : 0n;
+    message.unitPrice = object.unitPrice ?? "";
+    message.amount = object.amount ?? "";
+    message.entryId = object.entryId ?? "";
+    return message;
+  },
+};
+
+function createBaseInvoiceUsage(): InvoiceUsage {
+  return { feature: "", credits: 0n, value: "" };
+}
+
+export const InvoiceUsage: MessageFns<InvoiceUsage> = {
+  encode(message: InvoiceUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.feature !== "") {
+      writer.uint32(10).string(message.feature);
+    }
+    if (message.credits !== 0n) {
+      if (BigInt.asIntN(64, message.credits) !== message.credits) {
+        throw new globalThis.Error("value provided for field message.credits of type int64 too large");
+      }
+      writer.uint32(16).int64(message.credits);
+    }
+    if (message.value !== "") {
+      writer.uint32(26).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InvoiceUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInvoiceUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.feature = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.credits = reader.int64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InvoiceUsage {
+    return {
+      feature: isSet(object.feature) ? globalThis.String(object.feature) : "",
+      credits: isSet(object.credits) ? BigInt(object.credits) : 0n,
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: InvoiceUsage): unknown {
+    const obj: any = {};
+    if (message.feature !== "") {
+      obj.feature = message.feature;
+    }
+    if (message.credits !== 0n) {
+      obj.credits = message.credits.toString();
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InvoiceUsage>, I>>(base?: I): InvoiceUsage {
+    return InvoiceUsage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InvoiceUsage>, I>>(object: I): InvoiceUsage {
+    const message = createBaseInvoiceUsage();
+    message.feature = object.feature ?? "";
+    message.credits = (object.credits !== undefined && object.credits !== null) ? BigInt(object.credits) : 0n;
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseInvoice(): Invoice {
+  return {
+    invoiceId: "",
+    customerId: "",
+    plan: "",
+    periodStart: undefined,
+    periodEnd: undefined,
+    currency: "",
+    lines: [],
+    subtotal: "",
+    total: "",
+    usage: [],
+    status: 0,
+    createTime: undefined,
+  };
+}
+
+export const Invoice: MessageFns<Invoice> = {
+  encode(message: Invoice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.invoiceId !== "") {
+      writer.uint32(10).string(message.invoiceId);
+    }
+    if (message.customerId !== "") {
+      writer.uint32(18).string(message.customerId);
+    }
+    if (message.plan !== "") {
+      writer.uint32(26).string(message.plan);
+    }
+    if (message.periodStart !== undefined) {
+      Timestamp.encode(toTimestamp(message.periodStart), writer.uint32(34).fork()).join();
+    }
+    if (message.periodEnd !== undefined) {
+      Timestamp.encode(toTimestamp(message.periodEnd), writer.uint32(42).fork()).join();
+    }
+    if (message.currency !== "") {
+      writer.uint32(50).string(message.currency);
+    }
+    for (const v of message.lines) {
+      InvoiceLine.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.subtotal !== "") {
+      writer.uint32(66).string(message.subtotal);
+    }
+    if (message.total !== "") {
+      writer.uint32(74).string(message.total);
+    }
+    for (const v of message.usage) {
+      InvoiceUsage.encode(v!, writer.uint32(82).fork()).join();
+    }
+    if (message.status !== 0) {
+      writer.uint32(88).int32(message.status);
+    }
+    if (message.createTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.createTime), writer.uint32(98).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Invoice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInvoice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.invoiceId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.customerId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.plan = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.periodStart = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.periodEnd = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.currency = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.lines.push(InvoiceLine.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.subtotal = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.total = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.usage.push(InvoiceUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.createTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Invoice {
+    return {
+      invoiceId: isSet(object.invoiceId)
+        ? globalThis.String(object.invoiceId)
+        : isSet(object.invoice_id)
+        ? globalThis.String(object.invoice_id)
+        : "",
+      customerId: isSet(object.customerId)
+        ? globalThis.String(object.customerId)
+        : isSet(object.customer_id)
+        ? globalThis.String(object.customer_id)
+        : "",
+      plan: isSet(object.plan) ? globalThis.String(object.plan) : "",
+      periodStart: isSet(object.periodStart)
+        ? fromJsonTimestamp(object.periodStart)
+        : isSet(object.period_start)
+        ? fromJsonTimestamp(object.period_start)
+        : undefined,
+      periodEnd: isSet(object.periodEnd)
+        ? fromJsonTimestamp(object.periodEnd)
+        : isSet(object.period_end)
+        ? fromJsonTimestamp(object.period_end)
+        : undefined,
+      currency: isSet(object.currency) ? globalThis.String(object.currency) : "",
+      lines: globalThis.Array.isArray(object?.lines)
+        ? object.lines.map((e: any) => InvoiceLine.fromJSON(e))
+        : [],
+      subtotal: isSet(object.subtotal) ? globalThis.String(object.subtotal) : "",
+      total: isSet(object.total) ? globalThis.String(object.total) : "",
+      usage: globalThis.Array.isArray(object?.usage)
+        ? object.usage.map((e: any) => InvoiceUsage.fromJSON(e))
+        : [],
+      status: isSet(object.status) ? invoiceStatusFromJSON(object.status) : 0,
+      createTime: isSet(object.createTime)
+        ? fromJsonTimestamp(object.createTime)
+        : isSet(object.create_time)
+        ? fromJsonTimestamp(object.create_time)
+        : undefined,
+    };
+  },
+
+  toJSON(message: Invoice): unknown {
+    const obj: any = {};
+    if (message.invoiceId !== "") {
+      obj.invoiceId = message.invoiceId;
+    }
+    if (message.customerId !== "") {
+      obj.customerId = message.customerId;
+    }
+    if (message.plan !== "") {
+      obj.plan = message.plan;
+    }
+    if (message.periodStart !== undefined) {
+      obj.periodStart = message.periodStart.toISOString();
+    }
+    if (message.periodEnd !== undefined) {
+      obj.periodEnd = message.periodEnd.toISOString();
+    }
+    if (message.currency !== "") {
+      obj.currency = message.currency;
+    }
+    if (message.lines?.length) {
+      obj.lines = message.lines.map((e) => InvoiceLine.toJSON(e));
+    }
+    if (message.subtotal !== "") {
+      obj.subtotal = message.subtotal;
+    }
+    if (message.total !== "") {
+      obj.total = message.total;
+    }
+    if (message.usage?.length) {
+      obj.usage = message.usage.map((e) => InvoiceUsage.toJSON(e));
+    }
+    if (message.status !== 0) {
+      obj.status = invoiceStatusToJSON(message.status);
+    }
+    if (message.createTime !== undefined) {
+      obj.createTime = message.createTime.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Invoice>, I>>(base?: I): Invoice {
+    return Invoice.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Invoice>, I>>(object: I): Invoice {
+    const message = createBaseInvoice();
+    message.invoiceId = object.invoiceId ?? "";
+    message.customerId = object.customerId ?? "";
+    message.plan = object.plan ?? "";
+    message.periodStart = object.periodStart ?? undefined;
+    message.periodEnd = object.periodEnd ?? undefined;
+    message.currency = object.currency ?? "";
+    message.lines = object.lines?.map((e) => InvoiceLine.fromPartial(e)) || [];
+    message.subtotal = object.subtotal ?? "";
+    message.total = object.total ?? "";
+    message.usage = object.usage?.map((e) => InvoiceUsage.fromPartial(e)) || [];
+    message.status = object.status ?? 0;
+    message.createTime = object.createTime ?? undefined;
+    return message;
+  },
+};
+
+function createBasePreviewInvoiceRequest(): PreviewInvoiceRequest {
+  return { customerId: "" };
+}
+
+export const PreviewInvoiceRequest: MessageFns<PreviewInvoiceRequest> = {
+  encode(message: PreviewInvoiceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.customerId !== "") {
+      writer.uint32(10).string(message.customerId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PreviewInvoiceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePreviewInvoiceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.customerId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PreviewInvoiceRequest {
+    return {
+      customerId: isSet(object.customerId)
+        ? globalThis.String(object.customerId)
+        : isSet(object.customer_id)
+        ? globalThis.String(object.customer_id)
+        : "",
+    };
+  },
+
+  toJSON(message: PreviewInvoiceRequest): unknown {
+    const obj: any = {};
+    if (message.customerId !== "") {
+      obj.customerId = message.customerId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PreviewInvoiceRequest>, I>>(base?: I): PreviewInvoiceRequest {
+    return PreviewInvoiceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PreviewInvoiceRequest>, I>>(object: I): PreviewInvoiceRequest {
+    const message = createBasePreviewInvoiceRequest();
+    message.customerId = object.customerId ?? "";
+    return message;
+  },
+};
+
+function createBasePreviewInvoiceResponse(): PreviewInvoiceResponse {
+  return { invoice: undefined };
+}
+
+export const PreviewInvoiceResponse: MessageFns<PreviewInvoiceResponse> = {
+  encode(message: PreviewInvoiceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.invoice !== undefined) {
+      Invoice.encode(message.invoice, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PreviewInvoiceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePreviewInvoiceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.invoice = Invoice.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PreviewInvoiceResponse {
+    return { invoice: isSet(object.invoice) ? Invoice.fromJSON(object.invoice) : undefined };
+  },
+
+  toJSON(message: PreviewInvoiceResponse): unknown {
+    const obj: any = {};
+    if (message.invoice !== undefined) {
+      obj.invoice = Invoice.toJSON(message.invoice);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PreviewInvoiceResponse>, I>>(base?: I): PreviewInvoiceResponse {
+    return PreviewInvoiceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PreviewInvoiceResponse>, I>>(object: I): PreviewInvoiceResponse {
+    const message = createBasePreviewInvoiceResponse();
+    message.invoice = (object.invoice !== undefined && object.invoice !== null)
+      ? Invoice.fromPartial(object.invoice)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListInvoicesRequest(): ListInvoicesRequest {
+  return { customerId: "", pageSize: 0, pageToken: "" };
+}
+
+export const ListInvoicesRequest: MessageFns<ListInvoicesRequest> = {
+  encode(message: ListInvoicesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.customerId !== "") {
+      writer.uint32(10).string(message.customerId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListInvoicesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListInvoicesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.customerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListInvoicesRequest {
+    return {
+      customerId: isSet(object.customerId)
+        ? globalThis.String(object.customerId)
+        : isSet(object.customer_id)
+        ? globalThis.String(object.customer_id)
+        : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListInvoicesRequest): unknown {
+    const obj: any = {};
+    if (message.customerId !== "") {
+      obj.customerId = message.customerId;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListInvoicesRequest>, I>>(base?: I): ListInvoicesRequest {
+    return ListInvoicesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListInvoicesRequest>, I>>(object: I): ListInvoicesRequest {
+    const message = createBaseListInvoicesRequest();
+    message.customerId = object.customerId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListInvoicesResponse(): ListInvoicesResponse {
+  return { invoices: [], nextPageToken: "" };
+}
+
+export const ListInvoicesResponse: MessageFns<ListInvoicesResponse> = {
+  encode(message: ListInvoicesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.invoices) {
+      Invoice.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListInvoicesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListInvoicesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.invoices.push(Invoice.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListInvoicesResponse {
+    return {
+      invoices: globalThis.Array.isArray(object?.invoices) ? object.invoices.map((e: any) => Invoice.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListInvoicesResponse): unknown {
+    const obj: any = {};
+    if (message.invoices?.length) {
+      obj.invoices = message.invoices.map((e) => Invoice.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListInvoicesResponse>, I>>(base?: I): ListInvoicesResponse {
+    return ListInvoicesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListInvoicesResponse>, I>>(object: I): ListInvoicesResponse {
+    const message = createBaseListInvoicesResponse();
+    message.invoices = object.invoices?.map((e) => Invoice.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseGetInvoiceRequest(): GetInvoiceRequest {
+  return { invoiceId: "" };
+}
+
+export const GetInvoiceRequest: MessageFns<GetInvoiceRequest> = {
+  encode(message: GetInvoiceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.invoiceId !== "") {
+      writer.uint32(10).string(message.invoiceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetInvoiceRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetInvoiceRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.invoiceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetInvoiceRequest {
+    return {
+      invoiceId: isSet(object.invoiceId)
+        ? globalThis.String(object.invoiceId)
+        : isSet(object.invoice_id)
+        ? globalThis.String(object.invoice_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetInvoiceRequest): unknown {
+    const obj: any = {};
+    if (message.invoiceId !== "") {
+      obj.invoiceId = message.invoiceId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetInvoiceRequest>, I>>(base?: I): GetInvoiceRequest {
+    return GetInvoiceRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetInvoiceRequest>, I>>(object: I): GetInvoiceRequest {
+    const message = createBaseGetInvoiceRequest();
+    message.invoiceId = object.invoiceId ?? "";
+    return message;
+  },
+};
+
+function createBaseGetInvoiceResponse(): GetInvoiceResponse {
+  return { invoice: undefined };
+}
+
+export const GetInvoiceResponse: MessageFns<GetInvoiceResponse> = {
+  encode(message: GetInvoiceResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.invoice !== undefined) {
+      Invoice.encode(message.invoice, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetInvoiceResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetInvoiceResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.invoice = Invoice.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetInvoiceResponse {
+    return { invoice: isSet(object.invoice) ? Invoice.fromJSON(object.invoice) : undefined };
+  },
+
+  toJSON(message: GetInvoiceResponse): unknown {
+    const obj: any = {};
+    if (message.invoice !== undefined) {
+      obj.invoice = Invoice.toJSON(message.invoice);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetInvoiceResponse>, I>>(base?: I): GetInvoiceResponse {
+    return GetInvoiceResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetInvoiceResponse>, I>>(object: I): GetInvoiceResponse {
+    const message = createBaseGetInvoiceResponse();
+    message.invoice = (object.invoice !== undefined && object.invoice !== null)
+      ? Invoice.fromPartial(object.invoice)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseEventDelivery(): EventDelivery {
+  return { url: "", status: 0, attempts: 0, lastError: "" };
+}
+
+export const EventDelivery: MessageFns<EventDelivery> = {
+  encode(message: EventDelivery, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.url !== "") {
+      writer.uint32(10).string(message.url);
+    }
+    if (message.status !== 0) {
+      writer.uint32(16).int32(message.status);
+    }
+    if (message.attempts !== 0) {
+      writer.uint32(24).int32(message.attempts);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(34).string(message.lastError);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EventDelivery {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEventDelivery();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.status = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.attempts = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EventDelivery {
+    return {
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      status: isSet(object.status) ? deliveryStatusFromJSON(object.status) : 0,
+      attempts: isSet(object.attempts) ? globalThis.Number(object.attempts) : 0,
+      lastError: isSet(object.lastError)
+        ? globalThis.String(object.lastError)
+        : isSet(object.last_error)
+        ? globalThis.String(object.last_error)
+        : "",
+    };
+  },
+
+  toJSON(message: EventDelivery): unknown {
+    const obj: any = {};
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.status !== 0) {
+      obj.status = deliveryStatusToJSON(message.status);
+    }
+    if (message.attempts !== 0) {
+      obj.attempts = Math.round(message.attempts);
+    }
+    if (message.lastError !== "") {
+      obj.lastError = message.lastError;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EventDelivery>, I>>(base?: I): EventDelivery {
+    return EventDelivery.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EventDelivery>, I>>(object: I): EventDelivery {
+    const message = createBaseEventDelivery();
+    message.url = object.url ?? "";
+    message.status = object.status ?? 0;
+    message.attempts = object.attempts ?? 0;
+    message.lastError = object.lastError ?? "";
+    return message;
+  },
+};
+
+function createBaseEvent(): Event {
+  return { eventId: "", type: "", customerId: "", entryId: "", createTime: undefined, payloadJson: "", deliveries: [] };
+}
+
+export const Event: MessageFns<Event> = {
+  encode(message: Event, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.eventId !== "") {
+      writer.uint32(10).string(message.eventId);
+    }
+    if (message.type !== "") {
+      writer.uint32(18).string(message.type);
+    }
+    if (message.customerId !== "") {
+      writer.uint32(26).string(message.customerId);
+    }
+    if (message.entryId !== "") {
+      writer.uint32(34).string(message.entryId);
+    }
+    if (message.createTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.createTime), writer.uint32(42).fork()).join();
+    }
+    if (message.payloadJson !== "") {
+      writer.uint32(50).string(message.payloadJson);
+    }
+    for (const v of message.deliveries) {
+      EventDelivery.encode(v!, writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Event {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.customerId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.entryId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.createTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.payloadJson = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.deliveries.push(EventDelivery.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Event {
+    return {
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      customerId: isSet(object.customerId)
+        ? globalThis.String(object.customerId)
+        : isSet(object.customer_id)
+        ? globalThis.String(object.customer_id)
+        : "",
+      entryId: isSet(object.entryId)
+        ? globalThis.String(object.entryId)
+        : isSet(object.entry_id)
+        ? globalThis.String(object.entry_id)
+        : "",
+      createTime: isSet(object.createTime)
+        ? fromJsonTimestamp(object.createTime)
+        : isSet(object.create_time)
+        ? fromJsonTimestamp(object.create_time)
+        : undefined,
+      payloadJson: isSet(object.payloadJson)
+        ? globalThis.String(object.payloadJson)
+        : isSet(object.payload_json)
+        ? globalThis.String(object.payload_json)
+        : "",
+      deliveries: globalThis.Array.isArray(object?.deliveries)
+        ? object.deliveries.map((e: any) => EventDelivery.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: Event): unknown {
+    const obj: any = {};
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.customerId !== "") {
+      obj.customerId = message.customerId;
+    }
+    if (message.entryId !== "") {
+      obj.entryId = message.entryId;
+    }
+    if (message.createTime !== undefined) {
+      obj.createTime = message.createTime.toISOString();
+    }
+    if (message.payloadJson !== "") {
+      obj.payloadJson = message.payloadJson;
+    }
+    if (message.deliveries?.length) {
+      obj.deliveries = message.deliveries.map((e) => EventDelivery.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Event>, I>>(base?: I): Event {
+    return Event.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Event>, I>>(object: I): Event {
+    const message = createBaseEvent();
+    message.eventId = object.eventId ?? "";
+    message.type = object.type ?? "";
+    message.customerId = object.customerId ?? "";
+    message.entryId = object.entryId ?? "";
+    message.createTime = object.createTime ?? undefined;
+    message.payloadJson = object.payloadJson ?? "";
+    message.deliveries = object.deliveries?.map((e) => EventDelivery.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseListEventsRequest(): ListEventsRequest {
+  return { customerId: "", pageSize: 0, pageToken: "" };
+}
+
+export const ListEventsRequest: MessageFns<ListEventsRequest> = {
+  encode(message: ListEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.customerId !== "") {
+      writer.uint32(10).string(message.customerId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.customerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEventsRequest {
+    return {
+      customerId: isSet(object.customerId)
+        ? globalThis.String(object.customerId)
+        : isSet(object.customer_id)
+        ? globalThis.String(object.customer_id)
+        : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListEventsRequest): unknown {
+    const obj: any = {};
+    if (message.customerId !== "") {
+      obj.customerId = message.customerId;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListEventsRequest>, I>>(base?: I): ListEventsRequest {
+    return ListEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListEventsRequest>, I>>(object: I): ListEventsRequest {
+    const message = createBaseListEventsRequest();
+    message.customerId = object.customerId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListEventsResponse(): ListEventsResponse {
+  return { events: [], nextPageToken: "" };
+}
+
+export const ListEventsResponse: MessageFns<ListEventsResponse> = {
+  encode(message: ListEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.events) {
+      Event.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.events.push(Event.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListEventsResponse {
+    return {
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => Event.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListEventsResponse): unknown {
+    const obj: any = {};
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => Event.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListEventsResponse>, I>>(base?: I): ListEventsResponse {
+    return ListEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListEventsResponse>, I>>(object: I): ListEventsResponse {
+    const message = createBaseListEventsResponse();
+    message.events = object.events?.map((e) => Event.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseRedeliverEventRequest(): RedeliverEventRequest {
+  return { eventId: "" };
+}
+
+export const RedeliverEventRequest: MessageFns<RedeliverEventRequest> = {
+  encode(message: RedeliverEventRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.eventId !== "") {
+      writer.uint32(10).string(message.eventId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedeliverEventRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedeliverEventRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedeliverEventRequest {
+    return {
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+    };
+  },
+
+  toJSON(message: RedeliverEventRequest): unknown {
+    const obj: any = {};
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RedeliverEventRequest>, I>>(base?: I): RedeliverEventRequest {
+    return RedeliverEventRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RedeliverEventRequest>, I>>(object: I): RedeliverEventRequest {
+    const message = createBaseRedeliverEventRequest();
+    message.eventId = object.eventId ?? "";
+    return message;
+  },
+};
+
+function createBaseRedeliverEventResponse(): RedeliverEventResponse {
+  return { event: undefined };
+}
+
+export const RedeliverEventResponse: MessageFns<RedeliverEventResponse> = {
+  encode(message: RedeliverEventResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.event !== undefined) {
+      Event.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedeliverEventResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedeliverEventResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = Event.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedeliverEventResponse {
+    return { event: isSet(object.event) ? Event.fromJSON(object.event) : undefined };
+  },
+
+  toJSON(message: RedeliverEventResponse): unknown {
+    const obj: any = {};
+    if (message.event !== undefined) {
+      obj.event = Event.toJSON(message.event);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RedeliverEventResponse>, I>>(base?: I): RedeliverEventResponse {
+    return RedeliverEventResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RedeliverEventResponse>, I>>(object: I): RedeliverEventResponse {
+    const message = createBaseRedeliverEventResponse();
+    message.event = (object.event !== undefined && object.event !== null) ? Event.fromPartial(object.event) : undefined;
+    return message;
+  },
+};
+
 /** AdminService is the control plane: catalog, customers, subscriptions, credits and the ledger. */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
@@ -3436,6 +6281,109 @@ export const AdminServiceService = {
       Buffer.from(GetLedgerStatusResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetLedgerStatusResponse => GetLedgerStatusResponse.decode(value),
   },
+  /** AdvanceClock moves a simulated clock forward (CREDITGATE_CLOCK=simulated); refused on a real clock. */
+  advanceClock: {
+    path: "/creditgate.v1.AdminService/AdvanceClock" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AdvanceClockRequest): Buffer => Buffer.from(AdvanceClockRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AdvanceClockRequest => AdvanceClockRequest.decode(value),
+    responseSerialize: (value: AdvanceClockResponse): Buffer =>
+      Buffer.from(AdvanceClockResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AdvanceClockResponse => AdvanceClockResponse.decode(value),
+  },
+  /**
+   * ChangePlan moves a running subscription to another plan now: the new plan's first period and grants start
+   * at once; the old plan's buckets keep their own expiry.
+   */
+  changePlan: {
+    path: "/creditgate.v1.AdminService/ChangePlan" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ChangePlanRequest): Buffer => Buffer.from(ChangePlanRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ChangePlanRequest => ChangePlanRequest.decode(value),
+    responseSerialize: (value: ChangePlanResponse): Buffer => Buffer.from(ChangePlanResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ChangePlanResponse => ChangePlanResponse.decode(value),
+  },
+  /** SetLowBalanceThreshold sets the balance below which a customer's low_balance event fires. */
+  setLowBalanceThreshold: {
+    path: "/creditgate.v1.AdminService/SetLowBalanceThreshold" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetLowBalanceThresholdRequest): Buffer =>
+      Buffer.from(SetLowBalanceThresholdRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetLowBalanceThresholdRequest => SetLowBalanceThresholdRequest.decode(value),
+    responseSerialize: (value: SetLowBalanceThresholdResponse): Buffer =>
+      Buffer.from(SetLowBalanceThresholdResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetLowBalanceThresholdResponse =>
+      SetLowBalanceThresholdResponse.decode(value),
+  },
+  /** SetAutoTopUp configures (or turns off) the automatic purchase of a package when the balance runs low. */
+  setAutoTopUp: {
+    path: "/creditgate.v1.AdminService/SetAutoTopUp" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetAutoTopUpRequest): Buffer => Buffer.from(SetAutoTopUpRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetAutoTopUpRequest => SetAutoTopUpRequest.decode(value),
+    responseSerialize: (value: SetAutoTopUpResponse): Buffer =>
+      Buffer.from(SetAutoTopUpResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetAutoTopUpResponse => SetAutoTopUpResponse.decode(value),
+  },
+  /** PreviewInvoice shows the invoice of the running credit period so far (a draft, not stored). */
+  previewInvoice: {
+    path: "/creditgate.v1.AdminService/PreviewInvoice" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PreviewInvoiceRequest): Buffer =>
+      Buffer.from(PreviewInvoiceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PreviewInvoiceRequest => PreviewInvoiceRequest.decode(value),
+    responseSerialize: (value: PreviewInvoiceResponse): Buffer =>
+      Buffer.from(PreviewInvoiceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PreviewInvoiceResponse => PreviewInvoiceResponse.decode(value),
+  },
+  /** ListInvoices pages through a customer's finalized invoices, newest first. */
+  listInvoices: {
+    path: "/creditgate.v1.AdminService/ListInvoices" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListInvoicesRequest): Buffer => Buffer.from(ListInvoicesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListInvoicesRequest => ListInvoicesRequest.decode(value),
+    responseSerialize: (value: ListInvoicesResponse): Buffer =>
+      Buffer.from(ListInvoicesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListInvoicesResponse => ListInvoicesResponse.decode(value),
+  },
+  /** GetInvoice returns one finalized invoice. */
+  getInvoice: {
+    path: "/creditgate.v1.AdminService/GetInvoice" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetInvoiceRequest): Buffer => Buffer.from(GetInvoiceRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetInvoiceRequest => GetInvoiceRequest.decode(value),
+    responseSerialize: (value: GetInvoiceResponse): Buffer => Buffer.from(GetInvoiceResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetInvoiceResponse => GetInvoiceResponse.decode(value),
+  },
+  /** ListEvents pages through the billing events kept in the durable store, newest first. */
+  listEvents: {
+    path: "/creditgate.v1.AdminService/ListEvents" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListEventsRequest): Buffer => Buffer.from(ListEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListEventsRequest => ListEventsRequest.decode(value),
+    responseSerialize: (value: ListEventsResponse): Buffer => Buffer.from(ListEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListEventsResponse => ListEventsResponse.decode(value),
+  },
+  /** RedeliverEvent sends an event to every webhook URL again (also after it was dead-lettered). */
+  redeliverEvent: {
+    path: "/creditgate.v1.AdminService/RedeliverEvent" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RedeliverEventRequest): Buffer =>
+      Buffer.from(RedeliverEventRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RedeliverEventRequest => RedeliverEventRequest.decode(value),
+    responseSerialize: (value: RedeliverEventResponse): Buffer =>
+      Buffer.from(RedeliverEventResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RedeliverEventResponse => RedeliverEventResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -3459,6 +6407,27 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listLedgerEntries: handleUnaryCall<ListLedgerEntriesRequest, ListLedgerEntriesResponse>;
   /** GetLedgerStatus says how far the durable ledger is behind Redis (read from Redis: answers while the store is down). */
   getLedgerStatus: handleUnaryCall<GetLedgerStatusRequest, GetLedgerStatusResponse>;
+  /** AdvanceClock moves a simulated clock forward (CREDITGATE_CLOCK=simulated); refused on a real clock. */
+  advanceClock: handleUnaryCall<AdvanceClockRequest, AdvanceClockResponse>;
+  /**
+   * ChangePlan moves a running subscription to another plan now: the new plan's first period and grants start
+   * at once; the old plan's buckets keep their own expiry.
+   */
+  changePlan: handleUnaryCall<ChangePlanRequest, ChangePlanResponse>;
+  /** SetLowBalanceThreshold sets the balance below which a customer's low_balance event fires. */
+  setLowBalanceThreshold: handleUnaryCall<SetLowBalanceThresholdRequest, SetLowBalanceThresholdResponse>;
+  /** SetAutoTopUp configures (or turns off) the automatic purchase of a package when the balance runs low. */
+  setAutoTopUp: handleUnaryCall<SetAutoTopUpRequest, SetAutoTopUpResponse>;
+  /** PreviewInvoice shows the invoice of the running credit period so far (a draft, not stored). */
+  previewInvoice: handleUnaryCall<PreviewInvoiceRequest, PreviewInvoiceResponse>;
+  /** ListInvoices pages through a customer's finalized invoices, newest first. */
+  listInvoices: handleUnaryCall<ListInvoicesRequest, ListInvoicesResponse>;
+  /** GetInvoice returns one finalized invoice. */
+  getInvoice: handleUnaryCall<GetInvoiceRequest, GetInvoiceResponse>;
+  /** ListEvents pages through the billing events kept in the durable store, newest first. */
+  listEvents: handleUnaryCall<ListEventsRequest, ListEventsResponse>;
+  /** RedeliverEvent sends an event to every webhook URL again (also after it was dead-lettered). */
+  redeliverEvent: handleUnaryCall<RedeliverEventRequest, RedeliverEventResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -3621,6 +6590,153 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetLedgerStatusResponse) => void,
+  ): ClientUnaryCall;
+  /** AdvanceClock moves a simulated clock forward (CREDITGATE_CLOCK=simulated); refused on a real clock. */
+  advanceClock(
+    request: AdvanceClockRequest,
+    callback: (error: ServiceError | null, response: AdvanceClockResponse) => void,
+  ): ClientUnaryCall;
+  advanceClock(
+    request: AdvanceClockRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AdvanceClockResponse) => void,
+  ): ClientUnaryCall;
+  advanceClock(
+    request: AdvanceClockRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AdvanceClockResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ChangePlan moves a running subscription to another plan now: the new plan's first period and grants start
+   * at once; the old plan's buckets keep their own expiry.
+   */
+  changePlan(
+    request: ChangePlanRequest,
+    callback: (error: ServiceError | null, response: ChangePlanResponse) => void,
+  ): ClientUnaryCall;
+  changePlan(
+    request: ChangePlanRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ChangePlanResponse) => void,
+  ): ClientUnaryCall;
+  changePlan(
+    request: ChangePlanRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ChangePlanResponse) => void,
+  ): ClientUnaryCall;
+  /** SetLowBalanceThreshold sets the balance below which a customer's low_balance event fires. */
+  setLowBalanceThreshold(
+    request: SetLowBalanceThresholdRequest,
+    callback: (error: ServiceError | null, response: SetLowBalanceThresholdResponse) => void,
+  ): ClientUnaryCall;
+  setLowBalanceThreshold(
+    request: SetLowBalanceThresholdRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetLowBalanceThresholdResponse) => void,
+  ): ClientUnaryCall;
+  setLowBalanceThreshold(
+    request: SetLowBalanceThresholdRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetLowBalanceThresholdResponse) => void,
+  ): ClientUnaryCall;
+  /** SetAutoTopUp configures (or turns off) the automatic purchase of a package when the balance runs low. */
+  setAutoTopUp(
+    request: SetAutoTopUpRequest,
+    callback: (error: ServiceError | null, response: SetAutoTopUpResponse) => void,
+  ): ClientUnaryCall;
+  setAutoTopUp(
+    request: SetAutoTopUpRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetAutoTopUpResponse) => void,
+  ): ClientUnaryCall;
+  setAutoTopUp(
+    request: SetAutoTopUpRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetAutoTopUpResponse) => void,
+  ): ClientUnaryCall;
+  /** PreviewInvoice shows the invoice of the running credit period so far (a draft, not stored). */
+  previewInvoice(
+    request: PreviewInvoiceRequest,
+    callback: (error: ServiceError | null, response: PreviewInvoiceResponse) => void,
+  ): ClientUnaryCall;
+  previewInvoice(
+    request: PreviewInvoiceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PreviewInvoiceResponse) => void,
+  ): ClientUnaryCall;
+  previewInvoice(
+    request: PreviewInvoiceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PreviewInvoiceResponse) => void,
+  ): ClientUnaryCall;
+  /** ListInvoices pages through a customer's finalized invoices, newest first. */
+  listInvoices(
+    request: ListInvoicesRequest,
+    callback: (error: ServiceError | null, response: ListInvoicesResponse) => void,
+  ): ClientUnaryCall;
+  listInvoices(
+    request: ListInvoicesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListInvoicesResponse) => void,
+  ): ClientUnaryCall;
+  listInvoices(
+    request: ListInvoicesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListInvoicesResponse) => void,
+  ): ClientUnaryCall;
+  /** GetInvoice returns one finalized invoice. */
+  getInvoice(
+    request: GetInvoiceRequest,
+    callback: (error: ServiceError | null, response: GetInvoiceResponse) => void,
+  ): ClientUnaryCall;
+  getInvoice(
+    request: GetInvoiceRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetInvoiceResponse) => void,
+  ): ClientUnaryCall;
+  getInvoice(
+    request: GetInvoiceRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetInvoiceResponse) => void,
+  ): ClientUnaryCall;
+  /** ListEvents pages through the billing events kept in the durable store, newest first. */
+  listEvents(
+    request: ListEventsRequest,
+    callback: (error: ServiceError | null, response: ListEventsResponse) => void,
+  ): ClientUnaryCall;
+  listEvents(
+    request: ListEventsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListEventsResponse) => void,
+  ): ClientUnaryCall;
+  listEvents(
+    request: ListEventsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListEventsResponse) => void,
+  ): ClientUnaryCall;
+  /** RedeliverEvent sends an event to every webhook URL again (also after it was dead-lettered). */
+  redeliverEvent(
+    request: RedeliverEventRequest,
+    callback: (error: ServiceError | null, response: RedeliverEventResponse) => void,
+  ): ClientUnaryCall;
+  redeliverEvent(
+    request: RedeliverEventRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RedeliverEventResponse) => void,
+  ): ClientUnaryCall;
+  redeliverEvent(
+    request: RedeliverEventRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RedeliverEventResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -88,6 +88,8 @@ export enum BucketSource {
   BUCKET_SOURCE_TOP_UP = 2,
   /** BUCKET_SOURCE_ADJUSTMENT - A manual adjustment. */
   BUCKET_SOURCE_ADJUSTMENT = 3,
+  /** BUCKET_SOURCE_ROLLOVER - Unspent grant credits carried into the next period; they expire at its end and do not roll again. */
+  BUCKET_SOURCE_ROLLOVER = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -105,6 +107,9 @@ export function bucketSourceFromJSON(object: any): BucketSource {
     case 3:
     case "BUCKET_SOURCE_ADJUSTMENT":
       return BucketSource.BUCKET_SOURCE_ADJUSTMENT;
+    case 4:
+    case "BUCKET_SOURCE_ROLLOVER":
+      return BucketSource.BUCKET_SOURCE_ROLLOVER;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -122,6 +127,8 @@ export function bucketSourceToJSON(object: BucketSource): string {
       return "BUCKET_SOURCE_TOP_UP";
     case BucketSource.BUCKET_SOURCE_ADJUSTMENT:
       return "BUCKET_SOURCE_ADJUSTMENT";
+    case BucketSource.BUCKET_SOURCE_ROLLOVER:
+      return "BUCKET_SOURCE_ROLLOVER";
     case BucketSource.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
