@@ -66,6 +66,8 @@ class Flusher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._last_status_log = 0.0
+        # Streams whose entries this flusher read and may not have acknowledged (a write failed).
+        self._unacknowledged: set[str] = set()
 
     async def setup(self) -> None:
         for stream in self._streams:
@@ -130,7 +132,9 @@ class Flusher:
         return LedgerStatus(backlog, pending, max(0, now_ms - oldest_ms) if backlog else 0)
 
     async def _flush_stream(self, stream: str) -> int:
-        raw = await self._own_pending(stream)
+        # Only after a failed write does this flusher hold entries of its own (reading them costs a round trip,
+        # and XREADGROUP touches the consumer even when it returns nothing).
+        raw = await self._own_pending(stream) if stream in self._unacknowledged else []
         if len(raw) < self._batch_size:
             raw.extend(await self._claim_stale(stream, self._batch_size - len(raw)))
         if len(raw) < self._batch_size:
@@ -142,6 +146,7 @@ class Flusher:
         if not raw:
             return 0
         entries = [_parse(stream, entry_id, fields) for entry_id, fields in raw]
+        self._unacknowledged.add(stream)
         await self._write(stream, entries)
         ids = [entry.stream_id for entry in entries]
         # One MULTI: an entry is never acknowledged without leaving the stream, so the backlog stays exact.
@@ -149,6 +154,8 @@ class Flusher:
             pipe.xack(stream, GROUP, *ids)
             pipe.xdel(stream, *ids)
             await pipe.execute()
+        if len(raw) < self._batch_size:
+            self._unacknowledged.discard(stream)
         return len(entries)
 
     async def _write(self, stream: str, entries: list[_Entry]) -> None:

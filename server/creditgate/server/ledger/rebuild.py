@@ -15,11 +15,13 @@ from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Recor
 from creditgate.server.ledger.store import Store
 
 # Ledger kinds that create a bucket, and the bucket source the engine gives it.
-BUCKET_SOURCES = {"grant": "grant", "topup": "topup", "adjustment": "adjustment"}
+BUCKET_SOURCES = {"grant": "grant", "topup": "topup", "adjustment": "adjustment", "rollover": "rollover"}
 # Ledger kinds that settle a hold (Reserve): what they return goes back to the buckets the hold took from.
 SETTLE_KINDS = ("commit", "release", "hold_expiry")
 # Ledger kinds that count units against the period (a hold counts when placed; its settlement uncounts the rest).
 COUNTED_KINDS = ("debit", "reserve")
+# Ledger kinds written only inside the customer's open credit period.
+PERIOD_KINDS = ("grant", "debit", "reserve")
 PAGE = 5000
 
 
@@ -49,7 +51,7 @@ class DurableView:
         elif isinstance(record, SubscriptionRecord):
             if all(known.source_id != record.source_id for known in self.subscriptions[record.customer_id]):
                 self.subscriptions[record.customer_id].append(record)
-        else:
+        elif isinstance(record, LedgerRecord):
             self.ledger[record.customer_id].setdefault(record.seq, record)
 
 
@@ -145,9 +147,9 @@ def _subscription(
     latest = max(changes, key=lambda change: (change.changed_ms, _stream_order(change.source_id)))
     anchor = latest.anchor_ms
     customer.update(plan=latest.plan, anchor=str(anchor), status=latest.status)
-    # A period is opened by the first call in it, and opening it writes its grants (and expiries) at its start:
-    # the latest entry since the anchor says which period Redis is in.
-    since_anchor = [entry.created_ms for entry in entries if entry.created_ms >= anchor]
+    # A period is opened by the first decision in it, which writes its grants at its start; decisions are only
+    # made in the open period. Expiries, top-ups and adjustments say nothing: they need no open period.
+    since_anchor = [e.created_ms for e in entries if e.created_ms >= anchor and e.kind in PERIOD_KINDS]
     if not since_anchor:
         customer.update(period_index="-1", period_start=str(anchor), period_end=str(anchor))
         return None
