@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import pytest
 from creditgate.v1 import metering_pb2
 from harness import RunningServer
 
@@ -101,3 +102,14 @@ def test_concurrent_batches_never_overspend(server: RunningServer) -> None:
     }
     assert server.available("acme") == 0
     assert sum(e.credits_delta for e in server.ledger("acme")) == 0
+
+
+@pytest.mark.parametrize("size", [0, 1001])
+def test_a_batch_of_the_wrong_size_is_refused_whole(server: RunningServer, size: int) -> None:
+    server.create_customer("sized", plan="basic")
+    items = [metering_pb2.CheckAndDebitRequest(customer_id="sized", feature="email_unlock")] * size
+    with pytest.raises(grpc.RpcError) as raised:
+        server.metering.CheckAndDebitBatch(metering_pb2.CheckAndDebitBatchRequest(items=items), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1 to 1,000" in (raised.value.details() or "")
+    assert server.available("sized") == 2500
