@@ -72,7 +72,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateSubscription(
         self, request: admin_pb2.CreateSubscriptionRequest, context: Context
     ) -> admin_pb2.CreateSubscriptionResponse:
-        start_ms = request.start_time.ToMilliseconds() if request.HasField("start_time") else None
+        start_ms = validate.timestamp_ms(request.start_time, "start_time") if request.HasField("start_time") else None
         subscription, available = await self._engine.subscribe(
             validate.identifier(request.customer_id, "customer_id"),
             validate.key(request.plan, "plan"),
@@ -164,9 +164,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.AdvanceClockResponse(now=convert.timestamp(self._simulated_clock.now_ms()))
 
     # Not built yet (issue 5, in progress).
+    @translated
     async def ChangePlan(self, request: admin_pb2.ChangePlanRequest, context: Context) -> admin_pb2.ChangePlanResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChangePlan is not built yet")
-        raise AssertionError("abort raises")
+        subscription, available = await self._engine.change_plan(
+            validate.identifier(request.customer_id, "customer_id"), validate.key(request.plan, "plan")
+        )
+        return admin_pb2.ChangePlanResponse(
+            subscription=convert.subscription(subscription), available_credits=available
+        )
 
     async def SetLowBalanceThreshold(
         self, request: admin_pb2.SetLowBalanceThresholdRequest, context: Context

@@ -11,6 +11,7 @@ BUCKET_SOURCES = {
     "grant": metering_pb2.BUCKET_SOURCE_PLAN_GRANT,
     "topup": metering_pb2.BUCKET_SOURCE_TOP_UP,
     "adjustment": metering_pb2.BUCKET_SOURCE_ADJUSTMENT,
+    "rollover": metering_pb2.BUCKET_SOURCE_ROLLOVER,
 }
 SUBSCRIPTION_STATUSES = {
     "pending": admin_pb2.SUBSCRIPTION_STATUS_PENDING,
@@ -27,6 +28,7 @@ LEDGER_KINDS = {
     "commit": admin_pb2.LEDGER_ENTRY_KIND_COMMIT,
     "release": admin_pb2.LEDGER_ENTRY_KIND_RELEASE,
     "hold_expiry": admin_pb2.LEDGER_ENTRY_KIND_RESERVATION_EXPIRY,
+    "rollover": admin_pb2.LEDGER_ENTRY_KIND_ROLLOVER,
 }
 
 

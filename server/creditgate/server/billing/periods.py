@@ -21,7 +21,7 @@ class Period:
     end_ms: int
 
     def grants(self, plan: Plan) -> list[list[int]]:
-        """[credits, priority, expires_at_ms] for each grant this period issues."""
+        """[credits, priority, expires_at_ms, rollover cap (-1: none)] for each grant this period issues."""
         issued = []
         for grant in plan.grants:
             if grant.every == "once" and self.index != 0:
@@ -32,7 +32,8 @@ class Period:
                 expires_at = NEVER
             else:
                 expires_at = self.start_ms + grant.expires * DAY_MS
-            issued.append([grant.credits, grant.priority, expires_at])
+            cap = grant.rollover_max_credits if grant.rollover_max_credits is not None else -1
+            issued.append([grant.credits, grant.priority, expires_at, cap])
         return issued
 
 

@@ -77,6 +77,15 @@ class Grant(_Model):
     # "period_end", "never", or a number of days.
     expires: Literal["period_end", "never"] | Annotated[int, Field(ge=1, le=36_500)] = "period_end"
     priority: int = Field(default=10, ge=0, le=999)
+    # Unspent credits carried into the next period when this grant expires at period end, up to this many; the
+    # carried credits expire at the next period's end and do not roll again. Unset: nothing rolls over.
+    rollover_max_credits: int | None = Field(default=None, ge=1, le=1_000_000_000)
+
+    @model_validator(mode="after")
+    def _rollover_needs_period_end(self) -> Grant:
+        if self.rollover_max_credits is not None and self.expires != "period_end":
+            raise ValueError("rollover_max_credits needs expires: period_end (credits roll over at period end)")
+        return self
 
 
 class Overage(_Model):

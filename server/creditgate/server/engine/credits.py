@@ -313,6 +313,26 @@ class CreditEngine:
         assert balance.subscription is not None
         return balance.subscription, balance.available
 
+    async def change_plan(self, customer_id: str, plan_key: str) -> tuple[SubscriptionView, int]:
+        """Move a running subscription to `plan_key` now: the new plan's period 0 (and its grants) start at once."""
+        self._catalog.rules.plan(plan_key)
+        keys = self._keys.for_customer(customer_id)
+        now = self._clock.now_ms()
+        result = await self._scripts.run(
+            "subscription", [keys.customer, keys.outbox], ["change", now, customer_id, plan_key, now]
+        )
+        if result[0] == "not_found":
+            raise customer_not_found(customer_id)
+        if result[0] == "not_subscribed":
+            raise FailedPrecondition(
+                f"customer {customer_id!r} has no active subscription to change",
+                field="customer_id",
+                reason="NOT_SUBSCRIBED",
+            )
+        balance = await self.get_balance(customer_id)
+        assert balance.subscription is not None
+        return balance.subscription, balance.available
+
     async def cancel(self, customer_id: str) -> SubscriptionView:
         keys = self._keys.for_customer(customer_id)
         result = await self._scripts.run(
@@ -448,7 +468,8 @@ class CreditEngine:
 
 
 def _bucket(bucket_id: str, value: str) -> BucketView:
-    remaining, priority, expires_at, source = value.split("|")
+    # A fifth part, the rollover cap, only matters to rollover.lua.
+    remaining, priority, expires_at, source = value.split("|")[:4]
     return BucketView(bucket_id, source, int(remaining), int(priority), int(expires_at))
 
 

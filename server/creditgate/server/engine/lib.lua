@@ -1,16 +1,19 @@
 -- lib.lua: helpers every creditgate script shares; scripts.py puts this before each script's body.
--- A bucket is a hash field: id "b<seq>" -> "remaining|priority|expires_at|source" (expires_at 0 = never).
+-- A bucket is a hash field: id "b<seq>" -> "remaining|priority|expires_at|source[|rollover_cap]"
+-- (expires_at 0 = never; rollover_cap only on grants that carry their remainder into the next period).
 
 local function int(n) return string.format('%d', n) end
 
 local function parse_bucket(id, value)
-  local remaining, priority, expires_at, source = string.match(value, '^(%d+)|(%d+)|(%d+)|(%a+)$')
+  local remaining, priority, expires_at, source, cap = string.match(value, '^(%d+)|(%d+)|(%d+)|(%a+)|?(%d*)$')
   return {id = id, seq = tonumber(string.sub(id, 2)), remaining = tonumber(remaining),
-          priority = tonumber(priority), expires_at = tonumber(expires_at), source = source}
+          priority = tonumber(priority), expires_at = tonumber(expires_at), source = source, cap = tonumber(cap)}
 end
 
 local function bucket_value(b)
-  return int(b.remaining) .. '|' .. int(b.priority) .. '|' .. int(b.expires_at) .. '|' .. b.source
+  local value = int(b.remaining) .. '|' .. int(b.priority) .. '|' .. int(b.expires_at) .. '|' .. b.source
+  if b.cap then value = value .. '|' .. int(b.cap) end
+  return value
 end
 
 local function spends_before(a, b)
@@ -62,7 +65,7 @@ local function expire_buckets(customer_key, buckets_key, outbox_key, customer_id
 end
 
 -- Takes `amount` from live buckets in spending order;
--- returns {{bucket_id, credits, priority, expires_at, source}, ...} so the credits can be put back.
+-- returns {{bucket_id, credits, priority, expires_at, source[, rollover_cap]}, ...} so the credits can be put back.
 local function take_credits(buckets_key, live, amount)
   local takes = {}
   for _, b in ipairs(live) do
@@ -72,15 +75,15 @@ local function take_credits(buckets_key, live, amount)
     amount = amount - taken
     if b.remaining == 0 then redis.call('HDEL', buckets_key, b.id)
     else redis.call('HSET', buckets_key, b.id, bucket_value(b)) end
-    takes[#takes + 1] = {b.id, taken, b.priority, b.expires_at, b.source}
+    takes[#takes + 1] = {b.id, taken, b.priority, b.expires_at, b.source, b.cap}
   end
   return takes
 end
 
-local function new_bucket(customer_key, buckets_key, credits, priority, expires_at, source)
+local function new_bucket(customer_key, buckets_key, credits, priority, expires_at, source, cap)
   local id = 'b' .. redis.call('HINCRBY', customer_key, 'bucket_seq', 1)
   redis.call('HSET', buckets_key, id, bucket_value(
-    {remaining = credits, priority = priority, expires_at = expires_at, source = source}))
+    {remaining = credits, priority = priority, expires_at = expires_at, source = source, cap = cap}))
   return id
 end
 
@@ -149,15 +152,15 @@ local function pending_work(status, period_end, holds_open_key, now)
 end
 
 -- Puts `amount` back into the buckets a hold took from, last taken first; a drained bucket is recreated.
--- takes: {{bucket_id, credits, priority, expires_at, source}, ...}
+-- takes: {{bucket_id, credits, priority, expires_at, source[, rollover_cap]}, ...}
 local function return_credits(buckets_key, takes, amount)
   for i = #takes, 1, -1 do
     if amount == 0 then break end
-    local id, credits, priority, expires_at, source = unpack(takes[i])
+    local id, credits, priority, expires_at, source, cap = unpack(takes[i])
     local back = math.min(credits, amount)
     local current = redis.call('HGET', buckets_key, id)
     local b = current and parse_bucket(id, current) or
-      {remaining = 0, priority = priority, expires_at = expires_at, source = source}
+      {remaining = 0, priority = priority, expires_at = expires_at, source = source, cap = cap}
     b.remaining = b.remaining + back
     redis.call('HSET', buckets_key, id, bucket_value(b))
     amount = amount - back

@@ -11,8 +11,16 @@ from typing import Any
 import psycopg
 import structlog
 from creditgate.server.errors import InternalError, Unavailable
-from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord
-from creditgate.server.ledger.store import ParkedEntry
+from creditgate.server.ledger.records import (
+    CustomerRecord,
+    EventRecord,
+    LedgerRecord,
+    PeriodRecord,
+    Record,
+    SubscriptionRecord,
+    ledger_events,
+)
+from creditgate.server.ledger.store import Delivery, ParkedEntry, StoredInvoice
 from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
@@ -24,7 +32,26 @@ LEDGER_COLUMNS = (
     " free_units_used, overage_credits, bucket_id, request_id, reason, price, bucket_priority, bucket_expires_ms,"
     " reserved_delta, reservation_id, takes"
 )
-TABLES = ("catalog_applications", "customers", "subscription_changes", "ledger_entries", "parked_entries")
+TABLES = (
+    "catalog_applications",
+    "customers",
+    "subscription_changes",
+    "ledger_entries",
+    "parked_entries",
+    "periods",
+    "invoices",
+    "events",
+    "deliveries",
+)
+# Billing tables whose rows change: a plan change ends a period early; deliveries record their attempts.
+UPDATED_TABLES = ("periods", "deliveries")
+EVENT_COLUMNS = "event_id, customer_id, type, entry_id, created_ms, payload"
+DELIVERY_COLUMNS = "d.event_id, d.url, d.status, d.attempts, d.next_attempt_ms, d.last_error"
+INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"
+INSERT_PERIOD = (
+    "INSERT INTO periods VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (customer_id, start_ms) DO UPDATE SET end_ms = LEAST(periods.end_ms, excluded.end_ms)"
+)
 INSERT_LEDGER = (
     f"INSERT INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join(['%s'] * 20)})"
     " ON CONFLICT (customer_id, seq) DO NOTHING"
@@ -93,11 +120,22 @@ class PostgresStore:
             for r in records
             if isinstance(r, SubscriptionRecord)
         ]
+        events = [
+            _event_row(event)
+            for record in records
+            if isinstance(record, LedgerRecord)
+            for event in ledger_events(record)
+        ]
+        periods = [
+            (r.customer_id, r.start_ms, r.plan, r.index, r.end_ms) for r in records if isinstance(r, PeriodRecord)
+        ]
         async with self._connection() as conn, conn.cursor() as cursor:
             for query, rows in (
                 (INSERT_CUSTOMER, customers),
                 (INSERT_SUBSCRIPTION, subscriptions),
                 (INSERT_LEDGER, ledger),
+                (INSERT_EVENT, events),
+                (INSERT_PERIOD, periods),
                 (INSERT_PARKED, [(p.source_id, p.raw, p.error) for p in parked]),
             ):
                 if rows:
@@ -144,6 +182,137 @@ class PostgresStore:
         rows = await self._fetch("SELECT source_id, raw, error FROM parked_entries ORDER BY source_id")
         return [ParkedEntry(*row) for row in rows]
 
+    async def periods_to_invoice(self, now_ms: int, limit: int) -> list[tuple[PeriodRecord, bool]]:
+        rows = await self._fetch(
+            "SELECT p.customer_id, p.plan, p.period_index, p.start_ms, p.end_ms, EXISTS (SELECT 1 FROM periods"
+            " n WHERE n.customer_id = p.customer_id AND n.start_ms >= p.end_ms) FROM periods p"
+            " WHERE p.end_ms <= %s AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.customer_id = p.customer_id"
+            " AND i.period_start_ms = p.start_ms) ORDER BY p.end_ms, p.customer_id LIMIT %s",
+            (now_ms, limit),
+        )
+        return [(PeriodRecord(*row[:5]), bool(row[5])) for row in rows]
+
+    async def current_period(self, customer_id: str) -> PeriodRecord | None:
+        rows = await self._fetch(
+            "SELECT customer_id, plan, period_index, start_ms, end_ms FROM periods WHERE customer_id = %s"
+            " ORDER BY start_ms DESC LIMIT 1",
+            (customer_id,),
+        )
+        return PeriodRecord(*rows[0]) if rows else None
+
+    async def ledger_between(self, customer_id: str, start_ms: int, end_ms: int) -> list[LedgerRecord]:
+        rows = await self._fetch(
+            f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = %s AND created_ms >= %s"
+            " AND created_ms < %s ORDER BY seq",
+            (customer_id, start_ms, end_ms),
+        )
+        return [_ledger_record(row) for row in rows]
+
+    async def save_invoice(self, invoice: StoredInvoice, event: EventRecord) -> bool:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO invoices VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (invoice.invoice_id, invoice.customer_id, invoice.period_start_ms, invoice.body, invoice.created_ms),
+            )
+            if cursor.rowcount == 0:
+                return False
+            await conn.execute(INSERT_EVENT, _event_row(event))
+            return True
+
+    async def list_invoices(self, customer_id: str, limit: int, before_start_ms: int | None) -> list[StoredInvoice]:
+        rows = await self._fetch(
+            "SELECT invoice_id, customer_id, period_start_ms, body, created_ms FROM invoices WHERE customer_id = %s"
+            " AND period_start_ms < %s ORDER BY period_start_ms DESC LIMIT %s",
+            (customer_id, before_start_ms if before_start_ms is not None else 2**62, limit),
+        )
+        return [StoredInvoice(*row) for row in rows]
+
+    async def get_invoice(self, invoice_id: str) -> StoredInvoice | None:
+        rows = await self._fetch(
+            "SELECT invoice_id, customer_id, period_start_ms, body, created_ms FROM invoices WHERE invoice_id = %s",
+            (invoice_id,),
+        )
+        return StoredInvoice(*rows[0]) if rows else None
+
+    async def list_events(self, customer_id: str, limit: int, before_seq: int | None) -> list[tuple[int, EventRecord]]:
+        rows = await self._fetch(
+            f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE (%s = '' OR customer_id = %s) AND seq < %s"
+            " ORDER BY seq DESC LIMIT %s",
+            (customer_id, customer_id, before_seq if before_seq is not None else 2**62, limit),
+        )
+        return [(row[0], EventRecord(*row[1:])) for row in rows]
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        rows = await self._fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = %s", (event_id,))
+        return EventRecord(*rows[0]) if rows else None
+
+    async def enqueue_deliveries(self, urls: list[str], now_ms: int) -> int:
+        made = 0
+        async with self._connection() as conn:
+            for url in urls:
+                cursor = await conn.execute(
+                    "INSERT INTO deliveries SELECT e.event_id, %s, 'pending', 0, %s, '' FROM events e"
+                    " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.event_id AND d.url = %s)"
+                    " ON CONFLICT DO NOTHING",
+                    (url, now_ms, url),
+                )
+                made += cursor.rowcount
+        return made
+
+    async def due_deliveries(self, now_ms: int, limit: int) -> list[Delivery]:
+        rows = await self._fetch(
+            f"SELECT {DELIVERY_COLUMNS}, e.payload FROM deliveries d JOIN events e ON e.event_id = d.event_id"
+            " WHERE d.status = 'pending' AND d.next_attempt_ms <= %s ORDER BY d.next_attempt_ms LIMIT %s",
+            (now_ms, limit),
+        )
+        return [Delivery(*row) for row in rows]
+
+    async def claim_delivery(self, delivery: Delivery, lease_until_ms: int) -> bool:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE deliveries SET next_attempt_ms = %s WHERE event_id = %s AND url = %s AND status = 'pending'"
+                " AND next_attempt_ms = %s",
+                (lease_until_ms, delivery.event_id, delivery.url, delivery.next_attempt_ms),
+            )
+            return cursor.rowcount == 1
+
+    async def record_delivery(self, delivery: Delivery) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET status = %s, attempts = %s, next_attempt_ms = %s, last_error = %s"
+                " WHERE event_id = %s AND url = %s",
+                (
+                    delivery.status,
+                    delivery.attempts,
+                    delivery.next_attempt_ms,
+                    delivery.last_error,
+                    delivery.event_id,
+                    delivery.url,
+                ),
+            )
+
+    async def deliveries_of(self, event_ids: list[str]) -> list[Delivery]:
+        if not event_ids:
+            return []
+        rows = await self._fetch(
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.event_id = ANY(%s) ORDER BY d.event_id, d.url",
+            (event_ids,),
+        )
+        return [Delivery(*row) for row in rows]
+
+    async def redeliver(self, event_id: str, now_ms: int) -> int:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_ms = %s, last_error = ''"
+                " WHERE event_id = %s",
+                (now_ms, event_id),
+            )
+            return cursor.rowcount
+
+
+def _event_row(event: EventRecord) -> tuple[Any, ...]:
+    return (event.event_id, event.customer_id, event.type, event.entry_id, event.created_ms, event.payload)
+
 
 def migrate(url: str, migration_url: str) -> None:
     """Apply pending migrations as the schema owner, then give the sidecar's role what it may do (blocking)."""
@@ -174,6 +343,8 @@ def migrate(url: str, migration_url: str) -> None:
             owner.execute("REVOKE UPDATE, DELETE, TRUNCATE ON ledger_entries FROM CURRENT_USER")
         else:
             owner.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(tables, sql.Identifier(sidecar_role[0])))
+            updated = sql.SQL(", ").join(sql.Identifier(table) for table in UPDATED_TABLES)
+            owner.execute(sql.SQL("GRANT UPDATE ON {} TO {}").format(updated, sql.Identifier(sidecar_role[0])))
 
 
 def _ledger_row(record: LedgerRecord) -> tuple[Any, ...]:

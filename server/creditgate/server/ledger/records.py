@@ -6,7 +6,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-LEDGER_KINDS = ("grant", "topup", "debit", "expiry", "adjustment", "reserve", "commit", "release", "hold_expiry")
+LEDGER_KINDS = (
+    "grant",
+    "topup",
+    "debit",
+    "expiry",
+    "adjustment",
+    "reserve",
+    "commit",
+    "release",
+    "hold_expiry",
+    "rollover",
+)
+# Events every entry of a kind causes (the scripts name the balance events of each entry in its `ev` list).
+KIND_EVENTS = {"grant": "grant_issued", "expiry": "credits_expired"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +47,68 @@ class LedgerRecord:
     reservation_id: str = ""
     # Which buckets paid: [[bucket_id, credits], ...]
     takes: list[list[Any]] = field(default_factory=list)
+    # Events the entry caused, named by the script that wrote it (low_balance, recovered, depleted, auto_topup);
+    # kept as event rows, not in the ledger table.
+    events: tuple[str, ...] = ()
 
     @property
     def entry_id(self) -> str:
         return f"{self.customer_id}/{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodRecord:
+    """A credit period as rollover opened it (a plan change ends the running one early: the earlier end wins)."""
+
+    customer_id: str
+    plan: str
+    index: int
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """Something webhooks hear about; the id is derived from its cause, so a replay makes the same event."""
+
+    event_id: str
+    customer_id: str
+    type: str
+    entry_id: str
+    created_ms: int
+    # The JSON body webhooks receive.
+    payload: str
+
+
+def event_record(
+    event_type: str, customer_id: str, entry_id: str, created_ms: int, data: dict[str, Any]
+) -> EventRecord:
+    cause = entry_id or str(data.get("invoice_id", ""))
+    event_id = f"{cause}:{event_type}"
+    body = {
+        "id": event_id,
+        "type": event_type,
+        "customer_id": customer_id,
+        "entry_id": entry_id,
+        "created_ms": created_ms,
+        "data": data,
+    }
+    return EventRecord(event_id, customer_id, event_type, entry_id, created_ms, json.dumps(body, sort_keys=True))
+
+
+def ledger_events(record: LedgerRecord) -> list[EventRecord]:
+    """The events a ledger entry caused: its kind's own, then those its script named."""
+    names = [KIND_EVENTS[record.kind]] if record.kind in KIND_EVENTS and record.credits_delta != 0 else []
+    names.extend(record.events)
+    data = {
+        "kind": record.kind,
+        "credits_delta": record.credits_delta,
+        "balance_after": record.balance_after,
+        "bucket_id": record.bucket_id,
+        "reason": record.reason,
+        "price": record.price,
+    }
+    return [event_record(name, record.customer_id, record.entry_id, record.created_ms, data) for name in names]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +130,7 @@ class SubscriptionRecord:
     changed_ms: int
 
 
-Record = LedgerRecord | CustomerRecord | SubscriptionRecord
+Record = LedgerRecord | CustomerRecord | SubscriptionRecord | PeriodRecord
 
 
 def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:
@@ -79,6 +150,8 @@ def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:
             int(body["anchor"]),
             int(body["t"]),
         )
+    if kind == "period":
+        return PeriodRecord(body["c"], body["plan"], int(body["index"]), int(body["start"]), int(body["end"]))
     raise ValueError(f"unknown outbox entry type {kind!r}")
 
 
@@ -108,6 +181,7 @@ def _ledger(body: dict[str, Any]) -> LedgerRecord:
         reserved_delta=int(body.get("rd", 0)),
         reservation_id=body.get("hold", ""),
         takes=list(takes) if isinstance(takes, list) else [],
+        events=tuple(str(name) for name in body.get("ev") or ()),
     )
 
 

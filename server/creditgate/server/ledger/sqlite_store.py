@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from creditgate.server.errors import InternalError, Unavailable
-from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord
-from creditgate.server.ledger.store import ParkedEntry
+from creditgate.server.ledger.records import (
+    CustomerRecord,
+    EventRecord,
+    LedgerRecord,
+    PeriodRecord,
+    Record,
+    SubscriptionRecord,
+)
+from creditgate.server.ledger.store import Delivery, ParkedEntry, StoredInvoice
 
 T = TypeVar("T")
 LEDGER_COLUMNS = (
@@ -21,6 +28,8 @@ LEDGER_COLUMNS = (
     " free_units_used, overage_credits, bucket_id, request_id, reason, price, bucket_priority, bucket_expires_ms,"
     " reserved_delta, reservation_id, takes"
 )
+EVENT_COLUMNS = "event_id, customer_id, type, entry_id, created_ms, payload"
+DELIVERY_COLUMNS = "d.event_id, d.url, d.status, d.attempts, d.next_attempt_ms, d.last_error"
 INSERT_LEDGER = f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 20)})"
 
 
@@ -140,6 +149,181 @@ class SqliteStore:
             return [ParkedEntry(*row) for row in rows]
 
         return await self._run(work)
+
+    async def periods_to_invoice(self, now_ms: int, limit: int) -> list[tuple[PeriodRecord, bool]]:
+        def work(db: sqlite3.Connection) -> list[tuple[PeriodRecord, bool]]:
+            rows = db.execute(
+                "SELECT p.customer_id, p.plan, p.period_index, p.start_ms, p.end_ms, EXISTS (SELECT 1 FROM periods"
+                " n WHERE n.customer_id = p.customer_id AND n.start_ms >= p.end_ms) FROM periods p"
+                " WHERE p.end_ms <= ? AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.customer_id = p.customer_id"
+                " AND i.period_start_ms = p.start_ms) ORDER BY p.end_ms, p.customer_id LIMIT ?",
+                (now_ms, limit),
+            ).fetchall()
+            return [(PeriodRecord(*row[:5]), bool(row[5])) for row in rows]
+
+        return await self._run(work)
+
+    async def current_period(self, customer_id: str) -> PeriodRecord | None:
+        def work(db: sqlite3.Connection) -> PeriodRecord | None:
+            row = db.execute(
+                "SELECT customer_id, plan, period_index, start_ms, end_ms FROM periods WHERE customer_id = ?"
+                " ORDER BY start_ms DESC LIMIT 1",
+                (customer_id,),
+            ).fetchone()
+            return PeriodRecord(*row) if row else None
+
+        return await self._run(work)
+
+    async def ledger_between(self, customer_id: str, start_ms: int, end_ms: int) -> list[LedgerRecord]:
+        def work(db: sqlite3.Connection) -> list[LedgerRecord]:
+            rows = db.execute(
+                f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = ? AND created_ms >= ?"
+                " AND created_ms < ? ORDER BY seq",
+                (customer_id, start_ms, end_ms),
+            ).fetchall()
+            return [_ledger_record(row) for row in rows]
+
+        return await self._run(work)
+
+    async def save_invoice(self, invoice: StoredInvoice, event: EventRecord) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO invoices VALUES (?, ?, ?, ?, ?)",
+                    (
+                        invoice.invoice_id,
+                        invoice.customer_id,
+                        invoice.period_start_ms,
+                        invoice.body,
+                        invoice.created_ms,
+                    ),
+                ).rowcount
+                if inserted:
+                    _insert_event(db, event)
+                return bool(inserted)
+
+        return await self._run(work)
+
+    async def list_invoices(self, customer_id: str, limit: int, before_start_ms: int | None) -> list[StoredInvoice]:
+        def work(db: sqlite3.Connection) -> list[StoredInvoice]:
+            rows = db.execute(
+                "SELECT invoice_id, customer_id, period_start_ms, body, created_ms FROM invoices WHERE customer_id = ?"
+                " AND period_start_ms < ? ORDER BY period_start_ms DESC LIMIT ?",
+                (customer_id, before_start_ms if before_start_ms is not None else 2**62, limit),
+            ).fetchall()
+            return [StoredInvoice(*row) for row in rows]
+
+        return await self._run(work)
+
+    async def get_invoice(self, invoice_id: str) -> StoredInvoice | None:
+        def work(db: sqlite3.Connection) -> StoredInvoice | None:
+            row = db.execute(
+                "SELECT invoice_id, customer_id, period_start_ms, body, created_ms FROM invoices WHERE invoice_id = ?",
+                (invoice_id,),
+            ).fetchone()
+            return StoredInvoice(*row) if row else None
+
+        return await self._run(work)
+
+    async def list_events(self, customer_id: str, limit: int, before_seq: int | None) -> list[tuple[int, EventRecord]]:
+        def work(db: sqlite3.Connection) -> list[tuple[int, EventRecord]]:
+            rows = db.execute(
+                f"SELECT seq, {EVENT_COLUMNS} FROM events WHERE (? = '' OR customer_id = ?) AND seq < ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (customer_id, customer_id, before_seq if before_seq is not None else 2**62, limit),
+            ).fetchall()
+            return [(row[0], EventRecord(*row[1:])) for row in rows]
+
+        return await self._run(work)
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        def work(db: sqlite3.Connection) -> EventRecord | None:
+            row = db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
+            return EventRecord(*row) if row else None
+
+        return await self._run(work)
+
+    async def enqueue_deliveries(self, urls: list[str], now_ms: int) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            made = 0
+            with _transaction(db):
+                for url in urls:
+                    made += db.execute(
+                        "INSERT INTO deliveries SELECT e.event_id, ?, 'pending', 0, ?, '' FROM events e"
+                        " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.event_id AND d.url = ?)",
+                        (url, now_ms, url),
+                    ).rowcount
+            return made
+
+        return await self._run(work)
+
+    async def due_deliveries(self, now_ms: int, limit: int) -> list[Delivery]:
+        def work(db: sqlite3.Connection) -> list[Delivery]:
+            rows = db.execute(
+                f"SELECT {DELIVERY_COLUMNS}, e.payload FROM deliveries d JOIN events e ON e.event_id = d.event_id"
+                " WHERE d.status = 'pending' AND d.next_attempt_ms <= ? ORDER BY d.next_attempt_ms LIMIT ?",
+                (now_ms, limit),
+            ).fetchall()
+            return [Delivery(*row) for row in rows]
+
+        return await self._run(work)
+
+    async def claim_delivery(self, delivery: Delivery, lease_until_ms: int) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            return bool(
+                db.execute(
+                    "UPDATE deliveries SET next_attempt_ms = ? WHERE event_id = ? AND url = ? AND status = 'pending'"
+                    " AND next_attempt_ms = ?",
+                    (lease_until_ms, delivery.event_id, delivery.url, delivery.next_attempt_ms),
+                ).rowcount
+            )
+
+        return await self._run(work)
+
+    async def record_delivery(self, delivery: Delivery) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_ms = ?, last_error = ?"
+                " WHERE event_id = ? AND url = ?",
+                (
+                    delivery.status,
+                    delivery.attempts,
+                    delivery.next_attempt_ms,
+                    delivery.last_error,
+                    delivery.event_id,
+                    delivery.url,
+                ),
+            )
+
+        await self._run(work)
+
+    async def deliveries_of(self, event_ids: list[str]) -> list[Delivery]:
+        def work(db: sqlite3.Connection) -> list[Delivery]:
+            marks = ", ".join("?" * len(event_ids))
+            rows = db.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.event_id IN ({marks}) ORDER BY d.event_id, d.url",
+                event_ids,
+            ).fetchall()
+            return [Delivery(*row) for row in rows]
+
+        return await self._run(work) if event_ids else []
+
+    async def redeliver(self, event_id: str, now_ms: int) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_ms = ?, last_error = ''"
+                " WHERE event_id = ?",
+                (now_ms, event_id),
+            ).rowcount
+
+        return await self._run(work)
+
+
+def _insert_event(db: sqlite3.Connection, event: EventRecord) -> None:
+    db.execute(
+        f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        (event.event_id, event.customer_id, event.type, event.entry_id, event.created_ms, event.payload),
+    )
 
 
 class _transaction:

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from creditgate.server.errors import InvalidArgument
-from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord
+from creditgate.server.ledger.records import (
+    CustomerRecord,
+    EventRecord,
+    LedgerRecord,
+    PeriodRecord,
+    Record,
+    SubscriptionRecord,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +23,31 @@ class ParkedEntry:
     source_id: str
     raw: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInvoice:
+    """A finalized invoice: `body` is its JSON (billing/invoices.py reads and writes it)."""
+
+    invoice_id: str
+    customer_id: str
+    period_start_ms: int
+    body: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event's delivery to one webhook URL; status is pending, delivered or dead."""
+
+    event_id: str
+    url: str
+    status: str
+    attempts: int
+    next_attempt_ms: int
+    last_error: str
+    # The event's JSON body (read with due deliveries).
+    payload: str = ""
 
 
 class Store(Protocol):
@@ -50,6 +82,57 @@ class Store(Protocol):
         ...
 
     async def parked(self) -> list[ParkedEntry]: ...
+
+    async def periods_to_invoice(self, now_ms: int, limit: int) -> list[tuple[PeriodRecord, bool]]:
+        """Periods ended by now_ms without an invoice, oldest first, each with whether a later period of the
+        customer is stored (then so is every entry of this one: the outbox keeps a customer's order)."""
+        ...
+
+    async def current_period(self, customer_id: str) -> PeriodRecord | None:
+        """The customer's latest stored period."""
+        ...
+
+    async def ledger_between(self, customer_id: str, start_ms: int, end_ms: int) -> list[LedgerRecord]:
+        """A customer's entries dated in [start_ms, end_ms), in order."""
+        ...
+
+    async def save_invoice(self, invoice: StoredInvoice, event: EventRecord) -> bool:
+        """Store an invoice and its event once per (customer, period start); False if it was already there."""
+        ...
+
+    async def list_invoices(self, customer_id: str, limit: int, before_start_ms: int | None) -> list[StoredInvoice]:
+        """A customer's invoices, newest period first, with period start < before_start_ms when given."""
+        ...
+
+    async def get_invoice(self, invoice_id: str) -> StoredInvoice | None: ...
+
+    async def list_events(self, customer_id: str, limit: int, before_seq: int | None) -> list[tuple[int, EventRecord]]:
+        """(seq, event) newest first, one customer's or (customer_id "") everyone's."""
+        ...
+
+    async def get_event(self, event_id: str) -> EventRecord | None: ...
+
+    async def enqueue_deliveries(self, urls: list[str], now_ms: int) -> int:
+        """A pending delivery for each event and URL that has none; returns how many were made."""
+        ...
+
+    async def due_deliveries(self, now_ms: int, limit: int) -> list[Delivery]:
+        """Pending deliveries due by now_ms, with their payloads, earliest first."""
+        ...
+
+    async def claim_delivery(self, delivery: Delivery, lease_until_ms: int) -> bool:
+        """Take a due delivery for one attempt (another replica that read it too then does not)."""
+        ...
+
+    async def record_delivery(self, delivery: Delivery) -> None:
+        """The outcome of an attempt: status, attempts, next attempt, last error."""
+        ...
+
+    async def deliveries_of(self, event_ids: list[str]) -> list[Delivery]: ...
+
+    async def redeliver(self, event_id: str, now_ms: int) -> int:
+        """Every delivery of the event pending again, due now; returns how many."""
+        ...
 
 
 def open_store(url: str, migration_url: str | None = None) -> Store:
