@@ -14,6 +14,7 @@ from creditgate.server.ledger.store import ParkedEntry, open_store
 from harness import OWNER_ROLE, PostgresServer, StoreUnderTest
 
 T = TypeVar("T")
+MIGRATIONS = Path(__file__).resolve().parents[2] / "server" / "creditgate" / "server" / "ledger" / "pg_migrations"
 
 
 def entry(customer_id: str, seq: int, **fields: Any) -> LedgerRecord:
@@ -207,5 +208,7 @@ def test_postgres_single_role_set_up_revokes_its_own_ledger_edits(
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
     ):
         conn.execute(b"DELETE FROM ledger_entries")
-    applied = postgres_server.query(postgres_database, "SELECT migration_id FROM _yoyo_migration")
-    assert applied == [("0001.initial",)]
+    applied = postgres_server.query(postgres_database, "SELECT migration_id FROM _yoyo_migration ORDER BY 1")
+    shipped = sorted(path.stem for path in MIGRATIONS.glob("*.sql"))
+    assert [row[0] for row in applied] == shipped
+    assert shipped[0] == "0001.initial"
