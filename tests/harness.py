@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,6 +234,11 @@ class StoreUnderTest:
         self.loop.close()
 
 
+async def awaited(command: Awaitable[T]) -> T:
+    """redis-py types its commands as Awaitable; RunningServer.call runs coroutines."""
+    return await command
+
+
 class RunningServer:
     """The real app (gRPC server, flusher, SQLite) on its own event loop in a thread, with a manual clock."""
 
@@ -263,7 +268,7 @@ class RunningServer:
     def reserved_in_redis(self, customer_id: str) -> int:
         """The customer's reserved credits read straight from Redis, without touching the customer."""
         key = KeySpace(self.app.settings.shards).for_customer(customer_id).customer
-        return int(self.call(self.app.redis.hget(key, "reserved")) or 0)
+        return int(self.call(awaited(self.app.redis.hget(key, "reserved"))) or 0)
 
     def flush(self) -> int:
         return self.call(self.app.flusher.drain())
