@@ -92,7 +92,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     @translated
     async def Reserve(self, request: metering_pb2.ReserveRequest, context: Context) -> metering_pb2.ReserveResponse:
         ttl = validate.ttl_seconds(
-            request.ttl.ToTimedelta().total_seconds() if request.HasField("ttl") else None,
+            validate.duration_seconds(request.ttl, "ttl") if request.HasField("ttl") else None,
             default=self._settings.hold_default_ttl_seconds,
             maximum=self._settings.hold_max_ttl_seconds,
         )

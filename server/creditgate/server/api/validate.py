@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 from creditgate.server.errors import InvalidArgument
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 MAX_QUANTITY = 1_000_000
@@ -115,3 +117,23 @@ def commit_quantity(value: int | None) -> int | None:
     if not 0 <= value <= MAX_QUANTITY:
         raise InvalidArgument(f"quantity must be between 0 and {MAX_QUANTITY:,}, got {value}", field="quantity")
     return value
+
+
+# A subscription may start from 2000 to 2100 (UTC): outside, it is a mistake, and near year 9999 dates overflow.
+MIN_TIME_SECONDS = 946_684_800
+MAX_TIME_SECONDS = 4_102_444_800
+# google.protobuf.Duration's own limits (about 10,000 years).
+MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def timestamp_ms(value: Timestamp, field: str) -> int:
+    if not 0 <= value.nanos <= 999_999_999 or not MIN_TIME_SECONDS <= value.seconds < MAX_TIME_SECONDS:
+        raise InvalidArgument(f"{field} must be a valid time from 2000-01-01 to 2100-01-01 (UTC)", field=field)
+    return int(value.ToMilliseconds())
+
+
+def duration_seconds(value: Duration, field: str) -> float:
+    nanos_agree = value.nanos == 0 or value.seconds == 0 or (value.nanos > 0) == (value.seconds > 0)
+    if not abs(value.nanos) <= 999_999_999 or not abs(value.seconds) <= MAX_DURATION_SECONDS or not nanos_agree:
+        raise InvalidArgument(f"{field} is not a valid duration", field=field)
+    return float(value.ToTimedelta().total_seconds())
