@@ -67,6 +67,14 @@ def test_decisions_rpcs_and_latency_are_counted_exactly(measured: RunningServer)
     with pytest.raises(grpc.RpcError):
         measured.debit("nobody", "email_unlock")
     measured.available("acme")
+    batch = metering_pb2.CheckAndDebitBatchRequest(
+        items=[
+            metering_pb2.CheckAndDebitRequest(customer_id="acme", feature="email_unlock"),
+            metering_pb2.CheckAndDebitRequest(customer_id="acme", feature="ai_personalization"),
+            metering_pb2.CheckAndDebitRequest(customer_id="acme", feature="teleport"),  # an item error
+        ]
+    )
+    measured.metering.CheckAndDebitBatch(batch)
 
     samples = scrape(measured)
     decisions = {
@@ -75,8 +83,8 @@ def test_decisions_rpcs_and_latency_are_counted_exactly(measured: RunningServer)
         if name == "creditgate_decisions_total"
     }
     assert decisions == {
-        ("email_unlock", "allowed"): 3.0,
-        ("ai_personalization", "not_entitled"): 1.0,
+        ("email_unlock", "allowed"): 4.0,
+        ("ai_personalization", "not_entitled"): 2.0,
         ("mobile_unlock", "allowed"): 1.0,
     }
     assert value(samples, "creditgate_rpcs_total", rpc="CheckAndDebit", code="OK") == 6.0
@@ -84,6 +92,7 @@ def test_decisions_rpcs_and_latency_are_counted_exactly(measured: RunningServer)
     assert value(samples, "creditgate_rpcs_total", rpc="CheckAndDebit", code="NOT_FOUND") == 1.0
     assert value(samples, "creditgate_rpcs_total", rpc="GetBalance", code="OK") == 1.0
     assert value(samples, "creditgate_rpcs_total", rpc="CreateCustomer", code="OK") == 1.0
+    assert value(samples, "creditgate_rpcs_total", rpc="CheckAndDebitBatch", code="OK") == 1.0
     assert value(samples, "creditgate_rpc_duration_seconds_count", rpc="CheckAndDebit") == 8.0
     assert value(samples, "creditgate_rpc_duration_seconds_bucket", rpc="CheckAndDebit", le="+Inf") == 8.0
     assert value(samples, "creditgate_auth_failures_total", reason="api_key_missing") is None  # no keys: no auth

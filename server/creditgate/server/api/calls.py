@@ -114,6 +114,10 @@ class CallInterceptor(ServerInterceptor):
             fields.update(feature=request.feature, outcome=outcome)
             if not request.dry_run:
                 self._metrics.decisions.labels(request.feature, outcome).inc()
+        if rpc == "CheckAndDebitBatch" and response is not None:
+            for item, result in zip(request.items, response.results, strict=False):
+                if result.HasField("decision") and not item.dry_run:
+                    self._metrics.decisions.labels(item.feature, _outcome(result.decision)).inc()
         if code in QUIET_CODES:
             log.info("rpc", **fields)
         else:

@@ -17,7 +17,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.decisions = Counter(
             "creditgate_decisions",
-            "Charging CheckAndDebit answers (dry runs excluded), by feature and outcome (allowed or the deny reason).",
+            "Charging decisions of CheckAndDebit and of batch items (dry runs excluded), by feature and outcome"
+            " (allowed or the deny reason).",
             ["feature", "outcome"],
             registry=self.registry,
         )
