@@ -212,3 +212,51 @@ def test_postgres_single_role_set_up_revokes_its_own_ledger_edits(
     shipped = sorted(path.stem for path in MIGRATIONS.glob("*.sql"))
     assert [row[0] for row in applied] == shipped
     assert shipped[0] == "0001.initial"
+
+
+def test_periods_invoices_events_and_deliveries(store: StoreUnderTest) -> None:
+    from creditgate.server.ledger.records import PeriodRecord, event_record
+    from creditgate.server.ledger.store import Delivery, StoredInvoice
+
+    jan = PeriodRecord("acme", "basic", 0, 1000, 2000)
+    low = entry("acme", 1, events=("low_balance",))
+    store.write(jan, GRANT_ENTRY, low)
+    store.write(jan, low)  # a replayed batch makes no second event
+    # A plan change ends February early (the earlier end wins, in either order); March is the new plan's first.
+    store.write(PeriodRecord("acme", "basic", 1, 2000, 2500), PeriodRecord("acme", "basic", 1, 2000, 3000))
+    store.write(PeriodRecord("acme", "pro", 0, 2500, 5000))
+
+    due = store.run(store.store.periods_to_invoice(3000, 10))
+    assert due == [(jan, True), (PeriodRecord("acme", "basic", 1, 2000, 2500), True)]
+    assert store.run(store.store.current_period("acme")) == PeriodRecord("acme", "pro", 0, 2500, 5000)
+    assert [e.seq for e in store.run(store.store.ledger_between("acme", 1, 2))] == [1]
+
+    invoice = StoredInvoice("acme/inv/1000", "acme", 1000, '{"total": "1.00"}', 2100)
+    finalized = event_record("invoice_finalized", "acme", "", 2100, {"invoice_id": "acme/inv/1000"})
+    assert store.run(store.store.save_invoice(invoice, finalized)) is True
+    assert store.run(store.store.save_invoice(invoice, finalized)) is False
+    assert store.run(store.store.get_invoice("acme/inv/1000")) == invoice
+    assert store.run(store.store.list_invoices("acme", 10, None)) == [invoice]
+    assert [p for p, _ in store.run(store.store.periods_to_invoice(3000, 10))] == [
+        PeriodRecord("acme", "basic", 1, 2000, 2500)
+    ]
+
+    # Newest first: the invoice's event, the entry's low_balance (the grant's grant_issued is another customer's).
+    events = [e.event_id for _, e in store.run(store.store.list_events("acme", 10, None))]
+    assert events == ["acme/inv/1000:invoice_finalized", "acme/1:low_balance"]
+    assert [e.event_id for _, e in store.run(store.store.list_events("", 10, None))][-1] == "acme-ü/1:grant_issued"
+
+    assert store.run(store.store.enqueue_deliveries(["http://a"], 100)) == 3
+    assert store.run(store.store.enqueue_deliveries(["http://a"], 100)) == 0
+    due_deliveries = store.run(store.store.due_deliveries(100, 10))
+    assert len(due_deliveries) == 3 and all(d.payload for d in due_deliveries)
+    first = due_deliveries[0]
+    assert store.run(store.store.claim_delivery(first, 200)) is True
+    assert store.run(store.store.claim_delivery(first, 200)) is False  # another replica had it
+    done = Delivery(first.event_id, first.url, "delivered", 1, 200, "")
+    store.run(store.store.record_delivery(done))
+    assert store.run(store.store.deliveries_of([first.event_id])) == [done]
+    assert store.run(store.store.redeliver(first.event_id, 300)) == 1
+    assert store.run(store.store.deliveries_of([first.event_id])) == [
+        Delivery(first.event_id, first.url, "pending", 0, 300, "")
+    ]

@@ -11,6 +11,7 @@ from creditgate.server.api.admin import AdminServicer
 from creditgate.server.api.auth import ApiKeyInterceptor, load_api_keys, require_keys_off_loopback
 from creditgate.server.api.calls import CallInterceptor
 from creditgate.server.api.metering import MeteringServicer
+from creditgate.server.billing.invoices import Invoicer
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock, ManualClock, SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
@@ -57,6 +58,7 @@ class App:
     metrics: Metrics = field(default_factory=Metrics)
     probe: HealthProbe | None = None
     metrics_port: int = 0
+    invoicer: Invoicer | None = None
 
     async def start(self) -> None:
         await self.store.open()
@@ -79,6 +81,8 @@ class App:
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.flusher.start()
+        if self.invoicer is not None:
+            self.invoicer.start()
         if self.probe is not None:
             self.probe.start()
         if self.settings.metrics_listen is not None:
@@ -92,6 +96,8 @@ class App:
         if self.probe is not None:
             await self.probe.stop()
         self.metrics.close()
+        if self.invoicer is not None:
+            await self.invoicer.stop()
         await self.flusher.stop()
         await self.redis.aclose()
         await self.store.close()
@@ -139,13 +145,15 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     server = grpc.aio.server(interceptors=interceptors)
     metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine), server)
     simulated_clock = clock if simulated and isinstance(clock, ManualClock) else None
-    admin = AdminServicer(engine, catalog, store, flusher, simulated_clock)
+    invoicer = Invoicer(store, engine, catalog, flusher, clock, interval_seconds=settings.invoice_interval_seconds)
+    admin = AdminServicer(engine, catalog, store, flusher, simulated_clock, invoicer)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     app = App(settings, clock, redis, scripts, store, catalog, engine, flusher, server, health_servicer, embedded)
     app.metrics = metrics
+    app.invoicer = invoicer
     app.probe = HealthProbe(
         redis,
         store,

@@ -12,6 +12,7 @@ from typing import Annotated
 import grpc
 import typer
 from creditgate.server.errors import CreditgateError
+from creditgate.server.invoice_cli import invoice_app
 from creditgate.server.loadtest.command import loadtest
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
@@ -21,6 +22,7 @@ from rich.table import Table
 app = typer.Typer(help="creditgate: decide and charge credits before each billable action.", no_args_is_help=True)
 customer_app = typer.Typer(help="Customers.", no_args_is_help=True)
 app.add_typer(customer_app, name="customer")
+app.add_typer(invoice_app, name="invoice")
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

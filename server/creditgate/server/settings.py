@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     metrics_listen: str | None = None
     health_probe_interval_seconds: float = Field(default=2.0, gt=0, le=300)
     health_probe_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    # How often ended credit periods are invoiced (from the durable ledger).
+    invoice_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Webhook receivers of billing events, as a JSON list; none means events are only kept.
+    webhook_urls: tuple[str, ...] = ()
+    # The Standard Webhooks signing secret ("whsec_" + base64); required when webhook_urls are set.
+    webhook_secret: str | None = None
+    # A delivery is tried this many times (backoff doubling from webhook_backoff_seconds), then dead-lettered.
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0, le=3600)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    deliver_interval_seconds: float = Field(default=1.0, gt=0, le=600)
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -74,6 +85,12 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit():
             raise ValueError("listen must be host:port, e.g. 127.0.0.1:50051")
         return value
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        if self.webhook_urls and not self.webhook_secret:
+            raise ValueError("webhook_urls need webhook_secret (deliveries are signed)")
+        return self
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> Settings:

@@ -9,10 +9,11 @@ from typing import Any
 import grpc
 from creditgate.server.api import convert, validate
 from creditgate.server.api.errors import translated
+from creditgate.server.billing.invoices import Invoicer
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import ManualClock
 from creditgate.server.engine.credits import CreditEngine
-from creditgate.server.errors import FailedPrecondition, InvalidArgument
+from creditgate.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.store import Store
 from creditgate.v1 import admin_pb2, admin_pb2_grpc
@@ -30,6 +31,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         store: Store,
         flusher: Flusher,
         simulated_clock: ManualClock | None = None,
+        invoicer: Invoicer | None = None,
+        webhook_urls: tuple[str, ...] = (),
     ) -> None:
         self._engine = engine
         self._catalog = catalog
@@ -37,6 +40,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._flusher = flusher
         # Set only when the server runs on a simulated clock (CREDITGATE_CLOCK=simulated).
         self._simulated_clock = simulated_clock
+        self._invoicer = invoicer
+        self._webhook_urls = webhook_urls
 
     @translated
     async def ApplyCatalog(
@@ -185,31 +190,66 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SetAutoTopUp is not built yet")
         raise AssertionError("abort raises")
 
+    @translated
     async def PreviewInvoice(
         self, request: admin_pb2.PreviewInvoiceRequest, context: Context
     ) -> admin_pb2.PreviewInvoiceResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "PreviewInvoice is not built yet")
-        raise AssertionError("abort raises")
+        draft = await self._invoices().preview(validate.identifier(request.customer_id, "customer_id"))
+        return admin_pb2.PreviewInvoiceResponse(invoice=convert.invoice(draft))
 
+    @translated
     async def ListInvoices(
         self, request: admin_pb2.ListInvoicesRequest, context: Context
     ) -> admin_pb2.ListInvoicesResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ListInvoices is not built yet")
-        raise AssertionError("abort raises")
+        customer_id = validate.identifier(request.customer_id, "customer_id")
+        size = validate.page_size(request.page_size)
+        before = _decode_page_token(request.page_token)
+        await self._engine.get_customer(customer_id)
+        invoices = await self._invoices().list(customer_id, size + 1, before)
+        page, more = invoices[:size], len(invoices) > size
+        token = _encode_page_token(page[-1].period_start_ms) if more else ""
+        return admin_pb2.ListInvoicesResponse(invoices=[convert.invoice(item) for item in page], next_page_token=token)
 
+    @translated
     async def GetInvoice(self, request: admin_pb2.GetInvoiceRequest, context: Context) -> admin_pb2.GetInvoiceResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetInvoice is not built yet")
-        raise AssertionError("abort raises")
+        if not request.invoice_id or len(request.invoice_id) > 200:
+            raise InvalidArgument("invoice_id is required (at most 200 characters)", field="invoice_id")
+        found = await self._invoices().get(request.invoice_id)
+        return admin_pb2.GetInvoiceResponse(invoice=convert.invoice(found))
 
+    def _invoices(self) -> Invoicer:
+        if self._invoicer is None:
+            raise FailedPrecondition("invoicing is not set up on this server", reason="INVOICING_OFF")
+        return self._invoicer
+
+    @translated
     async def ListEvents(self, request: admin_pb2.ListEventsRequest, context: Context) -> admin_pb2.ListEventsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ListEvents is not built yet")
-        raise AssertionError("abort raises")
+        customer_id = validate.optional_identifier(request.customer_id, "customer_id")
+        size = validate.page_size(request.page_size)
+        before = _decode_page_token(request.page_token)
+        found = await self._store.list_events(customer_id, size + 1, before)
+        page, more = found[:size], len(found) > size
+        deliveries = await self._store.deliveries_of([record.event_id for _, record in page])
+        return admin_pb2.ListEventsResponse(
+            events=[convert.event(record, deliveries) for _, record in page],
+            next_page_token=_encode_page_token(page[-1][0]) if more else "",
+        )
 
+    @translated
     async def RedeliverEvent(
         self, request: admin_pb2.RedeliverEventRequest, context: Context
     ) -> admin_pb2.RedeliverEventResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "RedeliverEvent is not built yet")
-        raise AssertionError("abort raises")
+        if not request.event_id or len(request.event_id) > 300:
+            raise InvalidArgument("event_id is required (at most 300 characters)", field="event_id")
+        record = await self._store.get_event(request.event_id)
+        if record is None:
+            raise NotFound(f"event {request.event_id!r} does not exist", field="event_id", reason="EVENT_NOT_FOUND")
+        now = self._engine.now_ms()
+        if self._webhook_urls:
+            await self._store.enqueue_deliveries(list(self._webhook_urls), now)
+        await self._store.redeliver(record.event_id, now)
+        deliveries = await self._store.deliveries_of([record.event_id])
+        return admin_pb2.RedeliverEventResponse(event=convert.event(record, deliveries))
 
 
 def _encode_page_token(seq: int) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from creditgate.server.billing.invoices import Invoice
 from creditgate.server.engine.model import BalanceView, BucketView, CustomerView, SubscriptionView
-from creditgate.server.ledger.records import LedgerRecord
+from creditgate.server.ledger.records import EventRecord, LedgerRecord
+from creditgate.server.ledger.store import Delivery
 from creditgate.v1 import admin_pb2, metering_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -113,4 +115,67 @@ def ledger_entry(record: LedgerRecord) -> admin_pb2.LedgerEntry:
         create_time=timestamp(record.created_ms),
         reserved_delta=record.reserved_delta,
         reservation_id=record.reservation_id,
+    )
+
+
+INVOICE_STATUSES = {"draft": admin_pb2.INVOICE_STATUS_DRAFT, "finalized": admin_pb2.INVOICE_STATUS_FINALIZED}
+INVOICE_LINE_KINDS = {
+    "plan_fee": admin_pb2.INVOICE_LINE_KIND_PLAN_FEE,
+    "top_up": admin_pb2.INVOICE_LINE_KIND_TOP_UP,
+    "overage": admin_pb2.INVOICE_LINE_KIND_OVERAGE,
+}
+
+
+def invoice(view: Invoice) -> admin_pb2.Invoice:
+    return admin_pb2.Invoice(
+        invoice_id=view.invoice_id,
+        customer_id=view.customer_id,
+        plan=view.plan,
+        period_start=timestamp(view.period_start_ms),
+        period_end=timestamp(view.period_end_ms),
+        currency=view.currency,
+        lines=[
+            admin_pb2.InvoiceLine(
+                kind=INVOICE_LINE_KINDS.get(line.kind, admin_pb2.INVOICE_LINE_KIND_UNSPECIFIED),
+                description=line.description,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+                amount=line.amount,
+                entry_id=line.entry_id,
+            )
+            for line in view.lines
+        ],
+        subtotal=view.subtotal,
+        total=view.total,
+        usage=[admin_pb2.InvoiceUsage(feature=u.feature, credits=u.credits, value=u.value) for u in view.usage],
+        status=INVOICE_STATUSES.get(view.status, admin_pb2.INVOICE_STATUS_UNSPECIFIED),
+        create_time=timestamp(view.created_ms),
+    )
+
+
+DELIVERY_STATUSES = {
+    "pending": admin_pb2.DELIVERY_STATUS_PENDING,
+    "delivered": admin_pb2.DELIVERY_STATUS_DELIVERED,
+    "dead": admin_pb2.DELIVERY_STATUS_DEAD,
+}
+
+
+def event(record: EventRecord, deliveries: list[Delivery]) -> admin_pb2.Event:
+    return admin_pb2.Event(
+        event_id=record.event_id,
+        type=record.type,
+        customer_id=record.customer_id,
+        entry_id=record.entry_id,
+        create_time=timestamp(record.created_ms),
+        payload_json=record.payload,
+        deliveries=[
+            admin_pb2.EventDelivery(
+                url=d.url,
+                status=DELIVERY_STATUSES.get(d.status, admin_pb2.DELIVERY_STATUS_UNSPECIFIED),
+                attempts=d.attempts,
+                last_error=d.last_error,
+            )
+            for d in deliveries
+            if d.event_id == record.event_id
+        ],
     )

@@ -68,6 +68,10 @@ class CreditEngine:
         self._clock = clock
         self._settings = settings
 
+    def now_ms(self) -> int:
+        """The server's time (the injected clock)."""
+        return self._clock.now_ms()
+
     async def check_and_debit(self, request: DebitRequest) -> Decision:
         rules = self._catalog.rules
         rules_json, cap_scope = rules.rules_for(request.feature, request.dimensions)

@@ -19,6 +19,7 @@ from creditgate.server.ledger.records import (
     PeriodRecord,
     Record,
     SubscriptionRecord,
+    ledger_events,
 )
 from creditgate.server.ledger.store import Delivery, ParkedEntry, StoredInvoice
 
@@ -79,6 +80,15 @@ class SqliteStore:
             with _transaction(db):
                 # One executemany for the batch's ledger entries: the flusher's hot path.
                 db.executemany(INSERT_LEDGER, [_ledger_row(r) for r in records if isinstance(r, LedgerRecord)])
+                db.executemany(
+                    f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (e.event_id, e.customer_id, e.type, e.entry_id, e.created_ms, e.payload)
+                        for r in records
+                        if isinstance(r, LedgerRecord)
+                        for e in ledger_events(r)
+                    ],
+                )
                 for record in records:
                     if not isinstance(record, LedgerRecord):
                         _insert(db, record)
@@ -367,6 +377,13 @@ def _insert(db: sqlite3.Connection, record: Record) -> None:
         db.execute(
             "INSERT OR IGNORE INTO customers VALUES (?, ?, ?, ?)",
             (record.customer_id, record.name, json.dumps(record.metadata), record.created_ms),
+        )
+    elif isinstance(record, PeriodRecord):
+        # A plan change ends the running period early: the earlier end wins, whatever the order.
+        db.execute(
+            "INSERT INTO periods VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (customer_id, start_ms) DO UPDATE SET end_ms = MIN(end_ms, excluded.end_ms)",
+            (record.customer_id, record.start_ms, record.plan, record.index, record.end_ms),
         )
     elif isinstance(record, SubscriptionRecord):
         db.execute(
