@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def guarded(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer
         admin_pb2.CreateCustomerRequest(customer_id="acme"), metadata=(("authorization", f"Bearer {ADMIN_KEY}"),)
     )
     yield running
+    time.sleep(0.3)  # see test_tls.stop
     running.stop()
 
 
