@@ -12,6 +12,7 @@ from creditgate.server.api.auth import ApiKeyInterceptor, load_api_keys, require
 from creditgate.server.api.calls import CallInterceptor
 from creditgate.server.api.metering import MeteringServicer
 from creditgate.server.billing.invoices import Invoicer
+from creditgate.server.billing.webhooks import WebhookSender
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock, ManualClock, SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
@@ -59,6 +60,7 @@ class App:
     probe: HealthProbe | None = None
     metrics_port: int = 0
     invoicer: Invoicer | None = None
+    webhooks: WebhookSender | None = None
 
     async def start(self) -> None:
         await self.store.open()
@@ -83,6 +85,8 @@ class App:
         self.flusher.start()
         if self.invoicer is not None:
             self.invoicer.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if self.probe is not None:
             self.probe.start()
         if self.settings.metrics_listen is not None:
@@ -98,6 +102,8 @@ class App:
         self.metrics.close()
         if self.invoicer is not None:
             await self.invoicer.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.flusher.stop()
         await self.redis.aclose()
         await self.store.close()
@@ -146,7 +152,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine), server)
     simulated_clock = clock if simulated and isinstance(clock, ManualClock) else None
     invoicer = Invoicer(store, engine, catalog, flusher, clock, interval_seconds=settings.invoice_interval_seconds)
-    admin = AdminServicer(engine, catalog, store, flusher, simulated_clock, invoicer)
+    admin = AdminServicer(engine, catalog, store, flusher, simulated_clock, invoicer, settings.webhook_urls)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -154,6 +160,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     app = App(settings, clock, redis, scripts, store, catalog, engine, flusher, server, health_servicer, embedded)
     app.metrics = metrics
     app.invoicer = invoicer
+    app.webhooks = WebhookSender(store, clock, SystemClock(), settings)
     app.probe = HealthProbe(
         redis,
         store,

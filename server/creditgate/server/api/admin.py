@@ -168,7 +168,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._simulated_clock.advance(request.seconds)
         return admin_pb2.AdvanceClockResponse(now=convert.timestamp(self._simulated_clock.now_ms()))
 
-    # Not built yet (issue 5, in progress).
     @translated
     async def ChangePlan(self, request: admin_pb2.ChangePlanRequest, context: Context) -> admin_pb2.ChangePlanResponse:
         subscription, available = await self._engine.change_plan(
@@ -178,17 +177,40 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             subscription=convert.subscription(subscription), available_credits=available
         )
 
+    @translated
     async def SetLowBalanceThreshold(
         self, request: admin_pb2.SetLowBalanceThresholdRequest, context: Context
     ) -> admin_pb2.SetLowBalanceThresholdResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SetLowBalanceThreshold is not built yet")
-        raise AssertionError("abort raises")
+        threshold = None
+        if request.HasField("threshold_credits"):
+            if not 0 <= request.threshold_credits <= validate.MAX_CREDITS:
+                raise InvalidArgument(
+                    f"threshold_credits must be 0 to {validate.MAX_CREDITS:,}", field="threshold_credits"
+                )
+            threshold = request.threshold_credits
+        kept = await self._engine.set_low_threshold(validate.identifier(request.customer_id, "customer_id"), threshold)
+        response = admin_pb2.SetLowBalanceThresholdResponse()
+        if kept is not None:
+            response.threshold_credits = kept
+        return response
 
+    @translated
     async def SetAutoTopUp(
         self, request: admin_pb2.SetAutoTopUpRequest, context: Context
     ) -> admin_pb2.SetAutoTopUpResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SetAutoTopUp is not built yet")
-        raise AssertionError("abort raises")
+        customer_id = validate.identifier(request.customer_id, "customer_id")
+        package = validate.key(request.package, "package") if request.package else ""
+        threshold = validate.credits(request.threshold_credits, "threshold_credits") if package else 0
+        cooldown_ms = request.cooldown.ToMilliseconds()
+        if cooldown_ms < 0:
+            raise InvalidArgument("cooldown must not be negative", field="cooldown")
+        view = await self._engine.set_auto_top_up(customer_id, package, threshold, cooldown_ms)
+        response = admin_pb2.SetAutoTopUpResponse()
+        if view is not None:
+            response.package, response.credits, response.price = view.package, view.credits, view.price
+            response.threshold_credits = view.threshold
+            response.cooldown.FromMilliseconds(view.cooldown_ms)
+        return response
 
     @translated
     async def PreviewInvoice(

@@ -13,6 +13,7 @@ from creditgate.server.clock import Clock
 from creditgate.server.engine.keys import CustomerKeys, KeySpace
 from creditgate.server.engine.messages import explain
 from creditgate.server.engine.model import (
+    AutoTopUpView,
     BalanceView,
     BucketView,
     CapView,
@@ -38,6 +39,16 @@ from redis.exceptions import RedisError
 
 # A call that finds a new period, due holds or due buckets settles them and tries again; five rounds suffice.
 MAX_ROLLOVER_ROUNDS = 5
+# The customer hash fields of an auto top-up (lib.lua's auto_top_up reads them).
+AUTO_TOP_UP_FIELDS = (
+    "auto_threshold",
+    "auto_package",
+    "auto_credits",
+    "auto_price",
+    "auto_priority",
+    "auto_expires_ms",
+    "auto_cooldown_ms",
+)
 # expire_holds.lua settles at most this many holds per call.
 HOLDS_EXPIRED_PER_CALL = 200
 
@@ -186,7 +197,7 @@ class CreditEngine:
         await self._scripts.run(
             "rollover",
             [keys.customer, keys.buckets, keys.usage, keys.outbox],
-            [now, customer_id, period_end, plan_key, encoded],
+            [now, customer_id, period_end, plan_key, encoded, plan.low_balance_threshold],
         )
 
     async def _hmget(self, key: str, *fields: str) -> list[Any]:
@@ -336,6 +347,44 @@ class CreditEngine:
         balance = await self.get_balance(customer_id)
         assert balance.subscription is not None
         return balance.subscription, balance.available
+
+    async def set_low_threshold(self, customer_id: str, threshold: int | None) -> int | None:
+        """The customer's own low-balance threshold; None goes back to the plan's. Returns the one set."""
+        await self._set_fields(customer_id, {"low_threshold": "" if threshold is None else str(threshold)})
+        return threshold
+
+    async def set_auto_top_up(
+        self, customer_id: str, package_key: str, threshold: int, cooldown_ms: int
+    ) -> AutoTopUpView | None:
+        """Buy `package_key` when a change leaves the balance below `threshold`; an empty key turns it off."""
+        fields = dict.fromkeys(AUTO_TOP_UP_FIELDS, "")
+        view = None
+        if package_key:
+            package = self._catalog.rules.catalog.packages.get(package_key)
+            if package is None:
+                raise NotFound(
+                    f"package {package_key!r} is not in the catalog", field="package", reason="PACKAGE_NOT_FOUND"
+                )
+            priority = package.priority if package.priority is not None else self._settings.top_up_priority
+            view = AutoTopUpView(package_key, package.credits, str(package.price), threshold, cooldown_ms)
+            fields.update(
+                auto_threshold=str(threshold),
+                auto_package=package_key,
+                auto_credits=str(package.credits),
+                auto_price=str(package.price),
+                auto_priority=str(priority),
+                auto_expires_ms=str((package.expires_in_days or 0) * DAY_MS),
+                auto_cooldown_ms=str(cooldown_ms),
+            )
+        await self._set_fields(customer_id, fields)
+        return view
+
+    async def _set_fields(self, customer_id: str, fields: dict[str, str]) -> None:
+        keys = self._keys.for_customer(customer_id)
+        pairs = [part for item in fields.items() for part in item]
+        result = await self._scripts.run("customer_settings", [keys.customer], pairs)
+        if result[0] == "not_found":
+            raise customer_not_found(customer_id)
 
     async def cancel(self, customer_id: str) -> SubscriptionView:
         keys = self._keys.for_customer(customer_id)

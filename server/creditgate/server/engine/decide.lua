@@ -46,5 +46,6 @@ count_usage(usage_key, e.period_field, e.cap_field, quantity, e.overage, 1)
 local entry_id = append_entry(customer_key, outbox_key, customer_id, {
   k = 'debit', d = -e.charged, b = e.after, f = feature, q = quantity, dim = cjson.decode(dimensions),
   fu = e.free_used, o = e.overage, r = request_id, t = now, takes = takes})
-return answer({1, '', e.cost, e.charged, e.free_used, e.overage, e.after, e.low, entry_id,
+local after = auto_top_up(customer_key, buckets_key, outbox_key, customer_id, e.after, now)
+return answer({1, '', e.cost, e.charged, e.free_used, e.overage, after, e.low, entry_id,
   e.period_used + quantity, e.free_left - e.free_used, e.cap_limit, e.cap_used + quantity})

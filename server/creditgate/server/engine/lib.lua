@@ -43,8 +43,36 @@ local function sum_remaining(buckets)
   return total
 end
 
--- The only way a ledger entry is written: numbered per customer, into the shard's outbox stream.
+-- The balance events of a change that leaves `balance`: low_balance once per crossing below the customer's
+-- threshold (its own, else its plan's), recovered when back at or above it, depleted once at zero.
+local function balance_events(customer_key, balance, events)
+  local s = redis.call('HMGET', customer_key, 'low_threshold', 'plan_low_threshold', 'below', 'empty')
+  local threshold = tonumber(s[1] or s[2] or '0')
+  if s[3] ~= '1' and balance < threshold then
+    events[#events + 1] = 'low_balance'
+    redis.call('HSET', customer_key, 'below', '1')
+  elseif s[3] == '1' and balance >= threshold then
+    events[#events + 1] = 'recovered'
+    redis.call('HDEL', customer_key, 'below')
+  end
+  if s[4] ~= '1' and balance == 0 then
+    events[#events + 1] = 'depleted'
+    redis.call('HSET', customer_key, 'empty', '1')
+  elseif s[4] == '1' and balance > 0 then
+    redis.call('HDEL', customer_key, 'empty')
+  end
+  return events
+end
+
+-- The only way a ledger entry is written: numbered per customer, into the shard's outbox stream. Its balance
+-- events go in its `ev` list, unless it is `quiet` (a step whose script judges the balance after a later one).
 local function append_entry(customer_key, outbox_key, customer_id, entry)
+  if entry.quiet then
+    entry.quiet = nil
+  else
+    local events = balance_events(customer_key, entry.b, entry.ev or {})
+    entry.ev = #events > 0 and events or nil
+  end
   local seq = redis.call('HINCRBY', customer_key, 'seq', 1)
   entry.id = customer_id .. '/' .. seq
   entry.c = customer_id
@@ -54,12 +82,12 @@ local function append_entry(customer_key, outbox_key, customer_id, entry)
 end
 
 -- Removes due buckets, one expiry entry each; `balance` counts live and due credits before the call.
-local function expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired, balance)
+local function expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired, balance, quiet)
   for _, b in ipairs(expired) do
     redis.call('HDEL', buckets_key, b.id)
     balance = balance - b.remaining
     append_entry(customer_key, outbox_key, customer_id,
-      {k = 'expiry', d = -b.remaining, b = balance, bk = b.id, t = b.expires_at})
+      {k = 'expiry', d = -b.remaining, b = balance, bk = b.id, t = b.expires_at, quiet = quiet})
   end
   return balance
 end
@@ -85,6 +113,29 @@ local function new_bucket(customer_key, buckets_key, credits, priority, expires_
   redis.call('HSET', buckets_key, id, bucket_value(
     {remaining = credits, priority = priority, expires_at = expires_at, source = source, cap = cap}))
   return id
+end
+
+-- Auto top-up (when configured): a change that leaves the balance below its threshold buys the package once per
+-- crossing (re-armed when the balance is back at or above it) and not again within the cooldown.
+-- Returns the balance after it.
+local function auto_top_up(customer_key, buckets_key, outbox_key, customer_id, balance, now)
+  local c = redis.call('HMGET', customer_key, 'auto_threshold', 'auto_package', 'auto_credits', 'auto_price',
+    'auto_priority', 'auto_expires_ms', 'auto_cooldown_ms', 'auto_last_ms', 'auto_fired')
+  if not c[1] then return balance end
+  if balance >= tonumber(c[1]) then
+    if c[9] then redis.call('HDEL', customer_key, 'auto_fired') end
+    return balance
+  end
+  if c[9] or (c[8] and now < tonumber(c[8]) + tonumber(c[7])) then return balance end
+  local credits, priority, lifetime = tonumber(c[3]), tonumber(c[5]), tonumber(c[6])
+  local expires_at = lifetime > 0 and now + lifetime or 0
+  local bucket_id = new_bucket(customer_key, buckets_key, credits, priority, expires_at, 'topup')
+  balance = balance + credits
+  redis.call('HSET', customer_key, 'auto_last_ms', int(now))
+  if balance < tonumber(c[1]) then redis.call('HSET', customer_key, 'auto_fired', '1') end
+  append_entry(customer_key, outbox_key, customer_id, {k = 'topup', d = credits, b = balance, bk = bucket_id,
+    bp = priority, bx = expires_at, src = 'topup', r = 'auto:' .. c[2], price = c[4], t = now, ev = {'auto_topup'}})
+  return balance
 end
 
 -- AIP-155: the stored answer for request_id, {'reused'} if it came with other content, or nil.

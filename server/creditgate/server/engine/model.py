@@ -97,3 +97,14 @@ class CreditChange:
     bucket: BucketView | None
     price: str = ""
     currency: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AutoTopUpView:
+    """A customer's automatic top-up: the package bought below the threshold, at most once per cooldown."""
+
+    package: str
+    credits: int
+    price: str
+    threshold: int
+    cooldown_ms: int

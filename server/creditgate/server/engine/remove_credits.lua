@@ -18,4 +18,5 @@ local takes = take_credits(buckets_key, live, credits)
 balance = balance - credits
 local entry_id = append_entry(customer_key, outbox_key, customer_id,
   {k = 'adjustment', d = -credits, b = balance, r = reason, rq = request_id, t = now, takes = takes})
+balance = auto_top_up(customer_key, buckets_key, outbox_key, customer_id, balance, now)
 return remember(request_key, request_id, fingerprint, ttl, {'ok', entry_id, balance, ''})

@@ -43,5 +43,6 @@ redis.call('HINCRBY', k.customer, 'reserved', e.charged)
 local entry_id = append_entry(k.customer, k.outbox, customer_id, {k = 'reserve', d = -e.charged, rd = e.charged,
   b = e.after, f = feature, q = quantity, dim = dims, fu = e.free_used, o = e.overage, hold = reservation_id,
   r = request_id, t = now, takes = takes})
-return answer({1, '', e.cost, e.charged, e.free_used, e.overage, e.after, e.low, reservation_id, expires_at,
+local after = auto_top_up(k.customer, k.buckets, k.outbox, customer_id, e.after, now)
+return answer({1, '', e.cost, e.charged, e.free_used, e.overage, after, e.low, reservation_id, expires_at,
   entry_id})

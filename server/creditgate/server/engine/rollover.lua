@@ -5,6 +5,7 @@ local customer_key, buckets_key, usage_key, outbox_key = KEYS[1], KEYS[2], KEYS[
 local now, customer_id, expected_end, plan = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 -- {{index, start_ms, end_ms, {{credits, priority, expires_at, rollover_cap (-1: none)}, ...}}, ...}
 local periods = cjson.decode(ARGV[5])
+local plan_low_threshold = ARGV[6]
 
 local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end')
 if not sub[1] then return {'not_found'} end
@@ -12,11 +13,14 @@ if sub[2] ~= plan or sub[4] ~= expected_end or (sub[3] ~= 'active' and sub[3] ~=
   return {'stale'}
 end
 
+redis.call('HSET', customer_key, 'plan_low_threshold', plan_low_threshold)
 for _, period in ipairs(periods) do
   local index, period_start, period_end, grants = period[1], period[2], period[3], period[4]
   local live, expired = load_buckets(buckets_key, period_start)
+  -- Balance events are judged after the period's grants, not at the empty moment between expiry and grant.
+  local quiet = #grants > 0
   local balance = expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired,
-    sum_remaining(live) + sum_remaining(expired))
+    sum_remaining(live) + sum_remaining(expired), quiet)
   for _, b in ipairs(expired) do
     -- Only a period-end grant rolls (once): its carried credits expire at the new period's end.
     if b.cap and b.expires_at == period_start and b.remaining > 0 and b.cap > 0 then
@@ -24,7 +28,7 @@ for _, period in ipairs(periods) do
       local bucket_id = new_bucket(customer_key, buckets_key, carried, b.priority, period_end, 'rollover')
       balance = balance + carried
       append_entry(customer_key, outbox_key, customer_id, {k = 'rollover', d = carried, b = balance, bk = bucket_id,
-        bp = b.priority, bx = period_end, src = 'rollover', r = b.id, t = period_start})
+        bp = b.priority, bx = period_end, src = 'rollover', r = b.id, t = period_start, quiet = quiet})
     end
   end
   for _, grant in ipairs(grants) do

@@ -22,6 +22,7 @@ SCRIPT_NAMES = (
     "settle",
     "expire_holds",
     "expire_buckets",
+    "customer_settings",
 )
 
 

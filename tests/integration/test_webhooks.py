@@ -1,0 +1,134 @@
+"""Webhooks: real HTTP receivers on 127.0.0.1 check the Standard Webhooks signature; a receiver that fails 3
+times gets the event on the 4th try; nothing is sent again to a receiver that answered 2xx; dead letters."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from billing import billing_server
+from creditgate.v1 import admin_pb2
+from harness import JAN_1, RedisServer, RunningServer
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+SECRET = "whsec_" + base64.b64encode(b"creditgate-test-webhook-secret!!").decode()
+BACKOFF_SECONDS = 10
+
+
+@dataclass
+class Receiver:
+    """Answers 500 to the first `failures` tries of each event (or to all), 204 after; keeps what it was sent."""
+
+    failures: int
+    always_fail: bool = False
+    # (webhook-id, event type, signature valid) of every request, in order
+    received: list[tuple[str, str, bool]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def accepted(self) -> list[str]:
+        """Event types of the requests answered 2xx, in order."""
+        with self.lock:
+            tries: Counter[str] = Counter()
+            accepted = []
+            for event_id, kind, _ in self.received:
+                tries[event_id] += 1
+                if not self.always_fail and tries[event_id] > self.failures:
+                    accepted.append(kind)
+            return accepted
+
+
+@contextmanager
+def receiving(receiver: Receiver) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            try:
+                Webhook(SECRET).verify(body, dict(self.headers.items()))
+                valid = True
+            except WebhookVerificationError:
+                valid = False
+            event_id = self.headers["webhook-id"]
+            with receiver.lock:
+                tries = 1 + sum(1 for seen, _, _ in receiver.received if seen == event_id)
+                failing = receiver.always_fail or tries <= receiver.failures
+                receiver.received.append((event_id, json.loads(body)["type"], valid))
+            self.send_response(500 if failing else 204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{http.server_address[1]}/hook"
+    finally:
+        http.shutdown()
+        http.server_close()
+
+
+def deliver(server: RunningServer) -> int:
+    server.flush()
+    assert server.app.webhooks is not None
+    return server.call(server.app.webhooks.deliver_once())
+
+
+def deliveries(server: RunningServer, url: str) -> list[tuple[str, int, int]]:
+    events = server.admin.ListEvents(admin_pb2.ListEventsRequest(customer_id="acme", page_size=100)).events
+    return [(event.type, d.status, d.attempts) for event in reversed(events) for d in event.deliveries if d.url == url]
+
+
+def test_signed_deliveries_with_retries_and_no_duplicates(redis_server: RedisServer, tmp_path: Path) -> None:
+    steady, flaky, broken = Receiver(failures=0), Receiver(failures=3), Receiver(failures=0, always_fail=True)
+    with receiving(steady) as steady_url, receiving(flaky) as flaky_url, receiving(broken) as broken_url:
+        settings = {
+            "webhook_urls": (steady_url, flaky_url, broken_url),
+            "webhook_secret": SECRET,
+            "webhook_backoff_seconds": BACKOFF_SECONDS,
+            "webhook_max_attempts": 5,
+            "deliver_interval_seconds": 600,  # the loop's first round is at start; the test drives the rest
+        }
+        with billing_server(redis_server, tmp_path, **settings) as server:  # type: ignore[arg-type]
+            server.create_customer("acme", "basic", start=JAN_1)  # 2,500 credits, threshold 250
+            with ThreadPoolExecutor(64) as pool:
+                assert all(pool.map(lambda _: server.debit("acme", "email_unlock", 39).allowed, range(64)))
+            server.admin.TopUp(admin_pb2.TopUpRequest(customer_id="acme", package="starter", request_id="t1"))
+
+            assert deliver(server) == 3  # steady takes all three; flaky and broken fail their first try
+            assert deliver(server) == 0  # nothing is due before the backoff
+            for attempt in range(2, 5):  # retries after 10 s, 20 s, 40 s
+                server.clock.advance(BACKOFF_SECONDS * 2 ** (attempt - 2))
+                deliver(server)
+            server.clock.advance(BACKOFF_SECONDS * 8)
+            assert deliver(server) == 0  # broken's 5th try fails: dead-lettered
+            server.clock.advance(86_400)
+            assert deliver(server) == 0
+
+            order = ["grant_issued", "low_balance", "recovered"]
+            assert steady.accepted() == order
+            assert Counter(event_id for event_id, _, _ in steady.received).most_common(1)[0][1] == 1
+            # Flaky: three failed tries of each event, then each once more, accepted on the 4th.
+            assert flaky.accepted() == order
+            assert Counter(event_id for event_id, _, _ in flaky.received) == Counter(
+                {event_id: 4 for event_id, _, _ in steady.received}
+            )
+            assert all(valid for receiver in (steady, flaky, broken) for _, _, valid in receiver.received)
+            delivered, dead = admin_pb2.DELIVERY_STATUS_DELIVERED, admin_pb2.DELIVERY_STATUS_DEAD
+            assert deliveries(server, steady_url) == [(kind, delivered, 1) for kind in order]
+            assert deliveries(server, flaky_url) == [(kind, delivered, 4) for kind in order]
+            assert deliveries(server, broken_url) == [(kind, dead, 5) for kind in order]
+
+            # A dead letter goes out again on request (to every URL: redelivery is deliberate).
+            grant_id = steady.received[0][0]
+            server.admin.RedeliverEvent(admin_pb2.RedeliverEventRequest(event_id=grant_id))
+            assert deliver(server) == 2
+            assert [event_id for event_id, _, _ in broken.received].count(grant_id) == 6
