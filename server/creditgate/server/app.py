@@ -17,6 +17,7 @@ from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock, ManualClock, SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
 from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.errors import Unavailable
@@ -52,6 +53,7 @@ class App:
     catalog: CatalogHolder
     engine: CreditEngine
     flusher: Flusher
+    holds: Holds
     server: grpc.aio.Server
     health: health_aio.HealthServicer
     embedded_redis: EmbeddedRedis | None = None
@@ -91,6 +93,7 @@ class App:
             self.probe.start()
         if self.settings.metrics_listen is not None:
             self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
+        self.holds.start()
         log.info("serving", listen=self.settings.listen, port=self.port)
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
@@ -100,6 +103,7 @@ class App:
         if self.probe is not None:
             await self.probe.stop()
         self.metrics.close()
+        await self.holds.stop()
         if self.invoicer is not None:
             await self.invoicer.stop()
         if self.webhooks is not None:
@@ -144,12 +148,13 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         interval_seconds=settings.flush_interval_seconds,
         claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000),
     )
+    holds = Holds(redis, scripts, keys, catalog, clock, settings, engine)
     metrics = Metrics()
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [CallInterceptor(metrics)]
     if api_keys:
         interceptors.append(ApiKeyInterceptor(api_keys, lambda reason: metrics.auth_failures.labels(reason).inc()))
     server = grpc.aio.server(interceptors=interceptors)
-    metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine), server)
+    metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine, holds, settings), server)
     simulated_clock = clock if simulated and isinstance(clock, ManualClock) else None
     invoicer = Invoicer(store, engine, catalog, flusher, clock, interval_seconds=settings.invoice_interval_seconds)
     admin = AdminServicer(engine, catalog, store, flusher, simulated_clock, invoicer, settings.webhook_urls)
@@ -157,7 +162,20 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    app = App(settings, clock, redis, scripts, store, catalog, engine, flusher, server, health_servicer, embedded)
+    app = App(
+        settings=settings,
+        clock=clock,
+        redis=redis,
+        scripts=scripts,
+        store=store,
+        catalog=catalog,
+        engine=engine,
+        flusher=flusher,
+        holds=holds,
+        server=server,
+        health=health_servicer,
+        embedded_redis=embedded,
+    )
     app.metrics = metrics
     app.invoicer = invoicer
     app.webhooks = WebhookSender(store, clock, SystemClock(), settings)
