@@ -156,7 +156,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     server = grpc.aio.server(interceptors=interceptors)
     metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine, holds, settings), server)
     simulated_clock = clock if simulated and isinstance(clock, ManualClock) else None
-    invoicer = Invoicer(store, engine, catalog, flusher, clock, interval_seconds=settings.invoice_interval_seconds)
+    invoicer = Invoicer(store, engine, catalog, clock, interval_seconds=settings.invoice_interval_seconds)
     admin = AdminServicer(engine, catalog, store, flusher, simulated_clock, invoicer, settings.webhook_urls)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     health_servicer = health_aio.HealthServicer()

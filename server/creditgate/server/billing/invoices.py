@@ -16,7 +16,6 @@ from creditgate.server.catalog.schema import Catalog
 from creditgate.server.clock import Clock
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.errors import CreditgateError, NotFound
-from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.records import LedgerRecord, PeriodRecord, event_record
 from creditgate.server.ledger.store import Store, StoredInvoice
 
@@ -148,7 +147,6 @@ class Invoicer:
         store: Store,
         engine: CreditEngine,
         catalog: CatalogHolder,
-        flusher: Flusher,
         clock: Clock,
         *,
         interval_seconds: float,
@@ -156,7 +154,6 @@ class Invoicer:
         self._store = store
         self._engine = engine
         self._catalog = catalog
-        self._flusher = flusher
         self._clock = clock
         self._interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
@@ -164,17 +161,14 @@ class Invoicer:
     async def invoice_once(self) -> int:
         """Finalize the invoice of every ended period whose entries are all in the store; returns how many."""
         now = self._clock.now_ms()
-        await self._flusher.drain()
         due = await self._store.periods_to_invoice(now, BATCH)
-        # A period is complete once the next one is stored; a customer nobody touched since has its periods
-        # opened now, and the outbox drained, so the next round (this one, below) sees them.
-        untouched = sorted({period.customer_id for period, complete in due if not complete})
-        for customer_id in untouched:
+        # A period is complete once the next one is stored (the outbox keeps a customer's order, so all of its
+        # entries are stored too). A customer nobody touched since has its periods opened now; once the flusher
+        # has moved them, a later round invoices it. The flusher alone drains: a second drainer would make a
+        # drain return while another holds a batch in flight.
+        for customer_id in sorted({period.customer_id for period, complete in due if not complete}):
             with contextlib.suppress(NotFound):
                 await self._engine.get_balance(customer_id)
-        if untouched:
-            await self._flusher.drain()
-            due = await self._store.periods_to_invoice(now, BATCH)
         made = 0
         for period, complete in due:
             if complete and await self._finalize(period, now):
@@ -204,9 +198,8 @@ class Invoicer:
         return made
 
     async def preview(self, customer_id: str) -> Invoice:
-        """The running period's invoice so far, from the durable ledger (the outbox is drained first)."""
+        """The running period's invoice so far, from the durable ledger (as far as the flusher has moved it)."""
         await self._engine.get_balance(customer_id)
-        await self._flusher.drain()
         period = await self._store.current_period(customer_id)
         if period is None:
             raise NotFound(
