@@ -157,6 +157,7 @@ class Invoicer:
         self._clock = clock
         self._interval = interval_seconds
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def invoice_once(self) -> int:
         """Finalize the invoice of every ended period whose entries are all in the store; returns how many."""
@@ -223,16 +224,17 @@ class Invoicer:
         self._task = asyncio.create_task(self._run(), name="invoicer")
 
     async def stop(self) -> None:
+        # The round in hand finishes: a task cancelled inside a redis-py call can swallow the cancellation.
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.invoice_once()
             except CreditgateError as exc:
                 log.warning("invoicing_failed", error=exc.message)
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._interval)

@@ -38,6 +38,7 @@ class WebhookSender:
         self._interval = settings.deliver_interval_seconds
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def deliver_once(self) -> int:
         """Queue new events for every URL, then try the due deliveries once; returns how many succeeded."""
@@ -90,19 +91,20 @@ class WebhookSender:
             self._task = asyncio.create_task(self._run(), name="webhooks")
 
     async def stop(self) -> None:
+        # The round in hand finishes: a task cancelled inside a redis-py call can swallow the cancellation.
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.deliver_once()
             except CreditgateError as exc:
                 log.warning("webhook_round_failed", error=exc.message)
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._interval)
