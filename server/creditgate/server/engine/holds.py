@@ -78,6 +78,7 @@ class Holds:
         self._engine = engine
         self._retention_ms = settings.idempotency_ttl_seconds * 1000
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def reserve(self, request: DebitRequest, ttl_seconds: int) -> Reservation:
         rules = self._catalog.rules
@@ -189,19 +190,24 @@ class Holds:
         return expired
 
     def start(self) -> None:
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="hold-sweeper")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_seconds: float = 5.0) -> None:
+        """Let the sweep in hand finish, then end; cancelling inside a redis-py call can hang the loop."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # asyncio.wait, unlike wait_for, does not cancel the task when the time is up.
+            done, _ = await asyncio.wait({self._task}, timeout=timeout_seconds)
+            if not done:
+                log.warning("hold_sweeper_stop_timed_out")
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.sweep_once()
             except CreditgateError as exc:
                 log.warning("hold_sweep_failed", error=exc.message)
-            await asyncio.sleep(self._settings.hold_sweep_interval_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._settings.hold_sweep_interval_seconds)
