@@ -181,6 +181,13 @@ CASES = [
         "customer_id",
         "nobody",
     ),
+    (
+        "bytes that are not a CheckAndDebitRequest",
+        lambda s: s.channel.unary_unary("/creditgate.v1.MeteringService/CheckAndDebit")(b"\xff\xff\xff"),
+        Code.INVALID_ARGUMENT,
+        "request",
+        "not a valid CheckAndDebit message",
+    ),
 ]
 
 

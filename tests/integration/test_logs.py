@@ -1,4 +1,5 @@
-"""JSON logs: one line per RPC carrying its request_id and customer_id, and never a credential."""
+"""JSON logs: one line per RPC (every RPC with log_calls=all, failed ones by default) carrying its request_id and
+customer_id, and never a credential."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from harness import APOLLO, JAN_1, RedisServer, RunningServer
 KEY, WRONG_KEY = new_key(), new_key()
 
 
-@pytest.fixture
-def logged(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[RunningServer, io.StringIO]]:
+@pytest.fixture(params=["all"])
+def logged(
+    request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[tuple[RunningServer, io.StringIO]]:
     redis.Redis.from_url(redis_server.url).flushall()
     output = io.StringIO()
     configure("json")
@@ -36,6 +39,7 @@ def logged(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[RunningS
         catalog=APOLLO,
         data_dir=tmp_path,
         flush_interval_seconds=60,
+        log_calls=request.param,
         api_keys=(ApiKey.model_validate({"name": "app", "sha256": hash_key(KEY), "scopes": ["metering", "admin"]}),),
     )
     running = RunningServer(settings, ManualClock(to_ms(JAN_1)))
@@ -87,3 +91,32 @@ def test_each_rpc_logs_one_json_line_with_its_ids_and_no_secret(logged: tuple[Ru
     text = output.getvalue()
     for secret in (KEY, WRONG_KEY, "authorization", "Bearer"):
         assert secret not in text
+
+
+@pytest.mark.parametrize("logged", ["errors"], indirect=True)
+def test_by_default_only_failed_calls_are_logged(logged: tuple[RunningServer, io.StringIO]) -> None:
+    server, output = logged
+    auth = (("authorization", f"Bearer {KEY}"),)
+    server.admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id="acme"), metadata=auth)
+    server.metering.CheckAndDebit(
+        metering_pb2.CheckAndDebitRequest(customer_id="acme", feature="email_unlock", request_id="order-1"),
+        metadata=auth,
+    )
+    with pytest.raises(grpc.RpcError):
+        server.metering.CheckAndDebit(
+            metering_pb2.CheckAndDebitRequest(customer_id="nobody", feature="email_unlock", request_id="order-2"),
+            metadata=auth,
+        )
+    with pytest.raises(grpc.RpcError):
+        server.metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id="acme"), metadata=())
+
+    deadline = time.monotonic() + 10
+    while len(rpc_lines(output)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # a line for the successful calls would have been written by now
+    lines = rpc_lines(output)
+    assert [(line["rpc"], line["code"], line["customer_id"], line.get("error_reason")) for line in lines] == [
+        ("CheckAndDebit", "NOT_FOUND", "nobody", "CUSTOMER_NOT_FOUND"),
+        ("GetBalance", "UNAUTHENTICATED", "", "API_KEY_MISSING"),
+    ]
+    assert lines[0]["request_id"] == "order-2"

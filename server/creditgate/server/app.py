@@ -9,7 +9,7 @@ import grpc
 import structlog
 from creditgate.server.api.admin import AdminServicer
 from creditgate.server.api.auth import ApiKeyInterceptor, load_api_keys, require_keys_off_loopback
-from creditgate.server.api.calls import CallInterceptor
+from creditgate.server.api.calls import CallEnvelope
 from creditgate.server.api.metering import MeteringServicer
 from creditgate.server.billing.invoices import Invoicer
 from creditgate.server.billing.webhooks import WebhookSender
@@ -20,14 +20,15 @@ from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import Scripts
-from creditgate.server.errors import Unavailable
+from creditgate.server.engine.wire import RedisWire
+from creditgate.server.errors import CreditgateError, Unavailable
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.store import Store, open_store
 from creditgate.server.ops.metrics import Metrics
 from creditgate.server.ops.probe import HealthProbe
 from creditgate.server.ops.tls import server_credentials
 from creditgate.server.settings import Settings
-from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
+from creditgate.v1 import admin_pb2, metering_pb2
 from grpc_health.v1 import _async as health_aio  # published as health.aio, which type checkers cannot see
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -37,10 +38,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
-SERVICE_NAMES = (
-    metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-)
+METERING_SERVICE = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"]
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+SERVICE_NAMES = (METERING_SERVICE.full_name, ADMIN_SERVICE.full_name)
 
 
 @dataclass
@@ -109,6 +109,7 @@ class App:
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.flusher.stop()
+        await self.scripts.close()
         await self.redis.aclose()
         await self.store.close()
         if self.embedded_redis is not None:
@@ -138,7 +139,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     keys = KeySpace(settings.shards)
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     catalog = CatalogHolder(store, clock)
-    scripts = Scripts(redis)
+    scripts = Scripts(redis, RedisWire(redis_url, settings.redis_timeout_seconds))
     engine = CreditEngine(redis, scripts, keys, catalog, clock, settings)
     flusher = Flusher(
         redis,
@@ -150,15 +151,20 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     )
     holds = Holds(redis, scripts, keys, catalog, clock, settings, engine)
     metrics = Metrics()
-    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [CallInterceptor(metrics)]
-    if api_keys:
-        interceptors.append(ApiKeyInterceptor(api_keys, lambda reason: metrics.auth_failures.labels(reason).inc()))
+    envelope = CallEnvelope(metrics, log_successes=settings.log_calls == "all")
+
+    def refused(method: str, error: CreditgateError, metadata: Any) -> None:
+        metrics.auth_failures.labels(error.reason.lower()).inc()
+        envelope.refused(method, error, metadata)
+
+    # Only with keys: an interceptor costs every call a little, and without keys there is nothing to check.
+    interceptors = [ApiKeyInterceptor(api_keys, refused)] if api_keys else []
     server = grpc.aio.server(interceptors=interceptors)
-    metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(engine, holds, settings), server)
+    envelope.register(server, METERING_SERVICE, MeteringServicer(engine, holds, settings))
     simulated_clock = clock if simulated and isinstance(clock, ManualClock) else None
     invoicer = Invoicer(store, engine, catalog, clock, interval_seconds=settings.invoice_interval_seconds)
     admin = AdminServicer(engine, catalog, store, flusher, simulated_clock, invoicer, settings.webhook_urls)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    envelope.register(server, ADMIN_SERVICE, admin)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # The sweeper returns abandoned holds' credits within this interval of their expiry.
     hold_sweep_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     log_format: Literal["console", "json"] = "console"
+    # Which calls get a log line: "errors" (calls that failed; successes are counted in the metrics) or "all".
+    log_calls: Literal["errors", "all"] = "errors"
     # "simulated" (alias "manual"): a clock that starts at the real now and moves only by AdminService.AdvanceClock.
     clock: Literal["system", "simulated", "manual"] = "system"
     # API keys as a JSON list of {name, sha256, scopes}; none means no auth, allowed on loopback only.

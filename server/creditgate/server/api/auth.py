@@ -8,12 +8,11 @@ import hmac
 import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
-from creditgate.server.api.calls import ServerInterceptor
-from creditgate.server.api.errors import answered_error, to_status
+from creditgate.server.api.errors import to_status
 from creditgate.server.errors import CreditgateError, FailedPrecondition, PermissionDenied, Unauthenticated
 from creditgate.server.settings import ApiKey, Settings
 from creditgate.v1 import admin_pb2, metering_pb2
@@ -26,6 +25,11 @@ SCOPE_OF_SERVICE = {
 }
 KEY_PREFIX = "cg_"
 BEARER = "bearer "
+
+if TYPE_CHECKING:
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # generic only in the type stubs
+    ServerInterceptor = grpc.aio.ServerInterceptor
 
 
 def new_key() -> str:
@@ -73,9 +77,11 @@ def require_keys_off_loopback(settings: Settings, keys: tuple[ApiKey, ...]) -> N
 
 
 class ApiKeyInterceptor(ServerInterceptor):
-    def __init__(self, keys: tuple[ApiKey, ...], on_failure: Callable[[str], None]) -> None:
+    """on_refusal(method, error, metadata) is told of each refused call (the call envelope counts and logs it)."""
+
+    def __init__(self, keys: tuple[ApiKey, ...], on_refusal: Callable[[str, CreditgateError, Any], None]) -> None:
         self._keys = keys
-        self._on_failure = on_failure
+        self._on_refusal = on_refusal
 
     async def intercept_service(
         self,
@@ -89,7 +95,7 @@ class ApiKeyInterceptor(ServerInterceptor):
             self._check(details.invocation_metadata or (), scope)
         except (Unauthenticated, PermissionDenied) as exc:
             log.warning("auth_failed", rpc=details.method, reason=exc.reason)
-            self._on_failure(exc.reason.lower())
+            self._on_refusal(details.method, exc, details.invocation_metadata)
             return _refusing_handler(exc)
         return await continuation(details)
 
@@ -121,7 +127,6 @@ class ApiKeyInterceptor(ServerInterceptor):
 def _refusing_handler(error: CreditgateError) -> grpc.RpcMethodHandler[Any, Any]:
     # The request is never decoded: a caller without credentials gets no parser time.
     async def refuse(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        answered_error.set(error)
         await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]  # grpc-stubs lags
 
     return grpc.unary_unary_rpc_method_handler(refuse)

@@ -1,15 +1,15 @@
-"""Loads the Lua scripts once (each prefixed with lib.lua) and runs them with EVALSHA."""
+"""Loads the Lua scripts once (each prefixed with lib.lua) and runs them with EVALSHA over the hot path's wire."""
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from typing import Any
 
-from creditgate.server.engine.pipeline import ScriptPipeline
-from creditgate.server.errors import InternalError, Unavailable
+from creditgate.server.engine.wire import RedisWire, pack_command
+from creditgate.server.errors import CreditgateError, InternalError, Unavailable
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 SCRIPT_NAMES = (
     "decide",
@@ -32,31 +32,67 @@ def script_source(name: str) -> str:
 
 
 class Scripts:
-    """The engine's scripts, registered once; redis-py's Script reloads them on NOSCRIPT."""
+    """The engine's scripts: loaded once, called by sha; loaded again when Redis has lost them (NOSCRIPT)."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES
-        }
-        self._pipeline = ScriptPipeline(redis)
+    def __init__(self, redis: Redis, wire: RedisWire) -> None:
+        self._redis = redis
+        self._wire = wire
+        self._sources = {name: script_source(name) for name in SCRIPT_NAMES}
+        self._shas = {name: redis.register_script(source).sha for name, source in self._sources.items()}
 
     async def load(self) -> None:
         """Put every script in Redis's cache up front, so the first call is not slower."""
-        for script in self._scripts.values():
+        for source in self._sources.values():
             try:
-                await script.registered_client.script_load(script.script)
+                await self._redis.script_load(source)
             except RedisError as exc:
                 raise Unavailable(f"Redis: {exc}") from exc
 
+    async def close(self) -> None:
+        await self._wire.close()
+
     async def run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
+        packed = pack_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
         try:
-            result = await self._pipeline.run(self._scripts[name], keys, args)
-        except ResponseError as exc:
-            raise InternalError(f"script {name} failed: {exc}") from exc
+            try:
+                result: list[Any] = await self._wire.call(packed)
+            except NoScriptError:
+                # Redis lost its script cache (restart, SCRIPT FLUSH); the call did not run, so it runs again.
+                await self._redis.script_load(self._sources[name])
+                result = await self._wire.call(packed)
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
-        return [_text(item) for item in result]
+            raise _ours(name, exc) from exc
+        return result
+
+    async def run_many(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any] | CreditgateError]:
+        """Each call's answer or error, in order; the calls go to Redis together and run there in this order."""
+        sha = self._shas[name]
+        try:
+            futures = await self._wire.call_many(
+                [pack_command("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+            )
+        except RedisError as exc:
+            raise _ours(name, exc) from exc
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        outcomes: list[list[Any] | CreditgateError] = []
+        for (keys, args), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                # Every later call of the batch saw NOSCRIPT too, so running them again keeps their order.
+                try:
+                    reply = await self.run(name, keys, args)
+                except CreditgateError as exc:
+                    reply = exc
+            if isinstance(reply, RedisError):
+                error = _ours(name, reply)
+                error.__cause__ = reply
+                reply = error
+            elif isinstance(reply, BaseException) and not isinstance(reply, CreditgateError):
+                raise reply
+            outcomes.append(reply)
+        return outcomes
 
 
-def _text(item: Any) -> Any:
-    return item.decode() if isinstance(item, bytes) else item
+def _ours(name: str, exc: RedisError) -> CreditgateError:
+    if isinstance(exc, ResponseError):
+        return InternalError(f"script {name} failed: {exc}")
+    return Unavailable(f"Redis: {exc}")

@@ -1,0 +1,170 @@
+"""The hot path's Redis connection (engine/wire.py) against real redis-servers: replies go to their own calls,
+errors stay with theirs, unix sockets, AUTH and SELECT work, a frozen Redis times calls out and a restarted one is
+reconnected to."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis
+from creditgate.server.engine.wire import RedisWire, pack_command, response_error
+from creditgate.v1 import metering_pb2
+from harness import RedisServer, RunningServer
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def test_a_thousand_concurrent_calls_each_get_their_own_reply(redis_server: RedisServer) -> None:
+    redis.Redis.from_url(redis_server.url).delete("wire:counter")
+
+    async def main() -> list[int]:
+        wire = RedisWire(redis_server.url, timeout_seconds=5)
+        try:
+            calls = [wire.call(pack_command("INCR", "wire:counter")) for _ in range(1000)]
+            return list(await asyncio.gather(*calls))
+        finally:
+            await wire.close()
+
+    # Sent in call order in one write per loop turn, and Redis answers in that order.
+    assert run(main()) == list(range(1, 1001))
+
+
+def test_an_error_reply_fails_only_its_own_call(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.set("wire:text", "not a number")
+
+    async def main() -> list[Any]:
+        wire = RedisWire(redis_server.url, timeout_seconds=5)
+        try:
+            return list(
+                await asyncio.gather(
+                    wire.call(pack_command("SET", "wire:a", "1")),
+                    wire.call(pack_command("INCR", "wire:text")),
+                    wire.call(pack_command("EVALSHA", "0" * 40, 0)),
+                    wire.call(pack_command("GET", "wire:a")),
+                    return_exceptions=True,
+                )
+            )
+        finally:
+            await wire.close()
+
+    ok, not_integer, no_script, value = run(main())
+    assert ok == "OK"
+    assert type(not_integer) is ResponseError and "not an integer" in str(not_integer)
+    assert type(no_script) is NoScriptError
+    assert value == "1"
+
+
+def test_a_redis_still_loading_its_data_is_unavailable_not_an_error() -> None:
+    # What a restarted Redis answers until its AOF is read: redis-py calls it a ConnectionError (retry later).
+    assert type(response_error("LOADING Redis is loading the dataset in memory")) is BusyLoadingError
+    assert type(response_error("NOSCRIPT No matching script")) is NoScriptError
+    assert type(response_error("ERR unknown command")) is ResponseError
+
+
+def test_unix_socket_password_and_database(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path / "data", "--unixsocket", str(socket_path))
+    server.start()
+    redis.Redis(port=server.port).config_set("requirepass", "s3cret")
+    try:
+
+        async def main() -> object:
+            wire = RedisWire(f"unix://:s3cret@{socket_path}?db=3", timeout_seconds=5)
+            try:
+                return await wire.call(pack_command("SET", "wire:where", "db3"))
+            finally:
+                await wire.close()
+
+        assert run(main()) == "OK"
+        client = redis.Redis(port=server.port, password="s3cret", db=3)
+        assert client.get("wire:where") == b"db3"
+        assert redis.Redis(port=server.port, password="s3cret", db=0).get("wire:where") is None
+
+        async def wrong_password() -> object:
+            wire = RedisWire(f"unix://:wrong@{socket_path}", timeout_seconds=5)
+            return await wire.call(pack_command("PING"))
+
+        with pytest.raises(RedisConnectionError, match="invalid username-password pair"):
+            run(wrong_password())
+    finally:
+        server.stop()
+
+
+def test_a_frozen_redis_times_calls_out_and_the_next_call_reconnects(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "data")
+    server.start()
+    assert server.process is not None
+    try:
+
+        async def main() -> tuple[float, object]:
+            wire = RedisWire(server.url, timeout_seconds=0.5)
+            try:
+                assert await wire.call(pack_command("PING")) == "PONG"
+                os.kill(server.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+                started = time.monotonic()
+                with pytest.raises(RedisTimeoutError):
+                    await wire.call(pack_command("PING"))
+                waited = time.monotonic() - started
+                os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+                return waited, await wire.call(pack_command("PING"))
+            finally:
+                await wire.close()
+
+        waited, after = run(main())
+        assert 0.5 <= waited < 1.5
+        assert after == "PONG"
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+def test_a_restarted_redis_is_reconnected_to(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "data")
+    server.start()
+    try:
+
+        async def main() -> object:
+            wire = RedisWire(server.url, timeout_seconds=2)
+            try:
+                assert await wire.call(pack_command("PING")) == "PONG"
+                server.stop()
+                assert server.process is not None
+                server.process.wait()
+                with pytest.raises(RedisConnectionError):
+                    await wire.call(pack_command("PING"))
+                server.start()
+                return await wire.call(pack_command("PING"))
+            finally:
+                await wire.close()
+
+        assert run(main()) == "PONG"
+    finally:
+        server.stop()
+
+
+def test_scripts_lost_by_redis_are_loaded_again_and_the_call_runs_once(
+    server: RunningServer, redis_server: RedisServer
+) -> None:
+    server.create_customer("acme", plan="basic")
+    redis.Redis.from_url(redis_server.url).script_flush()
+    decision = server.metering.CheckAndDebit(
+        metering_pb2.CheckAndDebitRequest(customer_id="acme", feature="email_unlock", request_id="after-flush")
+    )
+    assert (decision.allowed, decision.credits_charged, decision.balance_after) == (True, 1, 2499)
+    server.flush()
+    assert [entry.credits_delta for entry in server.ledger("acme")] == [2500, -1]
