@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from creditgate.server.api import validate
 from creditgate.server.billing.invoices import Invoice
-from creditgate.server.engine.model import BalanceView, BucketView, CustomerView, SubscriptionView
+from creditgate.server.engine.model import (
+    BalanceView,
+    BucketView,
+    CustomerView,
+    DebitRequest,
+    Decision,
+    SubscriptionView,
+)
 from creditgate.server.ledger.records import EventRecord, LedgerRecord
 from creditgate.server.ledger.store import Delivery
 from creditgate.v1 import admin_pb2, metering_pb2
@@ -32,6 +42,39 @@ LEDGER_KINDS = {
     "hold_expiry": admin_pb2.LEDGER_ENTRY_KIND_RESERVATION_EXPIRY,
     "rollover": admin_pb2.LEDGER_ENTRY_KIND_ROLLOVER,
 }
+
+
+def debit_request(request: Any, *, dry_run: bool, request_id: str = "") -> DebitRequest:
+    """The checked DebitRequest of a CheckAndDebit-shaped message (also CheckEntitlement, Reserve, batch items)."""
+    return DebitRequest(
+        customer_id=validate.identifier(request.customer_id, "customer_id"),
+        feature=validate.key(request.feature, "feature"),
+        quantity=validate.quantity(request.quantity if request.HasField("quantity") else None),
+        dimensions=validate.dimensions(dict(request.dimensions)),
+        request_id=validate.optional_identifier(request_id, "request_id"),
+        dry_run=dry_run,
+    )
+
+
+def decision(view: Decision) -> metering_pb2.CheckAndDebitResponse:
+    return metering_pb2.CheckAndDebitResponse(
+        allowed=view.allowed,
+        deny_reason=deny_reason(view.deny_reason),
+        credits_charged=view.credits_charged,
+        free_units_used=view.free_units_used,
+        overage_credits=view.overage_credits,
+        balance_after=view.balance_after,
+        low_balance=view.low_balance,
+        entry_id=view.entry_id,
+        message=view.message,
+        credits_cost=view.credits_cost,
+    )
+
+
+def deny_reason(reason: str) -> metering_pb2.DenyReason.ValueType:
+    if not reason:
+        return metering_pb2.DENY_REASON_UNSPECIFIED
+    return metering_pb2.DenyReason.Value(f"DENY_REASON_{reason}")
 
 
 def timestamp(ms: int) -> Timestamp:

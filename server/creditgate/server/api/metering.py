@@ -9,22 +9,10 @@ from creditgate.server.api import batch, convert, validate
 from creditgate.server.api.errors import translated
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.engine.holds import Holds
-from creditgate.server.engine.model import DebitRequest
 from creditgate.server.settings import Settings
 from creditgate.v1 import metering_pb2, metering_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _debit_request(request: Any, *, dry_run: bool, request_id: str = "") -> DebitRequest:
-    return DebitRequest(
-        customer_id=validate.identifier(request.customer_id, "customer_id"),
-        feature=validate.key(request.feature, "feature"),
-        quantity=validate.quantity(request.quantity if request.HasField("quantity") else None),
-        dimensions=validate.dimensions(dict(request.dimensions)),
-        request_id=validate.optional_identifier(request_id, "request_id"),
-        dry_run=dry_run,
-    )
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
@@ -43,33 +31,20 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def CheckAndDebitBatch(
         self, request: metering_pb2.CheckAndDebitBatchRequest, context: Context
     ) -> metering_pb2.CheckAndDebitBatchResponse:
-        return await batch.check_and_debit_batch(request, self._check_and_debit)
+        return await batch.check_and_debit_batch(request, self._engine)
 
     async def _check_and_debit(self, request: metering_pb2.CheckAndDebitRequest) -> metering_pb2.CheckAndDebitResponse:
-        decision = await self._engine.check_and_debit(
-            _debit_request(request, dry_run=request.dry_run, request_id=request.request_id)
-        )
-        return metering_pb2.CheckAndDebitResponse(
-            allowed=decision.allowed,
-            deny_reason=_deny_reason(decision.deny_reason),
-            credits_charged=decision.credits_charged,
-            free_units_used=decision.free_units_used,
-            overage_credits=decision.overage_credits,
-            balance_after=decision.balance_after,
-            low_balance=decision.low_balance,
-            entry_id=decision.entry_id,
-            message=decision.message,
-            credits_cost=decision.credits_cost,
-        )
+        debit = convert.debit_request(request, dry_run=request.dry_run, request_id=request.request_id)
+        return convert.decision(await self._engine.check_and_debit(debit))
 
     @translated
     async def CheckEntitlement(
         self, request: metering_pb2.CheckEntitlementRequest, context: Context
     ) -> metering_pb2.CheckEntitlementResponse:
-        decision = await self._engine.check_and_debit(_debit_request(request, dry_run=True))
+        decision = await self._engine.check_and_debit(convert.debit_request(request, dry_run=True))
         return metering_pb2.CheckEntitlementResponse(
             allowed=decision.allowed,
-            deny_reason=_deny_reason(decision.deny_reason),
+            deny_reason=convert.deny_reason(decision.deny_reason),
             credits_cost=decision.credits_cost,
             credits_to_charge=decision.credits_charged,
             free_units_remaining=decision.free_units_remaining,
@@ -97,12 +72,12 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             maximum=self._settings.hold_max_ttl_seconds,
         )
         reservation = await self._holds.reserve(
-            _debit_request(request, dry_run=False, request_id=request.request_id), ttl
+            convert.debit_request(request, dry_run=False, request_id=request.request_id), ttl
         )
         decision = reservation.decision
         response = metering_pb2.ReserveResponse(
             allowed=decision.allowed,
-            deny_reason=_deny_reason(decision.deny_reason),
+            deny_reason=convert.deny_reason(decision.deny_reason),
             reservation_id=reservation.reservation_id,
             credits_reserved=decision.credits_charged,
             free_units_reserved=decision.free_units_used,
@@ -143,9 +118,3 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             balance_after=settlement.balance_after,
             entry_id=settlement.entry_id,
         )
-
-
-def _deny_reason(reason: str) -> metering_pb2.DenyReason.ValueType:
-    if not reason:
-        return metering_pb2.DENY_REASON_UNSPECIFIED
-    return metering_pb2.DenyReason.Value(f"DENY_REASON_{reason}")

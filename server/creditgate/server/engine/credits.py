@@ -9,6 +9,7 @@ from typing import Any
 
 from creditgate.server.billing.periods import DAY_MS, NEVER, periods_started
 from creditgate.server.catalog.holder import CatalogHolder
+from creditgate.server.catalog.rules import RuleBook
 from creditgate.server.clock import Clock
 from creditgate.server.engine.keys import CustomerKeys, KeySpace
 from creditgate.server.engine.messages import explain
@@ -27,6 +28,7 @@ from creditgate.server.engine.model import (
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.errors import (
     AlreadyExists,
+    CreditgateError,
     FailedPrecondition,
     InternalError,
     NotFound,
@@ -85,9 +87,41 @@ class CreditEngine:
 
     async def check_and_debit(self, request: DebitRequest) -> Decision:
         rules = self._catalog.rules
+        now = self._clock.now_ms()
+        script_keys, args = self._decide_call(request, rules, now)
+        result = await self.run_touching("decide", request.customer_id, script_keys, args, now)
+        return self._explained(request, self._decision(request.customer_id, result), rules)
+
+    async def check_and_debit_many(self, requests: list[DebitRequest]) -> list[Decision | CreditgateError]:
+        """Each request decided as check_and_debit would decide it alone, in order; one write to Redis for all."""
+        rules = self._catalog.rules
+        now = self._clock.now_ms()
+        calls: list[tuple[list[str], list[Any]] | CreditgateError] = []
+        for request in requests:
+            try:
+                calls.append(self._decide_call(request, rules, now))
+            except CreditgateError as exc:
+                calls.append(exc)
+        sent = [call for call in calls if not isinstance(call, CreditgateError)]
+        replies = iter(await self._scripts.run_many("decide", sent))
+        outcomes: list[Decision | CreditgateError] = []
+        for request, call in zip(requests, calls, strict=True):
+            reply = call if isinstance(call, CreditgateError) else next(replies)
+            try:
+                if isinstance(reply, CreditgateError):
+                    raise reply
+                if reply[0] in ("rollover", "expire_holds"):
+                    # Rare (a new period, a due hold): this one goes the long way, after the batch has run.
+                    outcomes.append(await self.check_and_debit(request))
+                    continue
+                outcomes.append(self._explained(request, self._decision(request.customer_id, reply), rules))
+            except CreditgateError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _decide_call(self, request: DebitRequest, rules: RuleBook, now: int) -> tuple[list[str], list[Any]]:
         rules_json, cap_scope = rules.rules_for(request.feature, request.dimensions)
         keys = self._keys.for_customer(request.customer_id)
-        now = self._clock.now_ms()
         args = [
             now,
             request.customer_id,
@@ -99,7 +133,7 @@ class CreditEngine:
             request.request_id,
             fingerprint("debit", request.feature, request.quantity, request.dimensions),
             self._settings.idempotency_ttl_seconds,
-            json.dumps(request.dimensions),
+            json.dumps(request.dimensions) if request.dimensions else "{}",
         ]
         script_keys = [
             keys.customer,
@@ -109,8 +143,9 @@ class CreditEngine:
             keys.outbox,
             keys.holds_open,
         ]
-        result = await self.run_touching("decide", request.customer_id, script_keys, args, now)
-        decision = self._decision(request.customer_id, result)
+        return script_keys, args
+
+    def _explained(self, request: DebitRequest, decision: Decision, rules: RuleBook) -> Decision:
         return replace(decision, message=explain(decision, request.feature, rules))
 
     def _decision(self, customer_id: str, result: list[Any]) -> Decision:
