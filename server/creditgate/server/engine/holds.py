@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import structlog
 from creditgate.server.catalog.holder import CatalogHolder
@@ -123,7 +123,7 @@ class Holds:
             cap_limit=0,
             cap_usage=0,
         )
-        decision = replace(decision, message=explain(decision, request.feature, rules, verb="reserved"))
+        decision = decision.with_message(explain(decision, request.feature, rules, verb="reserved"))
         return Reservation(decision, reservation_id, int(expires_at or 0))
 
     async def commit(self, reservation_id: str, quantity: int | None, request_id: str) -> Settlement:

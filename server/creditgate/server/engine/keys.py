@@ -40,10 +40,15 @@ class CustomerKeys:
         return f"{self.customer}:req:{request_id}"
 
 
+# Customers whose key names are kept (a few hundred bytes each); past it the cache starts over.
+KEY_CACHE_SIZE = 16_384
+
+
 class KeySpace:
     def __init__(self, shards: int, prefix: str = "cg") -> None:
         self._shards = shards
         self._prefix = prefix
+        self._cache: dict[str, CustomerKeys] = {}
 
     def shard_of(self, customer_id: str) -> int:
         return zlib.crc32(customer_id.encode()) % self._shards
@@ -67,6 +72,15 @@ class KeySpace:
         return f"{self._prefix}:{{s*}}:c:*"
 
     def for_customer(self, customer_id: str) -> CustomerKeys:
+        # Every decision needs them: built once per customer rather than eight f-strings and a crc32 per call.
+        keys = self._cache.get(customer_id)
+        if keys is None:
+            if len(self._cache) >= KEY_CACHE_SIZE:
+                self._cache.clear()
+            keys = self._cache[customer_id] = self._build(customer_id)
+        return keys
+
+    def _build(self, customer_id: str) -> CustomerKeys:
         shard = self.shard_of(customer_id)
         base = f"{self._prefix}:{self.shard_tag(shard)}:c:{customer_id}"
         return CustomerKeys(

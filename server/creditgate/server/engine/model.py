@@ -32,6 +32,25 @@ class Decision:
     cap_usage: int
     message: str = ""
 
+    def with_message(self, message: str) -> Decision:
+        # dataclasses.replace costs several times more, and this runs for every decision.
+        return Decision(
+            self.allowed,
+            self.deny_reason,
+            self.credits_cost,
+            self.credits_charged,
+            self.free_units_used,
+            self.overage_credits,
+            self.balance_after,
+            self.low_balance,
+            self.entry_id,
+            self.period_usage,
+            self.free_units_remaining,
+            self.cap_limit,
+            self.cap_usage,
+            message,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class BucketView:
