@@ -322,6 +322,26 @@ def test_sigkill_the_sidecar_ten_times_under_64_clients_loses_and_duplicates_not
     assert stack.reconcile().drifts == []
 
 
+def spawned_children(pid: int) -> list[int]:
+    """The multiprocessing children of a process (not its resource tracker)."""
+    children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def test_the_flusher_runs_in_a_child_that_exits_when_the_sidecar_is_killed(stack: Stack) -> None:
+    assert stack.sidecar.process is not None
+    (flusher,) = spawned_children(stack.sidecar.process.pid)
+    before = Load(stack.sidecar.target, clients=4, per_client=25).start().join()
+    stack.sidecar.wait_flushed()  # flushed by the child: the serving process runs no flusher task
+    assert len(stack.debit_rows()) == len(before.allowed()) == 100
+    stack.sidecar.kill()  # SIGKILL: no chance to stop its child
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{flusher}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{flusher}").exists(), "the flusher outlived its sidecar"
+    stack.sidecar.start()
+
+
 def test_sigterm_finishes_in_flight_calls_and_flushes_before_exit(stack: Stack) -> None:
     load = Load(stack.sidecar.target, clients=16).start()
     time.sleep(2.0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import grpc
@@ -23,6 +25,7 @@ from creditgate.server.engine.scripts import Scripts
 from creditgate.server.engine.wire import RedisWire
 from creditgate.server.errors import CreditgateError, Unavailable
 from creditgate.server.ledger.flusher import Flusher
+from creditgate.server.ledger.flusher_process import new_flusher, start_flusher_process, stop_flusher_process
 from creditgate.server.ledger.store import Store, open_store
 from creditgate.server.ops.metrics import Metrics
 from creditgate.server.ops.probe import HealthProbe
@@ -63,8 +66,11 @@ class App:
     metrics_port: int = 0
     invoicer: Invoicer | None = None
     webhooks: WebhookSender | None = None
+    redis_url: str = ""
+    flusher_process: BaseProcess | None = None
 
-    async def start(self) -> None:
+    async def start(self, separate_flusher: bool = False) -> None:
+        """separate_flusher: the outbox is flushed by a child process (serve) rather than a task of this one."""
         await self.store.open()
         try:
             await self.redis.ping()
@@ -84,7 +90,10 @@ class App:
         await self.server.start()
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.flusher.start()
+        if separate_flusher:
+            self.flusher_process = start_flusher_process(self.settings, self.redis_url)
+        else:
+            self.flusher.start()
         if self.invoicer is not None:
             self.invoicer.start()
         if self.webhooks is not None:
@@ -109,6 +118,8 @@ class App:
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.flusher.stop()
+        if self.flusher_process is not None:
+            await asyncio.to_thread(stop_flusher_process, self.flusher_process)
         await self.scripts.close()
         await self.redis.aclose()
         await self.store.close()
@@ -141,14 +152,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     catalog = CatalogHolder(store, clock)
     scripts = Scripts(redis, RedisWire(redis_url, settings.redis_timeout_seconds))
     engine = CreditEngine(redis, scripts, keys, catalog, clock, settings)
-    flusher = Flusher(
-        redis,
-        store,
-        keys.all_outboxes(),
-        batch_size=settings.flush_batch_size,
-        interval_seconds=settings.flush_interval_seconds,
-        claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000),
-    )
+    flusher = new_flusher(redis, store, settings)
     holds = Holds(redis, scripts, keys, catalog, clock, settings, engine)
     metrics = Metrics()
     envelope = CallEnvelope(metrics, log_successes=settings.log_calls == "all")
@@ -181,6 +185,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         server=server,
         health=health_servicer,
         embedded_redis=embedded,
+        redis_url=redis_url,
     )
     app.metrics = metrics
     app.invoicer = invoicer

@@ -16,7 +16,7 @@ from creditgate.server.settings import Settings
 async def serve(settings: Settings) -> None:
     app = build_app(settings)
     try:
-        await app.start()
+        await app.start(separate_flusher=settings.flusher_process)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
     flush_interval_seconds: float = Field(default=0.2, gt=0, le=60)
     flush_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # `serve` runs the flusher in a child process, off the serving process's CPU; false keeps it a task of it.
+    flusher_process: bool = True
     # A consumer's pending entries older than this are claimed by another flusher (XAUTOCLAIM).
     flush_claim_idle_seconds: float = Field(default=30.0, gt=0)
     top_up_priority: int = Field(default=20, ge=0, le=999)
