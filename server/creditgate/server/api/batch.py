@@ -33,14 +33,17 @@ async def check_and_debit_batch(
     unavailable = next((outcome for outcome in outcomes if isinstance(outcome, Unavailable)), None)
     if unavailable is not None:
         raise unavailable
-    return metering_pb2.CheckAndDebitBatchResponse(results=[_result(outcome) for outcome in outcomes])
-
-
-def _result(outcome: Decision | CreditgateError) -> metering_pb2.CheckAndDebitBatchResult:
-    if isinstance(outcome, Decision):
-        return metering_pb2.CheckAndDebitBatchResult(decision=convert.decision(outcome))
-    return metering_pb2.CheckAndDebitBatchResult(
-        error=metering_pb2.BatchItemError(
-            code=status_code(outcome), reason=outcome.reason, field=outcome.field, message=outcome.message
-        )
-    )
+    response = metering_pb2.CheckAndDebitBatchResponse()
+    for outcome in outcomes:
+        result = response.results.add()
+        if isinstance(outcome, Decision):
+            convert.fill_decision(result.decision, outcome)
+        else:
+            error = result.error
+            error.code, error.reason, error.field, error.message = (
+                status_code(outcome),
+                outcome.reason,
+                outcome.field,
+                outcome.message,
+            )
+    return response

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -146,15 +147,19 @@ class CallEnvelope:
 
     def _count_decision(self, request: Any, response: Any) -> None:
         if not request.dry_run:
-            self._decision_counter(request.feature, response).inc()
+            self._decision_counter(request.feature, _outcome(response)).inc()
 
     def _count_batch(self, request: Any, response: Any) -> None:
-        for item, result in zip(request.items, response.results, strict=False):
-            if result.HasField("decision") and not item.dry_run:
-                self._decision_counter(item.feature, result.decision).inc()
+        counted = Counter(
+            (item.feature, _outcome(result.decision))
+            for item, result in zip(request.items, response.results, strict=False)
+            if result.HasField("decision") and not item.dry_run
+        )
+        for (feature, outcome), count in counted.items():
+            self._decision_counter(feature, outcome).inc(count)
 
-    def _decision_counter(self, feature: str, decision: metering_pb2.CheckAndDebitResponse) -> Any:
-        key = (feature, _outcome(decision))
+    def _decision_counter(self, feature: str, outcome: str) -> Any:
+        key = (feature, outcome)
         counter = self._decision_counters.get(key)
         if counter is None:
             counter = self._decision_counters[key] = self._metrics.decisions.labels(*key)

@@ -50,25 +50,29 @@ def debit_request(request: Any, *, dry_run: bool, request_id: str = "") -> Debit
         customer_id=validate.identifier(request.customer_id, "customer_id"),
         feature=validate.key(request.feature, "feature"),
         quantity=validate.quantity(request.quantity if request.HasField("quantity") else None),
-        dimensions=validate.dimensions(dict(request.dimensions)),
+        dimensions=validate.dimensions(dict(request.dimensions)) if request.dimensions else {},
         request_id=validate.optional_identifier(request_id, "request_id"),
         dry_run=dry_run,
     )
 
 
 def decision(view: Decision) -> metering_pb2.CheckAndDebitResponse:
-    return metering_pb2.CheckAndDebitResponse(
-        allowed=view.allowed,
-        deny_reason=deny_reason(view.deny_reason),
-        credits_charged=view.credits_charged,
-        free_units_used=view.free_units_used,
-        overage_credits=view.overage_credits,
-        balance_after=view.balance_after,
-        low_balance=view.low_balance,
-        entry_id=view.entry_id,
-        message=view.message,
-        credits_cost=view.credits_cost,
-    )
+    return fill_decision(metering_pb2.CheckAndDebitResponse(), view)
+
+
+def fill_decision(target: metering_pb2.CheckAndDebitResponse, view: Decision) -> metering_pb2.CheckAndDebitResponse:
+    """Writes a decision into a response in place (a batch fills its results without copying them)."""
+    target.allowed = view.allowed
+    target.deny_reason = deny_reason(view.deny_reason)
+    target.credits_charged = view.credits_charged
+    target.free_units_used = view.free_units_used
+    target.overage_credits = view.overage_credits
+    target.balance_after = view.balance_after
+    target.low_balance = view.low_balance
+    target.entry_id = view.entry_id
+    target.message = view.message
+    target.credits_cost = view.credits_cost
+    return target
 
 
 def deny_reason(reason: str) -> metering_pb2.DenyReason.ValueType:

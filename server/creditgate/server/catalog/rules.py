@@ -19,6 +19,7 @@ class FeatureRules:
     cap_by: str | None
     # priced dimension value ('' when flat) -> JSON {plan: [unit_cost, free, cap, window, overage_cap, low]}
     rules_json: dict[str, str]
+    dimension_names: frozenset[str]
 
 
 class RuleBook:
@@ -46,7 +47,7 @@ class RuleBook:
             raise NotFound(
                 f"feature {feature_key!r} is not in the catalog", field="feature", reason="FEATURE_NOT_FOUND"
             )
-        allowed = compiled.feature.dimension_names()
+        allowed = compiled.dimension_names
         for name, value in dimensions.items():
             if name not in allowed:
                 raise InvalidArgument(
@@ -111,4 +112,4 @@ def _compile(key: str, feature: Feature, catalog: Catalog) -> FeatureRules:
                 plan.low_balance_threshold,
             ]
     rules_json = {value: json.dumps(by_plan, separators=(",", ":")) for value, by_plan in rules.items()}
-    return FeatureRules(feature, priced_by, cap_by, rules_json)
+    return FeatureRules(feature, priced_by, cap_by, rules_json, frozenset(feature.dimension_names()))

@@ -51,14 +51,19 @@ AUTO_TOP_UP_FIELDS = (
     "auto_expires_ms",
     "auto_cooldown_ms",
 )
+# Request fingerprints up to this long are stored as their text, longer ones as a hash.
+FINGERPRINT_TEXT_LIMIT = 64
 # expire_holds.lua settles at most this many holds per call.
 HOLDS_EXPIRED_PER_CALL = 200
 
 
 def fingerprint(*parts: Any) -> str:
     """What a request_id is bound to: the same id with other content is a different request."""
-    # repr of ints, strings and sorted pairs is canonical, and several times cheaper than sorted JSON.
-    canonical = repr([sorted(part.items()) if isinstance(part, dict) else part for part in parts])
+    # repr of ints, strings and sorted pairs is canonical, and several times cheaper than sorted JSON; short
+    # ones are kept as they are (a hash never starts with "[", so the two never meet).
+    canonical = repr([sorted(part.items()) if isinstance(part, dict) and part else part for part in parts])
+    if len(canonical) <= FINGERPRINT_TEXT_LIMIT:
+        return canonical
     return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 
 
@@ -148,7 +153,8 @@ class CreditEngine:
         return script_keys, args
 
     def _explained(self, request: DebitRequest, decision: Decision, rules: RuleBook) -> Decision:
-        return decision.with_message(explain(decision, request.feature, rules))
+        decision.message = explain(decision, request.feature, rules)
+        return decision
 
     def _decision(self, customer_id: str, result: list[Any]) -> Decision:
         status = result[0]

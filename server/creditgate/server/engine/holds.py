@@ -123,7 +123,7 @@ class Holds:
             cap_limit=0,
             cap_usage=0,
         )
-        decision = decision.with_message(explain(decision, request.feature, rules, verb="reserved"))
+        decision.message = explain(decision, request.feature, rules, verb="reserved")
         return Reservation(decision, reservation_id, int(expires_at or 0))
 
     async def commit(self, reservation_id: str, quantity: int | None, request_id: str) -> Settlement:

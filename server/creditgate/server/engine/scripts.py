@@ -73,9 +73,12 @@ class Scripts:
             )
         except RedisError as exc:
             raise _ours(name, exc) from exc
-        replies = await asyncio.gather(*futures, return_exceptions=True)
+        if futures:
+            # Replies arrive in order (and a lost connection fails them in order): the last one settles last.
+            await asyncio.wait((futures[-1],))
         outcomes: list[list[Any] | CreditgateError] = []
-        for (keys, args), reply in zip(calls, replies, strict=True):
+        for (keys, args), future in zip(calls, futures, strict=True):
+            reply = future.exception() or future.result()
             if isinstance(reply, NoScriptError):
                 # Every later call of the batch saw NOSCRIPT too, so running them again keeps their order.
                 try:
