@@ -4,6 +4,7 @@ with the same load settings; medians of 3 rounds, ratios within the run; writes 
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import os
@@ -31,6 +32,7 @@ REPO = BENCH.parent
 CATALOG = REPO / "examples" / "apollo.yaml"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 MIX = "email_unlock:1"  # one flat 1-credit feature everywhere, so every row does the same work
+DEBIT_PATH = "/creditgate.v1.MeteringService/CheckAndDebit"
 
 
 def free_port() -> int:
@@ -142,10 +144,14 @@ class LagSampler:
             self.samples_ms.append(0 if oldest is None else max(0, int(time.time() * 1000) - oldest))
 
 
-def h2load(target: str, path: str, body: bytes, seconds: int, clients: int, streams: int) -> dict[str, Any]:
-    """h2load (nghttp2, C) with gRPC framing: a 5-byte length prefix and the gRPC headers."""
-    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as file:
-        file.write(b"\x00" + len(body).to_bytes(4, "big") + body)
+def h2load(
+    target: str, path: str, body: bytes, seconds: int, clients: int, streams: int, rps: float | None = None
+) -> dict[str, Any]:
+    """h2load (nghttp2, C) with gRPC framing: a 5-byte length prefix and the gRPC headers. With `rps`, an open
+    loop of that many calls a second in all, and each call's latency read from h2load's --log-file."""
+    workdir = Path(tempfile.mkdtemp(prefix="h2load-"))
+    (workdir / "body.bin").write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
+    paced = ["--rps", f"{rps / clients:.3f}", "--log-file", str(workdir / "log.tsv")] if rps else []
     out = subprocess.run(
         [
             "h2load",
@@ -157,8 +163,9 @@ def h2load(target: str, path: str, body: bytes, seconds: int, clients: int, stre
             str(streams),
             "-t",
             "1",
+            *paced,
             "-d",
-            file.name,
+            str(workdir / "body.bin"),
             "-H",
             "content-type: application/grpc",
             "-H",
@@ -169,10 +176,17 @@ def h2load(target: str, path: str, body: bytes, seconds: int, clients: int, stre
         text=True,
         check=True,
     ).stdout
-    os.unlink(file.name)
     rate = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
     done = re.search(r"requests: .* (\d+) succeeded", out)
-    return {"calls_per_s": rate, "succeeded": int(done.group(1)) if done else 0}
+    result: dict[str, Any] = {"calls_per_s": rate, "succeeded": int(done.group(1)) if done else 0}
+    if rps:
+        micros = sorted(int(line.split("\t")[2]) for line in (workdir / "log.tsv").read_text().splitlines() if line)
+        result["latency_ms"] = {
+            name: micros[min(len(micros) - 1, int(len(micros) * q))] / 1000
+            for name, q in (("p50", 0.50), ("p99", 0.99), ("p999", 0.999))
+        }
+    shutil.rmtree(workdir)
+    return result
 
 
 def capture_decide(redis_url: str, target: str, customer: str) -> list[str]:
@@ -181,9 +195,12 @@ def capture_decide(redis_url: str, target: str, customer: str) -> list[str]:
     with client.monitor() as monitor:
         threading.Thread(target=_one_debit, args=(target, customer), daemon=True).start()
         while True:
-            command = monitor.next_command()["command"]
-            if command.lower().startswith("evalsha"):
-                return _split_monitor(command)
+            # The raw line (`<time> [<db> <client>] "EVALSHA" "<sha>" ...`): redis-py's next_command() joins the
+            # arguments with spaces, which cannot be split back when an argument holds one.
+            line = monitor.connection.read_response()
+            command = _split_monitor(line.decode() if isinstance(line, bytes) else str(line))
+            if command and command[0].lower() == "evalsha":
+                return command
 
 
 def _one_debit(target: str, customer: str) -> None:
@@ -194,9 +211,9 @@ def _one_debit(target: str, customer: str) -> None:
         )
 
 
-def _split_monitor(command: str) -> list[str]:
-    # redis-py has already unquoted MONITOR's output into one space-separated string; JSON never holds spaces here.
-    return command.split(" ")
+def _split_monitor(line: str) -> list[str]:
+    """The quoted arguments of a MONITOR line, unescaped (Redis writes \\", \\\\ and \\xNN inside them)."""
+    return [codecs.decode(quoted, "unicode_escape") for quoted in re.findall(r'"((?:[^"\\]|\\.)*)"', line)]
 
 
 def redis_benchmark(port: int, argv: list[str], pipeline: int) -> float:
@@ -223,7 +240,22 @@ def redis_benchmark(port: int, argv: list[str], pipeline: int) -> float:
     return float(re.findall(r"([\d.]+) requests per second", out)[-1])
 
 
+def wait_outbox_empty(redis_url: str, seconds: float = 120) -> None:
+    """Lets the flusher finish the previous row's entries, so that its catch-up does not load the next row."""
+    client = redis.Redis.from_url(redis_url)
+    streams = list(client.scan_iter(match="cg:*:outbox"))
+    deadline = time.monotonic() + seconds
+    while streams and sum(int(client.xlen(stream)) for stream in streams) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    client.close()
+
+
+SETTLE: list[str] = []  # the Redis URL whose outbox every row waits for (set once Redis is up)
+
+
 def load(name: str, settings: LoadSettings, rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    if SETTLE:
+        wait_outbox_empty(SETTLE[0])
     result = as_json(run_load(settings))
     rows.setdefault(name, []).append(result)
     print(
@@ -329,6 +361,7 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
         "pg-hot": run_load(settings(pg, customers=1, customer_prefix="hot", requests=1)).setup_s,
         "pg-many": run_load(settings(pg, customers=many, customer_prefix="many", requests=1, verify=False)).setup_s,
     }
+    SETTLE.append(redis_url)
     existing = {"setup": False, "verify": True}
     lag_samples: list[int] = []
     reserve_available = True
@@ -366,10 +399,19 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
         load("pg-many", settings(pg, customers=many, customer_prefix="many", setup=False, verify=False), rows)
         body = metering_pb2.CheckAndDebitRequest(customer_id="hot-0", feature="email_unlock").SerializeToString()
         for name, target in (("h2load-noop", noop), ("h2load-cg-hot", cg)):
+            wait_outbox_empty(redis_url)
             rows.setdefault(name, []).append(
                 h2load(target, "/creditgate.v1.MeteringService/CheckAndDebit", body, int(args.seconds), 4, 16)
             )
             print(f"  {name}: {rows[name][-1]['calls_per_s']:,.0f} calls/s", flush=True)
+        batch_body = metering_pb2.CheckAndDebitBatchRequest(
+            items=[metering_pb2.CheckAndDebitRequest(customer_id="hot-0", feature="email_unlock")] * 100
+        ).SerializeToString()
+        wait_outbox_empty(redis_url)
+        batched = h2load(cg, "/creditgate.v1.MeteringService/CheckAndDebitBatch", batch_body, int(args.seconds), 4, 4)
+        batched["decisions_per_s"] = batched["calls_per_s"] * 100
+        rows.setdefault("h2load-cg-batch100", []).append(batched)
+        print(f"  h2load-cg-batch100: {batched['decisions_per_s']:,.0f} decisions/s", flush=True)
 
     print("latency at half of creditgate's throughput (open loop)", flush=True)
     half = median(rows["cg-many"], "decisions_per_s") / 2
@@ -388,6 +430,18 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
                 ),
                 rows,
             )
+
+    print("latency at half of creditgate's h2load throughput (h2load --rps, open loop)", flush=True)
+    h2_half = median(rows["h2load-cg-hot"], "calls_per_s") / 2
+    body = metering_pb2.CheckAndDebitRequest(customer_id="hot-0", feature="email_unlock").SerializeToString()
+    for name, target in (("h2load-cg@half", cg), ("h2load-noop@half", noop)):
+        for _ in range(args.rounds):
+            wait_outbox_empty(redis_url)
+            paced = h2load(
+                target, "/creditgate.v1.MeteringService/CheckAndDebit", body, int(args.seconds), 4, 16, h2_half
+            )
+            rows.setdefault(name, []).append(paced)
+            print(f"  {name}: {paced['calls_per_s']:,.0f} calls/s, p99 {paced['latency_ms']['p99']:.2f} ms", flush=True)
 
     print("latency vs throughput (closed loop, 1..64 in flight)", flush=True)
     curves: dict[str, list[tuple[float, float]]] = {}

@@ -192,7 +192,8 @@ class _Worker:
             self.count(False, 0)
             return
         commit = metering_pb2.CommitRequest(
-            reservation_id=hold.reservation_id, request_id=f"{self.plan.run_id}.c{next(self.sequence)}"
+            reservation_id=hold.reservation_id,
+            request_id=f"{self.plan.run_id}.{self.plan.index}.c{next(self.sequence)}",
         )
         settled = await calls.commit(commit.SerializeToString())
         self.count(True, settled.credits_charged)
