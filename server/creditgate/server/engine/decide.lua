@@ -11,7 +11,7 @@ local dimensions = ARGV[11]
 
 local replayed = replay(request_key, request_id, fingerprint)
 if replayed then return replayed end
-local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end')
+local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end', 'auto_threshold')
 if not sub[1] then return {'not_found'} end
 local plan, status = sub[2], sub[3]
 local work = pending_work(status, sub[4], holds_open_key, now)
@@ -46,6 +46,7 @@ count_usage(usage_key, e.period_field, e.cap_field, quantity, e.overage, 1)
 local entry_id = append_entry(customer_key, outbox_key, customer_id, {
   k = 'debit', d = -e.charged, b = e.after, f = feature, q = quantity, dim = cjson.decode(dimensions),
   fu = e.free_used, o = e.overage, r = request_id, t = now, takes = takes})
-local after = auto_top_up(customer_key, buckets_key, outbox_key, customer_id, e.after, now)
+-- Most customers have no auto top-up: its nine-field read is skipped for them (sub[5] is its threshold).
+local after = sub[5] and auto_top_up(customer_key, buckets_key, outbox_key, customer_id, e.after, now) or e.after
 return answer({1, '', e.cost, e.charged, e.free_used, e.overage, after, e.low, entry_id,
   e.period_used + quantity, e.free_left - e.free_used, e.cap_limit, e.cap_used + quantity})
