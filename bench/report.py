@@ -61,7 +61,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             latency = (
                 " | ".join(f"{med(data, 'latency_ms', q):.2f}" for q in ("p50", "p99", "p999"))
                 if "latency_ms" in data[0]
-                else " | "
+                else " |  | "
             )
             lines.append(f"| {label} | {decided:,.0f} | {rate:,.0f} | {latency} | |")
             continue
