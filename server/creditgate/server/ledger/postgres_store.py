@@ -19,6 +19,8 @@ from creditgate.server.ledger.records import (
     Record,
     SubscriptionRecord,
     ledger_events,
+    ledger_record_from_row,
+    ledger_row,
 )
 from creditgate.server.ledger.store import Delivery, ParkedEntry, StoredInvoice
 from psycopg import sql
@@ -109,7 +111,7 @@ class PostgresStore:
             return await cursor.fetchall()
 
     async def write(self, records: list[Record], parked: list[ParkedEntry]) -> None:
-        ledger = [_ledger_row(record) for record in records if isinstance(record, LedgerRecord)]
+        ledger = [ledger_row(record, Jsonb) for record in records if isinstance(record, LedgerRecord)]
         customers = [
             (record.customer_id, record.name, Jsonb(record.metadata), record.created_ms)
             for record in records
@@ -147,14 +149,14 @@ class PostgresStore:
             " ORDER BY seq DESC LIMIT %s",
             (customer_id, before_seq if before_seq is not None else 2**62, limit),
         )
-        return [_ledger_record(row) for row in rows]
+        return [ledger_record_from_row(row, _as_stored) for row in rows]
 
     async def ledger_since(self, customer_id: str, after_seq: int, limit: int) -> list[LedgerRecord]:
         rows = await self._fetch(
             f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = %s AND seq > %s ORDER BY seq LIMIT %s",
             (customer_id, after_seq, limit),
         )
-        return [_ledger_record(row) for row in rows]
+        return [ledger_record_from_row(row, _as_stored) for row in rows]
 
     async def customers(self) -> list[CustomerRecord]:
         rows = await self._fetch("SELECT customer_id, name, metadata, created_ms FROM customers ORDER BY customer_id")
@@ -206,7 +208,7 @@ class PostgresStore:
             " AND created_ms < %s ORDER BY seq",
             (customer_id, start_ms, end_ms),
         )
-        return [_ledger_record(row) for row in rows]
+        return [ledger_record_from_row(row, _as_stored) for row in rows]
 
     async def save_invoice(self, invoice: StoredInvoice, event: EventRecord) -> bool:
         async with self._connection() as conn:
@@ -347,73 +349,5 @@ def migrate(url: str, migration_url: str) -> None:
             owner.execute(sql.SQL("GRANT UPDATE ON {} TO {}").format(updated, sql.Identifier(sidecar_role[0])))
 
 
-def _ledger_row(record: LedgerRecord) -> tuple[Any, ...]:
-    return (
-        record.customer_id,
-        record.seq,
-        record.kind,
-        record.credits_delta,
-        record.balance_after,
-        record.created_ms,
-        record.feature,
-        record.quantity,
-        Jsonb(record.dimensions),
-        record.free_units_used,
-        record.overage_credits,
-        record.bucket_id,
-        record.request_id,
-        record.reason,
-        record.price,
-        record.bucket_priority,
-        record.bucket_expires_ms,
-        record.reserved_delta,
-        record.reservation_id,
-        Jsonb(record.takes),
-    )
-
-
-def _ledger_record(row: TupleRow) -> LedgerRecord:
-    (
-        customer_id,
-        seq,
-        kind,
-        delta,
-        after,
-        created,
-        feature,
-        quantity,
-        dims,
-        free,
-        overage,
-        bucket,
-        request_id,
-        reason,
-        price,
-        bucket_priority,
-        bucket_expires_ms,
-        reserved_delta,
-        reservation_id,
-        takes,
-    ) = row
-    return LedgerRecord(
-        customer_id=customer_id,
-        seq=seq,
-        kind=kind,
-        credits_delta=delta,
-        balance_after=after,
-        created_ms=created,
-        feature=feature,
-        quantity=quantity,
-        dimensions=dict(dims),
-        free_units_used=free,
-        overage_credits=overage,
-        bucket_id=bucket,
-        request_id=request_id,
-        reason=reason,
-        price=price,
-        bucket_priority=bucket_priority,
-        bucket_expires_ms=bucket_expires_ms,
-        reserved_delta=reserved_delta,
-        reservation_id=reservation_id,
-        takes=list(takes),
-    )
+def _as_stored(value: Any) -> Any:
+    return value  # psycopg already decodes jsonb into dicts and lists

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,3 +193,78 @@ def _str_map(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ValueError("expected an object")
     return {str(key): str(item) for key, item in value.items()}
+
+
+def ledger_row(record: LedgerRecord, encode: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """A record as a ledger_entries row, in the stores' column order; `encode` turns the dimensions and takes
+    into what the store keeps (JSON text in SQLite, jsonb in PostgreSQL)."""
+    return (
+        record.customer_id,
+        record.seq,
+        record.kind,
+        record.credits_delta,
+        record.balance_after,
+        record.created_ms,
+        record.feature,
+        record.quantity,
+        encode(record.dimensions),
+        record.free_units_used,
+        record.overage_credits,
+        record.bucket_id,
+        record.request_id,
+        record.reason,
+        record.price,
+        record.bucket_priority,
+        record.bucket_expires_ms,
+        record.reserved_delta,
+        record.reservation_id,
+        encode(record.takes),
+    )
+
+
+def ledger_record_from_row(row: Sequence[Any], decode: Callable[[Any], Any]) -> LedgerRecord:
+    """The inverse of ledger_row."""
+    (
+        customer_id,
+        seq,
+        kind,
+        delta,
+        after,
+        created,
+        feature,
+        quantity,
+        dims,
+        free,
+        overage,
+        bucket,
+        request_id,
+        reason,
+        price,
+        bucket_priority,
+        bucket_expires_ms,
+        reserved_delta,
+        reservation_id,
+        takes,
+    ) = row
+    return LedgerRecord(
+        customer_id=customer_id,
+        seq=seq,
+        kind=kind,
+        credits_delta=delta,
+        balance_after=after,
+        created_ms=created,
+        feature=feature,
+        quantity=quantity,
+        dimensions=dict(decode(dims)),
+        free_units_used=free,
+        overage_credits=overage,
+        bucket_id=bucket,
+        request_id=request_id,
+        reason=reason,
+        price=price,
+        bucket_priority=bucket_priority,
+        bucket_expires_ms=bucket_expires_ms,
+        reserved_delta=reserved_delta,
+        reservation_id=reservation_id,
+        takes=list(decode(takes)),
+    )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from creditgate.server.errors import InternalError, Unavailable
 from creditgate.server.ledger.records import (
@@ -20,6 +20,8 @@ from creditgate.server.ledger.records import (
     Record,
     SubscriptionRecord,
     ledger_events,
+    ledger_record_from_row,
+    ledger_row,
 )
 from creditgate.server.ledger.store import Delivery, ParkedEntry, StoredInvoice
 
@@ -79,7 +81,9 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
                 # One executemany for the batch's ledger entries: the flusher's hot path.
-                db.executemany(INSERT_LEDGER, [_ledger_row(r) for r in records if isinstance(r, LedgerRecord)])
+                db.executemany(
+                    INSERT_LEDGER, [ledger_row(r, json.dumps) for r in records if isinstance(r, LedgerRecord)]
+                )
                 db.executemany(
                     f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     [
@@ -106,7 +110,7 @@ class SqliteStore:
                 " ORDER BY seq DESC LIMIT ?",
                 (customer_id, before_seq if before_seq is not None else 2**62, limit),
             ).fetchall()
-            return [_ledger_record(row) for row in rows]
+            return [ledger_record_from_row(row, json.loads) for row in rows]
 
         return await self._run(work)
 
@@ -116,7 +120,7 @@ class SqliteStore:
                 f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (customer_id, after_seq, limit),
             ).fetchall()
-            return [_ledger_record(row) for row in rows]
+            return [ledger_record_from_row(row, json.loads) for row in rows]
 
         return await self._run(work)
 
@@ -191,7 +195,7 @@ class SqliteStore:
                 " AND created_ms < ? ORDER BY seq",
                 (customer_id, start_ms, end_ms),
             ).fetchall()
-            return [_ledger_record(row) for row in rows]
+            return [ledger_record_from_row(row, json.loads) for row in rows]
 
         return await self._run(work)
 
@@ -347,31 +351,6 @@ class _transaction:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _ledger_row(record: LedgerRecord) -> tuple[object, ...]:
-    return (
-        record.customer_id,
-        record.seq,
-        record.kind,
-        record.credits_delta,
-        record.balance_after,
-        record.created_ms,
-        record.feature,
-        record.quantity,
-        json.dumps(record.dimensions),
-        record.free_units_used,
-        record.overage_credits,
-        record.bucket_id,
-        record.request_id,
-        record.reason,
-        record.price,
-        record.bucket_priority,
-        record.bucket_expires_ms,
-        record.reserved_delta,
-        record.reservation_id,
-        json.dumps(record.takes),
-    )
-
-
 def _insert(db: sqlite3.Connection, record: Record) -> None:
     if isinstance(record, CustomerRecord):
         db.execute(
@@ -397,50 +376,3 @@ def _insert(db: sqlite3.Connection, record: Record) -> None:
                 record.changed_ms,
             ),
         )
-
-
-def _ledger_record(row: Any) -> LedgerRecord:
-    (
-        customer_id,
-        seq,
-        kind,
-        delta,
-        after,
-        created,
-        feature,
-        quantity,
-        dims,
-        free,
-        overage,
-        bucket,
-        request_id,
-        reason,
-        price,
-        bucket_priority,
-        bucket_expires_ms,
-        reserved_delta,
-        reservation_id,
-        takes,
-    ) = row
-    return LedgerRecord(
-        customer_id=customer_id,
-        seq=seq,
-        kind=kind,
-        credits_delta=delta,
-        balance_after=after,
-        created_ms=created,
-        feature=feature,
-        quantity=quantity,
-        dimensions=json.loads(dims),
-        free_units_used=free,
-        overage_credits=overage,
-        bucket_id=bucket,
-        request_id=request_id,
-        reason=reason,
-        price=price,
-        bucket_priority=bucket_priority,
-        bucket_expires_ms=bucket_expires_ms,
-        reserved_delta=reserved_delta,
-        reservation_id=reservation_id,
-        takes=json.loads(takes),
-    )
