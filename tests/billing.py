@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import redis
-from creditgate.server.clock import ManualClock, to_ms
-from creditgate.server.settings import Settings
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from harness import APOLLO, JAN_1, REPO, RedisServer, RunningServer
+from harness import APOLLO, REPO, RedisServer, RunningServer, start_server
 
 FIXTURES = REPO / "tests" / "fixtures"
 
@@ -23,20 +20,12 @@ def billing_server(
     redis_server: RedisServer, tmp_path: Path, catalog: Path = APOLLO, **settings: Any
 ) -> Iterator[RunningServer]:
     """A fresh real server on an empty Redis and SQLite, its ManualClock at 2027-01-01."""
-    redis.Redis.from_url(redis_server.url).flushall()
-    running = RunningServer(
-        Settings(
-            listen="127.0.0.1:0",
-            redis_url=redis_server.url,
-            database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
-            catalog=catalog,
-            data_dir=tmp_path,
-            flush_interval_seconds=60,
-            # The probe stays asleep: its first round is at start.
-            health_probe_interval_seconds=300,
-            **settings,
-        ),
-        ManualClock(to_ms(JAN_1)),
+    running = start_server(
+        redis_server.url,
+        tmp_path,
+        catalog=catalog,
+        health_probe_interval_seconds=300,  # the probe stays asleep: its first round is at start
+        **settings,
     )
     try:
         yield running

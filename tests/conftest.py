@@ -7,11 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-from creditgate.server.clock import ManualClock, to_ms
 from creditgate.server.embedded_redis import redis_server_binary
-from creditgate.server.settings import Settings
-from harness import APOLLO, JAN_1, OWNER_ROLE, PostgresServer, RedisServer, RunningServer, StoreUnderTest
+from harness import OWNER_ROLE, PostgresServer, RedisServer, RunningServer, StoreUnderTest, start_server
 
 
 @pytest.fixture(scope="session")
@@ -52,16 +49,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnder
 
 @pytest.fixture
 def server(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer]:
-    redis.Redis.from_url(redis_server.url).flushall()
-    settings = Settings(
-        listen="127.0.0.1:0",
-        redis_url=redis_server.url,
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
-        catalog=APOLLO,
-        data_dir=tmp_path,
-        # Tests drain the outbox themselves with flush_once(); the loop stays out of the way.
-        flush_interval_seconds=60,
-    )
-    running = RunningServer(settings, ManualClock(to_ms(JAN_1)))
+    running = start_server(redis_server.url, tmp_path)
     yield running
     running.stop()

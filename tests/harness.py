@@ -22,7 +22,7 @@ import grpc
 import psycopg
 import redis
 from creditgate.server.app import App, build_app
-from creditgate.server.clock import ManualClock, from_ms
+from creditgate.server.clock import ManualClock, from_ms, to_ms
 from creditgate.server.embedded_redis import redis_server_binary
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.ledger.records import Record
@@ -318,3 +318,23 @@ class RunningServer:
 
 
 JAN_1 = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def server_settings(redis_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """A test server's settings: a free loopback port, SQLite in tmp_path, the Apollo catalog, and a flusher loop
+    that stays out of the way (tests drain the outbox themselves with flush())."""
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "redis_url": redis_url,
+        "database_url": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "catalog": APOLLO,
+        "data_dir": tmp_path,
+        "flush_interval_seconds": 60,
+    }
+    return Settings(**(values | overrides))
+
+
+def start_server(redis_url: str, tmp_path: Path, **overrides: Any) -> RunningServer:
+    """A real server on an emptied Redis, its ManualClock at JAN_1."""
+    redis.Redis.from_url(redis_url).flushall()
+    return RunningServer(server_settings(redis_url, tmp_path, **overrides), ManualClock(to_ms(JAN_1)))

@@ -25,7 +25,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-from harness import APOLLO, JAN_1, REPO, RedisServer, RunningServer
+from harness import JAN_1, REPO, RedisServer, RunningServer, server_settings
 
 METERING_KEY, ADMIN_KEY, BOTH_KEY = new_key(), new_key(), new_key()
 KEYS = (
@@ -38,15 +38,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def settings(redis_server: RedisServer, tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "redis_url": redis_server.url,
-        "database_url": f"sqlite:///{tmp_path / 'ledger.db'}",
-        "catalog": APOLLO,
-        "data_dir": tmp_path,
-        "flush_interval_seconds": 60,
-    }
-    return Settings(**(values | overrides))
+    return server_settings(redis_server.url, tmp_path, **overrides)
 
 
 @pytest.fixture

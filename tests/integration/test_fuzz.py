@@ -16,13 +16,11 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from creditgate.server.clock import ManualClock, to_ms
-from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, metering_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from harness import APOLLO, JAN_1, RedisServer, RunningServer
+from harness import APOLLO, RedisServer, RunningServer, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -214,16 +212,7 @@ def snapshot(server: RunningServer, client: redis.Redis) -> tuple[Any, ...]:
 
 @pytest.fixture
 def target(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer]:
-    redis.Redis.from_url(redis_server.url).flushall()
-    settings_ = Settings(
-        listen="127.0.0.1:0",
-        redis_url=redis_server.url,
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
-        catalog=APOLLO,
-        data_dir=tmp_path,
-        flush_interval_seconds=60,
-    )
-    running = RunningServer(settings_, ManualClock(to_ms(JAN_1)))
+    running = start_server(redis_server.url, tmp_path)
     running.create_customer("known", plan="basic")
     running.create_customer("fresh")
     running.create_customer("pro", plan="professional")

@@ -11,11 +11,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
-from creditgate.server.clock import ManualClock, to_ms
-from creditgate.server.settings import Settings
 from creditgate.v1 import metering_pb2
-from harness import APOLLO, JAN_1, RedisServer, RunningServer
+from harness import RedisServer, RunningServer, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -23,18 +20,12 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture
 def measured(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer]:
-    redis.Redis.from_url(redis_server.url).flushall()
-    settings = Settings(
-        listen="127.0.0.1:0",
-        redis_url=redis_server.url,
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
-        catalog=APOLLO,
-        data_dir=tmp_path,
-        flush_interval_seconds=60,
+    running = start_server(
+        redis_server.url,
+        tmp_path,
         metrics_listen="127.0.0.1:0",
         health_probe_interval_seconds=300,  # the test runs the probe itself
     )
-    running = RunningServer(settings, ManualClock(to_ms(JAN_1)))
     yield running
     time.sleep(0.3)  # see test_tls.stop: a cancellation redis-py swallows makes App.stop wait
     running.stop()

@@ -11,15 +11,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
-from creditgate.server.clock import ManualClock, to_ms
-from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from harness import APOLLO, JAN_1, RedisServer, RunningServer
+from harness import RedisServer, RunningServer, start_server
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -94,17 +91,7 @@ def pki() -> Pki:
 
 
 def start(redis_server: RedisServer, tmp_path: Path, files: dict[str, Path]) -> RunningServer:
-    redis.Redis.from_url(redis_server.url).flushall()
-    settings = Settings(
-        listen="127.0.0.1:0",
-        redis_url=redis_server.url,
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
-        catalog=APOLLO,
-        data_dir=tmp_path,
-        flush_interval_seconds=60,
-        **files,  # type: ignore[arg-type]
-    )
-    return RunningServer(settings, ManualClock(to_ms(JAN_1)))
+    return start_server(redis_server.url, tmp_path, **files)
 
 
 @pytest.fixture
