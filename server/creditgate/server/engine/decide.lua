@@ -11,7 +11,9 @@ local dimensions = ARGV[11]
 
 local replayed = replay(request_key, request_id, fingerprint)
 if replayed then return replayed end
-local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end', 'auto_threshold')
+-- Also read now: the auto top-up threshold (sub[5]) and the balance-event state (sub[6..9], see balance_events).
+local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end', 'auto_threshold',
+  'low_threshold', 'plan_low_threshold', 'below', 'empty')
 if not sub[1] then return {'not_found'} end
 local plan, status = sub[2], sub[3]
 local work = pending_work(status, sub[4], holds_open_key, now)
@@ -44,9 +46,12 @@ end
 local takes = take_credits(buckets_key, live, e.charged)
 count_usage(usage_key, e.period_field, e.cap_field, quantity, e.overage, 1)
 local entry_id = append_entry(customer_key, outbox_key, customer_id, {
-  k = 'debit', d = -e.charged, b = e.after, f = feature, q = quantity, dim = cjson.decode(dimensions),
-  fu = e.free_used, o = e.overage, r = request_id, t = now, takes = takes})
--- Most customers have no auto top-up: its nine-field read is skipped for them (sub[5] is its threshold).
+  k = 'debit', d = -e.charged, b = e.after, f = feature, q = quantity,
+  dim = dimensions ~= '{}' and cjson.decode(dimensions) or nil,
+  fu = e.free_used, o = e.overage, r = request_id, t = now, takes = takes,
+  -- Expiry entries written above may have changed the balance-event state since it was read.
+  known = #expired == 0 and {sub[6], sub[7], sub[8], sub[9]} or nil})
+-- Most customers have no auto top-up: its nine-field read is skipped for them.
 local after = sub[5] and auto_top_up(customer_key, buckets_key, outbox_key, customer_id, e.after, now) or e.after
 return answer({1, '', e.cost, e.charged, e.free_used, e.overage, after, e.low, entry_id,
   e.period_used + quantity, e.free_left - e.free_used, e.cap_limit, e.cap_used + quantity})

@@ -45,8 +45,9 @@ end
 
 -- The balance events of a change that leaves `balance`: low_balance once per crossing below the customer's
 -- threshold (its own, else its plan's), recovered when back at or above it, depleted once at zero.
-local function balance_events(customer_key, balance, events)
-  local s = redis.call('HMGET', customer_key, 'low_threshold', 'plan_low_threshold', 'below', 'empty')
+-- `known`: those four fields as the caller already read them, when nothing has changed them since.
+local function balance_events(customer_key, balance, events, known)
+  local s = known or redis.call('HMGET', customer_key, 'low_threshold', 'plan_low_threshold', 'below', 'empty')
   local threshold = tonumber(s[1] or s[2] or '0')
   if s[3] ~= '1' and balance < threshold then
     events[#events + 1] = 'low_balance'
@@ -70,9 +71,10 @@ local function append_entry(customer_key, outbox_key, customer_id, entry)
   if entry.quiet then
     entry.quiet = nil
   else
-    local events = balance_events(customer_key, entry.b, entry.ev or {})
+    local events = balance_events(customer_key, entry.b, entry.ev or {}, entry.known)
     entry.ev = #events > 0 and events or nil
   end
+  entry.known = nil
   local seq = redis.call('HINCRBY', customer_key, 'seq', 1)
   entry.id = customer_id .. '/' .. seq
   entry.c = customer_id
