@@ -39,8 +39,56 @@ def test_a_thousand_concurrent_calls_each_get_their_own_reply(redis_server: Redi
         finally:
             await wire.close()
 
-    # Sent in call order in one write per loop turn, and Redis answers in that order.
+    # Sent in call order, and Redis answers in that order.
     assert run(main()) == list(range(1, 1001))
+
+
+# Keeps Redis busy for 100 ms, so that the calls made meanwhile find a batch in flight.
+BUSY_SCRIPT = "local start = redis.call('TIME') repeat until (redis.call('TIME')[2] - start[2]) % 1000000 >= 100000"
+
+
+class CountingTransport:
+    """The wire's real transport, with every write's bytes kept."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def test_calls_made_while_a_batch_is_answered_go_out_together_when_its_last_reply_is_in(
+    redis_server: RedisServer,
+) -> None:
+    redis.Redis.from_url(redis_server.url).delete("wire:held")
+    busy, incr = pack_command("EVAL", BUSY_SCRIPT, 0), pack_command("INCR", "wire:held")
+
+    async def main() -> tuple[list[bytes], list[Any]]:
+        wire = RedisWire(redis_server.url, timeout_seconds=5)
+        try:
+            await wire.call(pack_command("PING"))  # connected
+            protocol = wire._protocol
+            assert protocol is not None
+            transport = CountingTransport(protocol.transport)
+            protocol.transport = transport  # type: ignore[assignment]
+            first = asyncio.ensure_future(wire.call(busy))
+            held = []
+            for _ in range(100):
+                await asyncio.sleep(0)  # one call per turn of the event loop
+                held.append(asyncio.ensure_future(wire.call(incr)))
+            return transport.writes, [await first, *await asyncio.gather(*held)]
+        finally:
+            await wire.close()
+
+    writes, (busy_reply, *counts) = run(main())
+    assert busy_reply is None
+    assert counts == list(range(1, 101))
+    assert writes == [busy, incr * 100]
 
 
 def test_an_error_reply_fails_only_its_own_call(redis_server: RedisServer) -> None:
