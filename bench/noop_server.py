@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import uvloop
+from creditgate.server.api.grpc_server import new_grpc_server
 from creditgate.v1 import metering_pb2, metering_pb2_grpc
 
 ALLOWED = metering_pb2.CheckAndDebitResponse(allowed=True)
@@ -29,7 +30,7 @@ class NoopMetering(metering_pb2_grpc.MeteringServiceServicer):
 
 
 async def serve(listen: str) -> None:
-    server = grpc.aio.server()
+    server = new_grpc_server()
     metering_pb2_grpc.add_MeteringServiceServicer_to_server(NoopMetering(), server)
     server.add_insecure_port(listen)
     await server.start()

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import psycopg
 import uvloop
+from creditgate.server.api.grpc_server import new_grpc_server
 from creditgate.server.catalog.schema import DimensionCost, load_catalog
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
@@ -105,7 +106,7 @@ async def serve(listen: str, dsn: str, catalog_yaml: str, pool_size: int, lock: 
     async with AsyncConnectionPool(dsn, min_size=pool_size, max_size=pool_size, open=False) as pool:
         await pool.wait()
         baseline = Baseline(pool, catalog_yaml, lock=lock)
-        server = grpc.aio.server()
+        server = new_grpc_server()
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(baseline, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(baseline, server)
         server.add_insecure_port(listen)

@@ -12,6 +12,7 @@ import structlog
 from creditgate.server.api.admin import AdminServicer
 from creditgate.server.api.auth import ApiKeyInterceptor, load_api_keys, require_keys_off_loopback
 from creditgate.server.api.calls import CallEnvelope
+from creditgate.server.api.grpc_server import new_grpc_server
 from creditgate.server.api.metering import MeteringServicer
 from creditgate.server.billing.invoices import Invoicer
 from creditgate.server.billing.webhooks import WebhookSender
@@ -163,7 +164,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
 
     # Only with keys: an interceptor costs every call a little, and without keys there is nothing to check.
     interceptors = [ApiKeyInterceptor(api_keys, refused)] if api_keys else []
-    server = grpc.aio.server(interceptors=interceptors)
+    server = new_grpc_server(interceptors)
     envelope.register(server, METERING_SERVICE, MeteringServicer(engine, holds, settings))
     simulated_clock = clock if simulated and isinstance(clock, ManualClock) else None
     invoicer = Invoicer(store, engine, catalog, clock, interval_seconds=settings.invoice_interval_seconds)

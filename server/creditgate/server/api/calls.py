@@ -56,8 +56,8 @@ class CallEnvelope:
                 request_deserializer=_guarded(request_class.FromString),
                 response_serializer=response_class.SerializeToString,
             )
+        # Generic only: registered methods cost every call (see api/grpc_server.py).
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-        server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
     def refused(self, method: str, error: CreditgateError, metadata: Any) -> None:
         """Counts and logs a call refused before its request was read (see api/auth.py)."""
