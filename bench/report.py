@@ -11,6 +11,7 @@ from typing import Any
 ROWS = [
     ("noop", "ceiling: no-op MeteringService (grpc.aio + uvloop), creditgate loadtest"),
     ("h2load-noop", "ceiling measured with h2load (C, gRPC framing)"),
+    ("h2load-one-redis-call", "reference: the no-op awaiting one Redis PING over creditgate's wire, h2load"),
     ("cg-hot", "creditgate CheckAndDebit, 1 hot customer"),
     ("cg-many", "creditgate CheckAndDebit, 10,000 customers"),
     ("h2load-cg-hot", "creditgate CheckAndDebit, 1 hot customer, h2load"),
@@ -28,6 +29,18 @@ ROWS = [
 
 def med(rows: list[dict[str, Any]], key: str, sub: str | None = None) -> float:
     return statistics.median(float(row[key][sub] if sub else row[key]) for row in rows)
+
+
+def _one_call_line(rows: dict[str, list[dict[str, Any]]], h2_noop: float, h2_cg: float) -> list[str]:
+    if "h2load-one-redis-call" not in rows:
+        return []
+    one_call = med(rows["h2load-one-redis-call"], "calls_per_s")
+    return [
+        f"One Redis round trip per call (the no-op awaiting a PING over creditgate's wire, h2load): {one_call:,.0f}"
+        f" calls/s, {one_call / h2_noop:.0%} of the no-op; creditgate's own work on top of that round trip leaves"
+        f" {h2_cg / one_call:.0%} of it.",
+        "",
+    ]
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
@@ -121,6 +134,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f" {results['overspend']['postgresql']['charged']:,} (overspend"
         f" {results['overspend']['postgresql']['overspend']}).",
         "",
+        *_one_call_line(rows, h2_noop, h2_cg),
         f"Redis limit, redis-benchmark EVALSHA of the same decide script (50 clients, random request ids):"
         f" {results['evalsha']['P1']:,.0f}/s, pipelined 16: {results['evalsha']['P16']:,.0f}/s.",
         "",

@@ -318,7 +318,7 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
     )
     wait_port(redis_port)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    cg, noop, pg = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    cg, noop, pg, one_call = (f"127.0.0.1:{free_port()}" for _ in range(4))
     env = python_env()
     processes.start(
         "creditgate",
@@ -332,13 +332,18 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
         },
     )
     processes.start("noop", [sys.executable, str(BENCH / "noop_server.py"), "--listen", noop], env)
+    processes.start(
+        "one-redis-call",
+        [sys.executable, str(BENCH / "noop_server.py"), "--listen", one_call, "--redis-url", redis_url],
+        env,
+    )
     dsn = start_postgres(processes, workdir)
     processes.start(
         "pg_server",
         [sys.executable, str(BENCH / "pg_server.py"), "--listen", pg, "--dsn", dsn, "--catalog", str(CATALOG)],
         env,
     )
-    for target in (cg, noop, pg):
+    for target in (cg, noop, pg, one_call):
         wait_port(int(target.rsplit(":", 1)[1]))
     time.sleep(2)
 
@@ -398,7 +403,7 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
         load("pg-hot", settings(pg, customers=1, customer_prefix="hot", **existing), rows)
         load("pg-many", settings(pg, customers=many, customer_prefix="many", setup=False, verify=False), rows)
         body = metering_pb2.CheckAndDebitRequest(customer_id="hot-0", feature="email_unlock").SerializeToString()
-        for name, target in (("h2load-noop", noop), ("h2load-cg-hot", cg)):
+        for name, target in (("h2load-noop", noop), ("h2load-one-redis-call", one_call), ("h2load-cg-hot", cg)):
             wait_outbox_empty(redis_url)
             rows.setdefault(name, []).append(
                 h2load(target, "/creditgate.v1.MeteringService/CheckAndDebit", body, int(args.seconds), 4, 16)
