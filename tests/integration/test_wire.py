@@ -91,6 +91,34 @@ def test_calls_made_while_a_batch_is_answered_go_out_together_when_its_last_repl
     assert writes == [busy, incr * 100]
 
 
+def test_a_batch_is_not_held_back_while_a_call_is_in_flight(redis_server: RedisServer) -> None:
+    redis.Redis.from_url(redis_server.url).delete("wire:batch")
+    busy, incr = pack_command("EVAL", BUSY_SCRIPT, 0), pack_command("INCR", "wire:batch")
+
+    async def main() -> tuple[list[bytes], list[Any]]:
+        wire = RedisWire(redis_server.url, timeout_seconds=5)
+        try:
+            await wire.call(pack_command("PING"))  # connected
+            protocol = wire._protocol
+            assert protocol is not None
+            transport = CountingTransport(protocol.transport)
+            protocol.transport = transport  # type: ignore[assignment]
+            first = asyncio.ensure_future(wire.call(busy))
+            while not transport.writes:
+                await asyncio.sleep(0)
+            batch = await wire.call_many([incr] * 10)
+            await asyncio.sleep(0)
+            written_while_busy = list(transport.writes)  # Redis is still inside the 100 ms script
+            return written_while_busy, [await first, *await asyncio.gather(*batch)]
+        finally:
+            await wire.close()
+
+    written_while_busy, (busy_reply, *counts) = run(main())
+    assert written_while_busy == [busy, incr * 10]
+    assert busy_reply is None
+    assert counts == list(range(1, 11))
+
+
 def test_an_error_reply_fails_only_its_own_call(redis_server: RedisServer) -> None:
     client = redis.Redis.from_url(redis_server.url)
     client.set("wire:text", "not a number")

@@ -51,11 +51,11 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport, as asked for
 
-    def send(self, future: asyncio.Future[Any], packed: bytes, deadline: float) -> None:
-        """Queue a command; its reply settles `future`."""
+    def send(self, future: asyncio.Future[Any], packed: bytes, deadline: float, now: bool = False) -> None:
+        """Queue a command; its reply settles `future`. `now`: written this turn even with a batch in flight."""
         self.waiting.append((future, deadline))
         self._outgoing.append(packed)
-        if not self._unanswered and not self._flush_scheduled:
+        if (now or not self._unanswered) and not self._flush_scheduled:
             # After the calls that are ready in this turn have queued theirs: one write for all of them.
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -125,12 +125,14 @@ class RedisWire:
     async def call_many(self, commands: list[bytes]) -> list[asyncio.Future[Any]]:
         """The replies' futures, in order: the commands go out in one write and Redis runs them in this order."""
         protocol = self._protocol or await self._connect()
-        return [self._send(protocol, packed) for packed in commands]
+        # Not held back for the batch in flight: many commands already share this write, and holding them would
+        # leave Redis idle while the server reads the last batch's replies.
+        return [self._send(protocol, packed, now=True) for packed in commands]
 
-    def _send(self, protocol: _Protocol, packed: bytes) -> asyncio.Future[Any]:
+    def _send(self, protocol: _Protocol, packed: bytes, now: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        protocol.send(future, packed, time.monotonic() + self._timeout)
+        protocol.send(future, packed, time.monotonic() + self._timeout, now)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._check_oldest)
         return future
