@@ -5,10 +5,11 @@ reconnected to."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,59 +63,61 @@ class CountingTransport:
         return getattr(self._transport, name)
 
 
+@contextlib.asynccontextmanager
+async def counted_wire(url: str) -> AsyncIterator[tuple[RedisWire, CountingTransport]]:
+    """A connected wire whose writes are kept, and a first call keeping Redis busy for 100 ms."""
+    wire = RedisWire(url, timeout_seconds=5)
+    try:
+        await wire.call(pack_command("PING"))  # connected
+        protocol = wire._protocol
+        assert protocol is not None
+        transport = CountingTransport(protocol.transport)
+        protocol.transport = transport  # type: ignore[assignment]
+        yield wire, transport
+    finally:
+        await wire.close()
+
+
+BUSY = pack_command("EVAL", BUSY_SCRIPT, 0)
+
+
 def test_calls_made_while_a_batch_is_answered_go_out_together_when_its_last_reply_is_in(
     redis_server: RedisServer,
 ) -> None:
     redis.Redis.from_url(redis_server.url).delete("wire:held")
-    busy, incr = pack_command("EVAL", BUSY_SCRIPT, 0), pack_command("INCR", "wire:held")
+    incr = pack_command("INCR", "wire:held")
 
     async def main() -> tuple[list[bytes], list[Any]]:
-        wire = RedisWire(redis_server.url, timeout_seconds=5)
-        try:
-            await wire.call(pack_command("PING"))  # connected
-            protocol = wire._protocol
-            assert protocol is not None
-            transport = CountingTransport(protocol.transport)
-            protocol.transport = transport  # type: ignore[assignment]
-            first = asyncio.ensure_future(wire.call(busy))
+        async with counted_wire(redis_server.url) as (wire, transport):
+            busy = asyncio.ensure_future(wire.call(BUSY))
             held = []
             for _ in range(100):
                 await asyncio.sleep(0)  # one call per turn of the event loop
                 held.append(asyncio.ensure_future(wire.call(incr)))
-            return transport.writes, [await first, *await asyncio.gather(*held)]
-        finally:
-            await wire.close()
+            return transport.writes, [await busy, *await asyncio.gather(*held)]
 
     writes, (busy_reply, *counts) = run(main())
     assert busy_reply is None
     assert counts == list(range(1, 101))
-    assert writes == [busy, incr * 100]
+    assert writes == [BUSY, incr * 100]
 
 
 def test_a_batch_is_not_held_back_while_a_call_is_in_flight(redis_server: RedisServer) -> None:
     redis.Redis.from_url(redis_server.url).delete("wire:batch")
-    busy, incr = pack_command("EVAL", BUSY_SCRIPT, 0), pack_command("INCR", "wire:batch")
+    incr = pack_command("INCR", "wire:batch")
 
     async def main() -> tuple[list[bytes], list[Any]]:
-        wire = RedisWire(redis_server.url, timeout_seconds=5)
-        try:
-            await wire.call(pack_command("PING"))  # connected
-            protocol = wire._protocol
-            assert protocol is not None
-            transport = CountingTransport(protocol.transport)
-            protocol.transport = transport  # type: ignore[assignment]
-            first = asyncio.ensure_future(wire.call(busy))
-            while not transport.writes:
-                await asyncio.sleep(0)
+        async with counted_wire(redis_server.url) as (wire, transport):
+            busy = asyncio.ensure_future(wire.call(BUSY))
+            await asyncio.sleep(0)  # the call queues its command and the write for the next turn
+            await asyncio.sleep(0)  # written: Redis is busy from here on
             batch = await wire.call_many([incr] * 10)
             await asyncio.sleep(0)
             written_while_busy = list(transport.writes)  # Redis is still inside the 100 ms script
-            return written_while_busy, [await first, *await asyncio.gather(*batch)]
-        finally:
-            await wire.close()
+            return written_while_busy, [await busy, *await asyncio.gather(*batch)]
 
     written_while_busy, (busy_reply, *counts) = run(main())
-    assert written_while_busy == [busy, incr * 10]
+    assert written_while_busy == [BUSY, incr * 10]
     assert busy_reply is None
     assert counts == list(range(1, 11))
 
