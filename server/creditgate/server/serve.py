@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import signal
 
@@ -17,6 +18,11 @@ async def serve(settings: Settings) -> None:
     app = build_app(settings)
     try:
         await app.start(separate_flusher=settings.flusher_process)
+        # What is alive once the server is up (modules, the catalog, grpc and pydantic internals) stays alive:
+        # frozen, a full collection no longer walks it, which took 40-60 ms (a stall of every call in flight)
+        # against about 2 ms for what the calls themselves leave behind.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
