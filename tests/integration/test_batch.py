@@ -6,8 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+import redis
+from creditgate.server.engine.credits import DECIDE_MANY_CHUNK
+from creditgate.server.engine.keys import KeySpace
+from creditgate.server.engine.scripts import script_source
 from creditgate.v1 import metering_pb2
-from harness import RunningServer
+from harness import RedisServer, RunningServer
 
 
 def item(
@@ -113,3 +117,53 @@ def test_a_batch_of_the_wrong_size_is_refused_whole(server: RunningServer, size:
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "1 to 1,000" in (raised.value.details() or "")
     assert server.available("sized") == 2500
+
+
+def test_a_batch_over_shards_and_chunks_decides_each_customer_in_item_order(server: RunningServer) -> None:
+    # Redis gets one call per shard and chunk; a customer's items must still be decided in their order.
+    others = [f"other-{n}" for n in range(6)]
+    shards = KeySpace(server.app.settings.shards)
+    assert len({shards.shard_of(customer) for customer in ["acme", *others]}) >= 3
+    for customer in ["acme", *others]:
+        server.create_customer(customer, "basic")  # 2,500 credits
+    acme_items = 260  # phone reveals at 10: the first 250 are allowed
+    assert acme_items > 5 * DECIDE_MANY_CHUNK
+    items = []
+    for i in range(acme_items):
+        items.append(item("acme", "phone_reveal", f"a{i}"))
+        if i % 10 == 0:
+            items.append(item(others[i // 10 % len(others)], "email_unlock", f"o{i}"))
+    results = batch(server, *items)
+    acme = [r.decision for r, sent in zip(results, items, strict=True) if sent.customer_id == "acme"]
+    assert [d.balance_after for d in acme] == [2500 - 10 * min(i + 1, 250) for i in range(acme_items)]
+    assert [d.allowed for d in acme] == [i < 250 for i in range(acme_items)]
+    assert [e.request_id for e in server.ledger("acme") if e.request_id] == [f"a{i}" for i in range(250)]
+    for n, customer in enumerate(others):
+        debits = len([i for i in range(0, acme_items, 10) if i // 10 % len(others) == n])
+        assert server.available(customer) == 2500 - debits
+
+
+def test_a_failed_decision_in_decide_many_answers_an_error_and_the_next_ones_still_run(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.delete("dm:c", "dm:b", "dm:u", "dm:o", "dm:wrong")
+    client.hset("dm:c", mapping={"id": "dm", "plan": "basic", "status": "active", "period_end": 2**50})
+    client.hset("dm:b", "b1", "100|10|0|grant")
+    client.set("dm:wrong", "a string where a hash of buckets belongs")
+    keys = ["dm:c", "dm:b", "dm:u", "dm:r", "dm:o", "dm:h"]
+    wrong_type = ["dm:c", "dm:wrong", "dm:u", "dm:r", "dm:o", "dm:h"]
+
+    def args(rules: str = '{"basic":[1,0,0,"",-1,0]}') -> list[object]:
+        return [1_000, "dm", "email_unlock", 1, rules, "", "0", "", "", 60, "{}"]
+
+    sha = client.script_load(script_source("decide_many"))
+    answers = client.evalsha(sha, 24, *keys, *keys, *wrong_type, *keys, *args(), *args("{not json"), *args(), *args())
+    assert [answer[0] for answer in answers] == ["ok", "error", "error", "ok"]
+    assert answers[1][1].endswith("Expected object key string but found invalid token at character 2")
+    assert "WRONGTYPE" in answers[2][1]
+    assert [answers[0][7], answers[3][7]] == [99, 98]  # balance_after
+    assert client.hget("dm:b", "b1") == "98|10|0|grant"
+    with pytest.raises(redis.ResponseError, match="6 keys and 11 arguments per decision"):
+        client.evalsha(sha, 6, *keys, *args()[:10])
+    assert client.hget("dm:b", "b1") == "98|10|0|grant"

@@ -15,9 +15,10 @@ MAX_BATCH_ITEMS = 1000
 async def check_and_debit_batch(
     request: metering_pb2.CheckAndDebitBatchRequest, engine: CreditEngine
 ) -> metering_pb2.CheckAndDebitBatchResponse:
-    """The items' script calls go to Redis in one write and run there one after another in item order (so a
-    repeated request_id gets the first item's answer). Only a malformed batch, or Redis being unreachable, fails
-    the call: some items may have been decided then, and a retry with the same request_ids answers those."""
+    """The items go to Redis in one write, one script call per shard (engine: decide_many), and a customer's items
+    are decided there one after another in item order (so a repeated request_id gets the first item's answer).
+    Only a malformed batch, or Redis being unreachable, fails the call: some items may have been decided then,
+    and a retry with the same request_ids answers those."""
     if not 1 <= len(request.items) <= MAX_BATCH_ITEMS:
         raise InvalidArgument(
             f"items must hold 1 to {MAX_BATCH_ITEMS:,} requests, got {len(request.items)}", field="items"

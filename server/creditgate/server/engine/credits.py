@@ -53,6 +53,11 @@ AUTO_TOP_UP_FIELDS = (
 )
 # Request fingerprints up to this long are stored as their text, longer ones as a hash.
 FINGERPRINT_TEXT_LIMIT = 64
+# decide_many.lua takes at most this many decisions per call, so that one call holds Redis for a millisecond or two.
+DECIDE_MANY_CHUNK = 50
+# A decide call: its keys (KeySpace order, the shard's outbox at DECIDE_OUTBOX_KEY) and its arguments.
+DecideCall = tuple[list[str], list[Any]]
+DECIDE_OUTBOX_KEY = 4
 # expire_holds.lua settles at most this many holds per call.
 HOLDS_EXPIRED_PER_CALL = 200
 
@@ -65,6 +70,13 @@ def fingerprint(*parts: Any) -> str:
     if len(canonical) <= FINGERPRINT_TEXT_LIMIT:
         return canonical
     return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def _decided(answer: list[Any]) -> list[Any] | CreditgateError:
+    """One decision's answer from decide_many: a failed one answers ['error', message]."""
+    if answer[0] == "error":
+        return InternalError(f"script decide failed: {answer[1]}")
+    return answer
 
 
 def customer_not_found(customer_id: str) -> NotFound:
@@ -103,14 +115,13 @@ class CreditEngine:
         """Each request decided as check_and_debit would decide it alone, in order; one write to Redis for all."""
         rules = self._catalog.rules
         now = self._clock.now_ms()
-        calls: list[tuple[list[str], list[Any]] | CreditgateError] = []
+        calls: list[DecideCall | CreditgateError] = []
         for request in requests:
             try:
                 calls.append(self._decide_call(request, rules, now))
             except CreditgateError as exc:
                 calls.append(exc)
-        sent = [call for call in calls if not isinstance(call, CreditgateError)]
-        replies = iter(await self._scripts.run_many("decide", sent))
+        replies = iter(await self._decide_many([call for call in calls if not isinstance(call, CreditgateError)]))
         outcomes: list[Decision | CreditgateError] = []
         for request, call in zip(requests, calls, strict=True):
             reply = call if isinstance(call, CreditgateError) else next(replies)
@@ -126,7 +137,28 @@ class CreditEngine:
                 outcomes.append(exc)
         return outcomes
 
-    def _decide_call(self, request: DebitRequest, rules: RuleBook, now: int) -> tuple[list[str], list[Any]]:
+    async def _decide_many(self, calls: list[DecideCall]) -> list[list[Any] | CreditgateError]:
+        """The calls' replies in order. One decide_many per shard and chunk: a shard's keys share one slot, and a
+        customer's decisions stay in order within it (decisions in different shards share nothing)."""
+        by_shard: dict[str, list[int]] = {}
+        for index, (keys, _) in enumerate(calls):
+            by_shard.setdefault(keys[DECIDE_OUTBOX_KEY], []).append(index)
+        chunks = [
+            indexes[start : start + DECIDE_MANY_CHUNK]
+            for indexes in by_shard.values()
+            for start in range(0, len(indexes), DECIDE_MANY_CHUNK)
+        ]
+        sent = [
+            ([key for i in chunk for key in calls[i][0]], [arg for i in chunk for arg in calls[i][1]])
+            for chunk in chunks
+        ]
+        replies: list[list[Any] | CreditgateError] = [[] for _ in calls]
+        for chunk, answers in zip(chunks, await self._scripts.run_many("decide_many", sent), strict=True):
+            for position, index in enumerate(chunk):
+                replies[index] = answers if isinstance(answers, CreditgateError) else _decided(answers[position])
+        return replies
+
+    def _decide_call(self, request: DebitRequest, rules: RuleBook, now: int) -> DecideCall:
         rules_json, cap_scope = rules.rules_for(request.feature, request.dimensions)
         keys = self._keys.for_customer(request.customer_id)
         args = [

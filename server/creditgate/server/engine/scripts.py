@@ -11,24 +11,31 @@ from creditgate.server.errors import CreditgateError, InternalError, Unavailable
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-SCRIPT_NAMES = (
-    "decide",
-    "rollover",
-    "subscription",
-    "create_customer",
-    "add_credits",
-    "remove_credits",
-    "reserve",
-    "settle",
-    "expire_holds",
-    "expire_buckets",
-    "customer_settings",
-)
+# Each script is lib.lua followed by its parts; both decide scripts call the function in decide_one.lua.
+SCRIPT_PARTS: dict[str, tuple[str, ...]] = {
+    "decide": ("decide_one", "decide"),
+    "decide_many": ("decide_one", "decide_many"),
+    **{
+        name: (name,)
+        for name in (
+            "rollover",
+            "subscription",
+            "create_customer",
+            "add_credits",
+            "remove_credits",
+            "reserve",
+            "settle",
+            "expire_holds",
+            "expire_buckets",
+            "customer_settings",
+        )
+    },
+}
 
 
 def script_source(name: str) -> str:
     folder = resources.files("creditgate.server.engine")
-    return folder.joinpath("lib.lua").read_text() + "\n" + folder.joinpath(f"{name}.lua").read_text()
+    return "\n".join(folder.joinpath(f"{part}.lua").read_text() for part in ("lib", *SCRIPT_PARTS[name]))
 
 
 class Scripts:
@@ -37,7 +44,7 @@ class Scripts:
     def __init__(self, redis: Redis, wire: RedisWire) -> None:
         self._redis = redis
         self._wire = wire
-        self._sources = {name: script_source(name) for name in SCRIPT_NAMES}
+        self._sources = {name: script_source(name) for name in SCRIPT_PARTS}
         self._shas = {name: redis.register_script(source).sha for name, source in self._sources.items()}
 
     async def load(self) -> None:
