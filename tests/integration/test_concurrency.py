@@ -8,8 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from creditgate.server.engine.credits import fingerprint
+from creditgate.server.engine.keys import KeySpace
 from creditgate.v1 import admin_pb2, metering_pb2
-from harness import RunningServer
+from harness import RunningServer, awaited
 
 CLIENTS = 64
 
@@ -90,3 +92,17 @@ def test_a_denial_is_remembered_under_its_request_id(server: RunningServer) -> N
     server.admin.TopUp(admin_pb2.TopUpRequest(customer_id="denied-once", package="pro", request_id="pay-1"))
     assert server.debit("denied-once", "phone_reveal", quantity=251, request_id="big") == denied
     assert server.available("denied-once") == 22500
+
+
+def test_an_answer_remembered_as_json_by_an_older_version_is_still_replayed(server: RunningServer) -> None:
+    # Answers used to be stored as JSON; those written before an upgrade must answer their retries for 24 h.
+    fund(server, "upgraded", 5000)
+    key = KeySpace(server.app.settings.shards).for_customer("upgraded").request("before-upgrade")
+    stored = '["ok",1,"",2,2,0,0,1234,0,"upgraded\\/7",2,0,0,0]'
+    server.call(awaited(server.app.redis.set(key, fingerprint("debit", "email_unlock", 2, {}) + "\n" + stored)))
+    replayed = server.debit("upgraded", "email_unlock", quantity=2, request_id="before-upgrade")
+    assert (replayed.credits_charged, replayed.balance_after, replayed.entry_id) == (2, 1234, "upgraded/7")
+    assert server.available("upgraded") == 5000
+    fresh = server.debit("upgraded", "email_unlock", quantity=2, request_id="after-upgrade")
+    assert server.debit("upgraded", "email_unlock", quantity=2, request_id="after-upgrade") == fresh
+    assert server.available("upgraded") == 4998

@@ -141,18 +141,21 @@ local function auto_top_up(customer_key, buckets_key, outbox_key, customer_id, b
 end
 
 -- AIP-155: the stored answer for request_id, {'reused'} if it came with other content, or nil.
+-- Stored as fingerprint .. '\n' .. the answer in MessagePack (cheaper than JSON, which numbers cost most in);
+-- answers stored as JSON ('[...') by an older version are read for as long as they are kept.
 local function replay(request_key, request_id, fingerprint)
   if request_id == '' then return nil end
   local stored = redis.call('GET', request_key)
   if not stored then return nil end
   local sep = string.find(stored, '\n', 1, true)
   if string.sub(stored, 1, sep - 1) ~= fingerprint then return {'reused'} end
-  return cjson.decode(string.sub(stored, sep + 1))
+  if string.byte(stored, sep + 1) == 91 then return cjson.decode(string.sub(stored, sep + 1)) end
+  return cmsgpack.unpack(string.sub(stored, sep + 1))
 end
 
 local function remember(request_key, request_id, fingerprint, ttl, result)
   if request_id ~= '' then
-    redis.call('SET', request_key, fingerprint .. '\n' .. cjson.encode(result), 'EX', ttl)
+    redis.call('SET', request_key, fingerprint .. '\n' .. cmsgpack.pack(result), 'EX', ttl)
   end
   return result
 end
