@@ -154,7 +154,7 @@ def test_a_failed_decision_in_decide_many_answers_an_error_and_the_next_ones_sti
     keys = ["dm:c", "dm:b", "dm:u", "dm:r", "dm:o", "dm:h"]
     wrong_type = ["dm:c", "dm:wrong", "dm:u", "dm:r", "dm:o", "dm:h"]
 
-    def args(rules: str = '{"basic":[1,0,0,"",-1,0]}') -> list[object]:
+    def args(rules: str = '{"basic":[1,0,0,"",-1,0]}') -> list[str | int]:
         return [1_000, "dm", "email_unlock", 1, rules, "", "0", "", "", 60, "{}"]
 
     sha = client.script_load(script_source("decide_many"))
