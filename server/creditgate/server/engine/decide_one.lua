@@ -52,7 +52,9 @@ local function decide(keys, k, args, a, decode_rules)
   local entry_id = append_entry(customer_key, outbox_key, customer_id, {
     k = 'debit', d = -e.charged, b = e.after, f = feature, q = quantity,
     dim = dimensions ~= '{}' and cjson.decode(dimensions) or nil,
-    fu = e.free_used, o = e.overage, r = request_id, t = now, takes = takes,
+    -- Zero free units, zero overage and no request_id are left out (the flusher reads them as 0, 0 and '').
+    fu = e.free_used > 0 and e.free_used or nil, o = e.overage > 0 and e.overage or nil,
+    r = request_id ~= '' and request_id or nil, t = now, takes = takes,
     -- Expiry entries written above may have changed the balance-event state since it was read.
     known = #expired == 0 and {sub[6], sub[7], sub[8], sub[9]} or nil})
   -- Most customers have no auto top-up: its nine-field read is skipped for them.
