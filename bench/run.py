@@ -33,6 +33,9 @@ CATALOG = REPO / "examples" / "apollo.yaml"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 MIX = "email_unlock:1"  # one flat 1-credit feature everywhere, so every row does the same work
 DEBIT_PATH = "/creditgate.v1.MeteringService/CheckAndDebit"
+# The store benchmark writes into a ledger that already holds this many entries (a bench run flushes about as many).
+STORE_PREFILL = 500_000
+STORE_MEASURED = 100_000
 
 
 def free_port() -> int:
@@ -506,7 +509,7 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
             "p99": _pct(lag_samples, 99),
             "max": max(lag_samples or [0]),
         },
-        "store": store_throughput(workdir),
+        "store": store_throughput(workdir, many),
         "memory": memory_per_customer(redis_url, cg),
         "reserve_commit": reserve_available,
         "load_average_after": os.getloadavg(),
@@ -520,42 +523,61 @@ def _pct(values: list[int], percentile: float) -> int:
     return ordered[min(len(ordered) - 1, int(len(ordered) * percentile / 100))]
 
 
-def store_throughput(workdir: Path) -> dict[str, float]:
-    """Ledger records per second the SQLite store absorbs in the flusher's batch size (500)."""
+def store_throughput(workdir: Path, customers: int) -> dict[str, float]:
+    """Ledger records per second the SQLite store absorbs in the flusher's batch size, as the flusher hands them
+    over while it drains a backlog: each batch spread over `customers` customers, into a ledger that already holds
+    STORE_PREFILL entries."""
     import asyncio
+    import random
 
-    from creditgate.server.ledger.records import LedgerRecord
+    from creditgate.server.ledger.records import LedgerRecord, Record
     from creditgate.server.ledger.sqlite_store import SqliteStore
+    from creditgate.server.settings import Settings
+
+    size = Settings.model_fields["flush_batch_size"].default
+    picker = random.Random(6)
+    seqs: dict[str, int] = {}
+
+    def batch() -> list[Record]:
+        records: list[Record] = []
+        for _ in range(size):
+            customer = f"many-{picker.randrange(customers)}"
+            seq = seqs[customer] = seqs.get(customer, 0) + 1
+            records.append(
+                LedgerRecord(
+                    customer,
+                    seq,
+                    "debit",
+                    -1,
+                    100_000 - seq,
+                    1_798_761_600_000 + seq,
+                    "email_unlock",
+                    1,
+                    request_id=f"0df163ba8d.1.{seq}",
+                    takes=[["b1", 1, 10, 1_801_440_000_000, "grant"]],
+                )
+            )
+        return records
 
     async def write() -> float:
         store = SqliteStore(str(workdir / "store-bench.db"))
         await store.open()
-        batches = [
-            [
-                LedgerRecord(
-                    f"c{b % 1000}",
-                    b * 500 + i,
-                    "debit",
-                    -1,
-                    100,
-                    0,
-                    "email_unlock",
-                    1,
-                    request_id=f"r{b}.{i}",
-                    takes=[["b1", 1]],
-                )
-                for i in range(500)
-            ]
-            for b in range(100)
-        ]
+        for _ in range(STORE_PREFILL // size):
+            await store.write(batch(), [])
+        batches = [batch() for _ in range(STORE_MEASURED // size)]
         started = time.perf_counter()
-        for batch in batches:
-            await store.write(list(batch), [])
+        for records in batches:
+            await store.write(records, [])
         elapsed = time.perf_counter() - started
         await store.close()
-        return 50_000 / elapsed
+        return STORE_MEASURED / elapsed
 
-    return {"records_per_s": round(asyncio.run(write())), "batch": 500}
+    return {
+        "records_per_s": round(asyncio.run(write())),
+        "batch": size,
+        "customers": customers,
+        "prefill": STORE_PREFILL,
+    }
 
 
 def memory_per_customer(redis_url: str, target: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from billing import FIXTURES
 from creditgate.server.errors import InternalError, InvalidArgument
 from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, SubscriptionRecord
 from creditgate.server.ledger.store import ParkedEntry, open_store
@@ -138,6 +139,31 @@ def test_reopening_applies_the_schema_once_and_keeps_the_data(store: StoreUnderT
     store.run(store.store.close())
     store.store = store.open()
     assert len(store.run(store.store.ledger_since("a", 0, 10))) == 1
+
+
+def test_a_version_1_sqlite_ledger_is_moved_into_the_current_schema_with_its_entries(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with sqlite3.connect(path) as db:
+        db.executescript((FIXTURES / "sqlite_ledger_v1.sql").read_text())
+    under_test = StoreUnderTest("sqlite", f"sqlite:///{path}")
+    # Entry 2 again (a replayed flush) is ignored; entry 3 is new.
+    under_test.write(entry("acme", 2, credits_delta=-999), entry("acme", 3, balance_after=2494))
+    entries = under_test.run(under_test.store.ledger_since("acme", 0, 10))
+    under_test.close()
+    assert [(e.seq, e.kind, e.credits_delta, e.balance_after) for e in entries] == [
+        (1, "grant", 2500, 2500),
+        (2, "debit", -5, 2495),
+        (3, "debit", -1, 2494),
+    ]
+    assert entries[1].takes == [["b1", 5]] and entries[1].request_id == "req-1"
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "ledger_entries_v1" not in tables
+        (ledger_sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'ledger_entries'").fetchone()
+        assert "WITHOUT ROWID" not in ledger_sql
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("DELETE FROM ledger_entries")
 
 
 def test_an_unknown_database_url_is_refused() -> None:

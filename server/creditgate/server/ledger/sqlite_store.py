@@ -33,6 +33,10 @@ LEDGER_COLUMNS = (
 )
 EVENT_COLUMNS = "event_id, customer_id, type, entry_id, created_ms, payload"
 DELIVERY_COLUMNS = "d.event_id, d.url, d.status, d.attempts, d.next_attempt_ms, d.last_error"
+SCHEMA_VERSION = 2
+# The page cache (KiB) and the WAL's size in pages before it is checkpointed (see open).
+CACHE_KIB = 65536
+WAL_CHECKPOINT_PAGES = 10000
 INSERT_LEDGER = f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 20)})"
 
 
@@ -64,9 +68,12 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
-            schema = resources.files("creditgate.server.ledger").joinpath("sqlite_schema.sql").read_text()
-            db.executescript(schema)
-            db.execute("PRAGMA user_version=1")
+            # Under many customers each flushed batch touches a page per customer: the pages stay cached, and the
+            # WAL is copied back into the file every 40 MiB rather than 4 MiB (a page written many times between
+            # two checkpoints is copied once). Both together: 17,800 -> 29,500 entries/s (bench/NOTES.md).
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+            _create_schema(db)
             self._db = db
 
         await asyncio.get_running_loop().run_in_executor(self._thread, connect)
@@ -338,6 +345,37 @@ def _insert_event(db: sqlite3.Connection, event: EventRecord) -> None:
         f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
         (event.event_id, event.customer_id, event.type, event.entry_id, event.created_ms, event.payload),
     )
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    """The schema of SCHEMA_VERSION; a version 1 file's ledger (keyed by customer and seq) is moved into it."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    schema = resources.files("creditgate.server.ledger").joinpath("sqlite_schema.sql").read_text()
+    with _transaction(db):
+        if version == 1:
+            # The triggers go with the old table; the schema makes them again on the new one.
+            db.execute("DROP TRIGGER ledger_entries_no_update")
+            db.execute("DROP TRIGGER ledger_entries_no_delete")
+            db.execute("ALTER TABLE ledger_entries RENAME TO ledger_entries_v1")
+        for statement in _statements(schema):
+            db.execute(statement)
+        if version == 1:
+            db.execute(f"INSERT INTO ledger_entries ({LEDGER_COLUMNS}) SELECT {LEDGER_COLUMNS} FROM ledger_entries_v1")
+            db.execute("DROP TABLE ledger_entries_v1")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (executescript would commit the migration's transaction half-way)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        if line.startswith("--") and not pending:
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 class _transaction:
