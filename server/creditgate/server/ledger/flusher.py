@@ -37,7 +37,7 @@ class LedgerStatus:
     oldest_age_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Entry:
     stream_id: str
     fields: dict[str, str]

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 LEDGER_KINDS = (
     "grant",
     "topup",
@@ -23,7 +25,9 @@ LEDGER_KINDS = (
 KIND_EVENTS = {"grant": "grant_issued", "expiry": "credits_expired"}
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets its 21 fields through object.__setattr__, ~3 us more per record,
+# a tenth of the flusher's CPU per entry. Nothing changes a record once it is parsed.
+@dataclass(slots=True)
 class LedgerRecord:
     customer_id: str
     seq: int
@@ -137,7 +141,7 @@ Record = LedgerRecord | CustomerRecord | SubscriptionRecord | PeriodRecord
 def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:
     """One outbox entry as a record; ValueError (or KeyError) if it is malformed."""
     kind = fields["type"]
-    body = json.loads(fields["e"])
+    body = orjson.loads(fields["e"])
     if kind == "ledger":
         return _ledger(body)
     if kind == "customer":
@@ -161,6 +165,7 @@ def _ledger(body: dict[str, Any]) -> LedgerRecord:
     if kind not in LEDGER_KINDS:
         raise ValueError(f"unknown ledger entry kind {kind!r}")
     takes = body.get("takes") or []
+    events = body.get("ev")
     return LedgerRecord(
         customer_id=body["c"],
         seq=int(body["n"]),
@@ -182,7 +187,7 @@ def _ledger(body: dict[str, Any]) -> LedgerRecord:
         reserved_delta=int(body.get("rd", 0)),
         reservation_id=body.get("hold", ""),
         takes=list(takes) if isinstance(takes, list) else [],
-        events=tuple(str(name) for name in body.get("ev") or ()),
+        events=tuple(map(str, events)) if events else (),
     )
 
 

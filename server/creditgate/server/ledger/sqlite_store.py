@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
+import orjson
 from creditgate.server.errors import InternalError, Unavailable
 from creditgate.server.ledger.records import (
     CustomerRecord,
@@ -89,7 +90,7 @@ class SqliteStore:
             with _transaction(db):
                 # One executemany for the batch's ledger entries: the flusher's hot path.
                 db.executemany(
-                    INSERT_LEDGER, [ledger_row(r, json.dumps) for r in records if isinstance(r, LedgerRecord)]
+                    INSERT_LEDGER, [ledger_row(r, _json_text) for r in records if isinstance(r, LedgerRecord)]
                 )
                 db.executemany(
                     f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
@@ -376,6 +377,10 @@ def _statements(script: str) -> list[str]:
             statements.append(pending.strip())
             pending = ""
     return statements
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 class _transaction:
