@@ -92,6 +92,27 @@ def test_a_dead_flushers_pending_entries_are_claimed_and_written_once(
     assert store.run(flusher.status()) == type(status)(0, 0, 0)
 
 
+def test_dead_consumers_are_removed_once_their_entries_are_claimed(
+    store: StoreUnderTest, redis_server: RedisServer, outbox: redis.Redis
+) -> None:
+    flusher = make_flusher(store, redis_server)  # claim_idle_ms=0: a consumer is idle long enough at once
+    outbox.xadd(STREAM, debit("a", 1))
+    outbox.xadd(STREAM, debit("a", 2))
+    outbox.xreadgroup(GROUP, "dead-holding", {STREAM: ">"}, count=2)
+    outbox.xgroup_createconsumer(STREAM, GROUP, "dead-empty")
+
+    def consumers() -> dict[str, int]:
+        return {c["name"]: c["pending"] for c in outbox.xinfo_consumers(STREAM, GROUP)}
+
+    assert consumers() == {"dead-holding": 2, "dead-empty": 0}
+    # A consumer that still holds entries is kept: removing it would leave them pending for no one.
+    assert store.run(flusher.remove_dead_consumers()) == 1
+    assert consumers() == {"dead-holding": 2}
+    assert store.run(flusher.drain()) == 2
+    assert store.run(flusher.remove_dead_consumers()) == 1
+    assert consumers() == {flusher.consumer: 0}
+
+
 def test_an_outbox_lost_with_redis_data_gets_its_group_back(
     store: StoreUnderTest, redis_server: RedisServer, outbox: redis.Redis
 ) -> None:

@@ -10,6 +10,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, cast
 
 import structlog
@@ -20,8 +21,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 GROUP = "flushers"
-# How often the loop logs the backlog while there is one.
+# How often the loop logs the backlog while there is one, and removes dead consumers.
 STATUS_LOG_SECONDS = 10.0
+# Another consumer idle for this many claim periods with nothing pending is a flusher that is gone: it is removed,
+# so that the group does not keep one consumer per flusher ever started.
+DEAD_CONSUMER_CLAIM_PERIODS = 10
 log = structlog.get_logger(__name__)
 
 
@@ -68,6 +72,9 @@ class Flusher:
         self._last_status_log = 0.0
         # Streams whose entries this flusher read and may not have acknowledged (a write failed).
         self._unacknowledged: set[str] = set()
+        self._remove_dead = redis.register_script(
+            resources.files("creditgate.server.ledger").joinpath("remove_dead_consumers.lua").read_text()
+        )
 
     async def setup(self) -> None:
         for stream in self._streams:
@@ -130,6 +137,21 @@ class Flusher:
             if isinstance(first, list) and first:
                 oldest_ms = min(oldest_ms, int(str(first[0][0]).split("-")[0]))
         return LedgerStatus(backlog, pending, max(0, now_ms - oldest_ms) if backlog else 0)
+
+    async def remove_dead_consumers(self) -> int:
+        """Removes other consumers idle for DEAD_CONSUMER_CLAIM_PERIODS claim periods that hold no entries (a
+        dead flusher's entries are claimed first, see _claim_stale); returns how many were removed."""
+        idle_ms = self._claim_idle_ms * DEAD_CONSUMER_CLAIM_PERIODS
+        removed = 0
+        for stream in self._streams:
+            try:
+                removed += int(await self._remove_dead(keys=[stream], args=[GROUP, self.consumer, idle_ms]))
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+                    raise Unavailable(f"Redis: {exc}") from exc
+            except RedisError as exc:
+                raise Unavailable(f"Redis: {exc}") from exc
+        return removed
 
     async def _flush_stream(self, stream: str) -> int:
         # Only after a failed write does this flusher hold entries of its own (reading them costs a round trip,
@@ -220,7 +242,7 @@ class Flusher:
             log.warning("outbox_not_drained", error=repr(exc))
 
     async def run_once(self) -> int:
-        """One round of the loop: flush a batch per stream, and log the backlog now and then."""
+        """One round of the loop: flush a batch per stream; now and then, remove dead consumers and log the backlog."""
         try:
             moved = await self.flush_once()
         except (CreditgateError, RedisError) as exc:
@@ -230,6 +252,8 @@ class Flusher:
         if time.monotonic() - self._last_status_log >= STATUS_LOG_SECONDS:
             self._last_status_log = time.monotonic()
             with contextlib.suppress(CreditgateError):
+                if removed := await self.remove_dead_consumers():
+                    log.info("dead_consumers_removed", consumers=removed)
                 status = await self.status()
                 if status.backlog:
                     log.info(
