@@ -137,7 +137,12 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         *_one_call_line(rows, h2_noop, h2_cg),
         f"Redis limit, redis-benchmark EVALSHA of the same decide script (50 clients, random request ids):"
-        f" {results['evalsha']['P1']:,.0f}/s, pipelined 16: {results['evalsha']['P16']:,.0f}/s.",
+        f" {results['evalsha']['P1']:,.0f}/s, pipelined 16: {results['evalsha']['P16']:,.0f}/s"
+        + (
+            f" ({results['evalsha']['charged']:,} of its {results['evalsha']['calls']:,} calls charged a credit)."
+            if "charged" in results["evalsha"]
+            else "."
+        ),
         "",
         f"Memory per customer (MEMORY USAGE, bytes): {json.dumps(memory['keys'])}. Idempotency keys (one per"
         " request_id, 24 h) are not counted: they are per request, not per customer.",
