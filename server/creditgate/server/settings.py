@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     shards: int = Field(default=8, ge=1, le=1024)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
     flush_interval_seconds: float = Field(default=0.2, gt=0, le=60)
-    # A backlog drains in batches this big: SQLite takes 2,000 random-customer entries in one transaction ~30%
+    # A backlog drains in batches this big: SQLite took 2,000 random-customer entries in one transaction 10-30%
     # faster per entry than 500 (bench/NOTES.md); an idle outbox is read as it comes.
     flush_batch_size: int = Field(default=2000, ge=1, le=10_000)
     # `serve` runs the flusher in a child process, off the serving process's CPU; false keeps it a task of it.
