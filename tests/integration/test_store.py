@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from billing import FIXTURES
-from creditgate.server.errors import InternalError, InvalidArgument
+from creditgate.server.errors import FailedPrecondition, InternalError, InvalidArgument
 from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, SubscriptionRecord
 from creditgate.server.ledger.store import ParkedEntry, open_store
 from harness import OWNER_ROLE, PostgresServer, StoreUnderTest
@@ -164,6 +164,19 @@ def test_a_version_1_sqlite_ledger_is_moved_into_the_current_schema_with_its_ent
         assert "WITHOUT ROWID" not in ledger_sql
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute("DELETE FROM ledger_entries")
+
+
+def test_a_sqlite_file_of_a_newer_schema_version_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=3")
+    with pytest.raises(FailedPrecondition) as raised:
+        StoreUnderTest("sqlite", f"sqlite:///{path}")
+    assert (raised.value.reason, raised.value.field) == ("STORE_SCHEMA_TOO_NEW", "database_url")
+    assert "schema version 3" in raised.value.message
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
 
 
 def test_an_unknown_database_url_is_refused() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import orjson
-from creditgate.server.errors import InternalError, Unavailable
+from creditgate.server.errors import FailedPrecondition, InternalError, Unavailable
 from creditgate.server.ledger.records import (
     CustomerRecord,
     EventRecord,
@@ -66,6 +66,7 @@ class SqliteStore:
             if self._path != ":memory:":
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            _refuse_newer_schema(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
@@ -346,6 +347,18 @@ def _insert_event(db: sqlite3.Connection, event: EventRecord) -> None:
         f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
         (event.event_id, event.customer_id, event.type, event.entry_id, event.created_ms, event.payload),
     )
+
+
+def _refuse_newer_schema(db: sqlite3.Connection) -> None:
+    """A file written by a newer creditgate is left as it is: this one might write rows that version does not expect."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        db.close()
+        raise FailedPrecondition(
+            f"the SQLite file has schema version {version}; this creditgate knows versions up to {SCHEMA_VERSION}",
+            field="database_url",
+            reason="STORE_SCHEMA_TOO_NEW",
+        )
 
 
 def _create_schema(db: sqlite3.Connection) -> None:
