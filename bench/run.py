@@ -491,12 +491,13 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
     print("redis-benchmark: EVALSHA of the decide script", flush=True)
     # A customer of its own with credits to spare: a customer run dry answers denials, which cost Redis far less.
     run_load(settings(cg, customers=1, customer_prefix="redis-benchmark", requests=1, credits_per_customer=10**9))
-    command = capture_decide(redis_url, cg, "redis-benchmark-0")
+    customer = "redis-benchmark-0"  # the loadtest names its customers <prefix>-<n>
+    command = capture_decide(redis_url, cg, customer)
     argv = [part.replace("capture-1", "rb__rand_int__") for part in command]
-    before = _available(cg, "redis-benchmark-0")
+    before = _available(cg, customer)
     evalsha: dict[str, float] = {f"P{p}": redis_benchmark(redis_port, argv, p) for p in (1, 16)}
     # Each call charges 1 credit unless its random request id repeats one (then it is replayed).
-    evalsha["charged"] = before - _available(cg, "redis-benchmark-0")
+    evalsha["charged"] = before - _available(cg, customer)
     evalsha["calls"] = 2 * REDIS_BENCHMARK_CALLS
     print(f"  {evalsha}", flush=True)
 

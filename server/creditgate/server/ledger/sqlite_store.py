@@ -66,7 +66,7 @@ class SqliteStore:
             if self._path != ":memory:":
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            _refuse_newer_schema(db)
+            version = _schema_version(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
@@ -75,7 +75,7 @@ class SqliteStore:
             # two checkpoints is copied once). Both together: 17,800 -> 29,500 entries/s (bench/NOTES.md).
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-            _create_schema(db)
+            _create_schema(db, version)
             self._db = db
 
         await asyncio.get_running_loop().run_in_executor(self._thread, connect)
@@ -349,9 +349,10 @@ def _insert_event(db: sqlite3.Connection, event: EventRecord) -> None:
     )
 
 
-def _refuse_newer_schema(db: sqlite3.Connection) -> None:
-    """A file written by a newer creditgate is left as it is: this one might write rows that version does not expect."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+def _schema_version(db: sqlite3.Connection) -> int:
+    """The file's schema version. A file written by a newer creditgate is refused and left as it is: this one might
+    write rows that version does not expect."""
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         db.close()
         raise FailedPrecondition(
@@ -359,11 +360,11 @@ def _refuse_newer_schema(db: sqlite3.Connection) -> None:
             field="database_url",
             reason="STORE_SCHEMA_TOO_NEW",
         )
+    return version
 
 
-def _create_schema(db: sqlite3.Connection) -> None:
+def _create_schema(db: sqlite3.Connection, version: int) -> None:
     """The schema of SCHEMA_VERSION; a version 1 file's ledger (keyed by customer and seq) is moved into it."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
     schema = resources.files("creditgate.server.ledger").joinpath("sqlite_schema.sql").read_text()
     with _transaction(db):
         if version == 1:
