@@ -24,13 +24,15 @@ def outbox(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-def make_flusher(store: StoreUnderTest, redis_server: RedisServer, batch_size: int = 100) -> Flusher:
+def make_flusher(
+    store: StoreUnderTest, redis_server: RedisServer, batch_size: int = 100, streams: list[str] | None = None
+) -> Flusher:
     from redis.asyncio import Redis
 
     flusher = Flusher(
         Redis.from_url(redis_server.url, decode_responses=True),
         store.store,
-        [STREAM],
+        streams or [STREAM],
         batch_size=batch_size,
         interval_seconds=60,
         claim_idle_ms=0,
@@ -111,6 +113,31 @@ def test_dead_consumers_are_removed_once_their_entries_are_claimed(
     assert store.run(flusher.drain()) == 2
     assert store.run(flusher.remove_dead_consumers()) == 1
     assert consumers() == {flusher.consumer: 0}
+
+
+def test_one_round_moves_a_batch_from_every_stream(
+    store: StoreUnderTest, redis_server: RedisServer, outbox: redis.Redis
+) -> None:
+    streams = KeySpace(3).all_outboxes()
+    flusher = make_flusher(store, redis_server, batch_size=2, streams=streams)
+    for seq in (1, 2, 3):
+        outbox.xadd(streams[0], debit("a", seq))
+    outbox.xadd(streams[1], debit("b", 1))
+    poison_id = str(outbox.xadd(streams[1], {"type": "gift", "e": "{}"}))
+    # At most a batch from each stream: a's third entry waits for the next round.
+    assert store.run(flusher.flush_once()) == 4
+    assert [entry.seq for entry in store.run(store.store.ledger_since("a", 0, 10))] == [1, 2]
+    assert [entry.seq for entry in store.run(store.store.ledger_since("b", 0, 10))] == [1]
+    assert [entry.source_id for entry in store.run(store.store.parked())] == [f"{streams[1]}/{poison_id}"]
+    assert [outbox.xlen(stream) for stream in streams] == [1, 0, 0]
+    # One stream lost with its group (Redis lost data): the round makes the group again and moves every stream.
+    outbox.delete(streams[2])
+    outbox.xadd(streams[2], debit("c", 1))
+    assert store.run(flusher.flush_once()) == 2
+    assert [entry.seq for entry in store.run(store.store.ledger_since("a", 0, 10))] == [1, 2, 3]
+    assert [entry.seq for entry in store.run(store.store.ledger_since("c", 0, 10))] == [1]
+    assert store.run(flusher.flush_once()) == 0
+    assert store.run(flusher.status()).backlog == 0
 
 
 def test_an_outbox_lost_with_redis_data_gets_its_group_back(

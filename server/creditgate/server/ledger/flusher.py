@@ -43,7 +43,8 @@ class LedgerStatus:
 
 @dataclass(slots=True)
 class _Entry:
-    stream_id: str
+    # "<stream>/<stream entry id>"
+    source_id: str
     fields: dict[str, str]
     record: Record | None = None
     error: str = ""
@@ -90,17 +91,30 @@ class Flusher:
             raise Unavailable(f"Redis: {exc}") from exc
 
     async def flush_once(self) -> int:
-        """Move one batch from each stream; returns how many entries were written and acknowledged."""
-        moved = 0
-        for stream in self._streams:
-            try:
-                moved += await self._flush_stream(stream)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # Redis lost its data (restarted without persistence): the group is made again.
-                await self._create_group(stream)
-        return moved
+        """Move one batch from each stream into the store, all in one transaction; returns how many entries were
+        written and acknowledged."""
+        try:
+            batches = await self._read_batches()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost its data (restarted without persistence): the groups are made again.
+            await self.setup()
+            batches = await self._read_batches()
+        entries = [_parse(stream, entry_id, fields) for stream, raw in batches.items() for entry_id, fields in raw]
+        if not entries:
+            return 0
+        self._unacknowledged.update(batches)
+        await self._write(entries)
+        # One MULTI: an entry is never acknowledged without leaving the stream, so the backlog stays exact.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for stream, raw in batches.items():
+                ids = [entry_id for entry_id, _ in raw]
+                pipe.xack(stream, GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            await pipe.execute()
+        self._unacknowledged.difference_update(stream for stream, raw in batches.items() if len(raw) < self._batch_size)
+        return len(entries)
 
     async def drain(self, max_rounds: int = 10_000) -> int:
         """Flush until the outbox is empty (tests, shutdown)."""
@@ -153,36 +167,41 @@ class Flusher:
                 raise Unavailable(f"Redis: {exc}") from exc
         return removed
 
-    async def _flush_stream(self, stream: str) -> int:
+    async def _read_batches(self) -> dict[str, list[Any]]:
+        """Up to a batch of entries from each stream that has some: first those this flusher read and could not
+        write, then those a dead flusher left, then new ones. The claims of all streams go in one round trip, and
+        the reads in one more."""
         # Only after a failed write does this flusher hold entries of its own (reading them costs a round trip,
         # and XREADGROUP touches the consumer even when it returns nothing).
-        raw = await self._own_pending(stream) if stream in self._unacknowledged else []
-        if len(raw) < self._batch_size:
-            raw.extend(await self._claim_stale(stream, self._batch_size - len(raw)))
-        if len(raw) < self._batch_size:
-            response = await self._redis.xreadgroup(
-                GROUP, self.consumer, {stream: ">"}, count=self._batch_size - len(raw)
-            )
-            for _, stream_entries in cast(list[Any], response) or []:
-                raw.extend(stream_entries)
-        if not raw:
-            return 0
-        entries = [_parse(stream, entry_id, fields) for entry_id, fields in raw]
-        self._unacknowledged.add(stream)
-        await self._write(stream, entries)
-        ids = [entry.stream_id for entry in entries]
-        # One MULTI: an entry is never acknowledged without leaving the stream, so the backlog stays exact.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(stream, GROUP, *ids)
-            pipe.xdel(stream, *ids)
-            await pipe.execute()
-        if len(raw) < self._batch_size:
-            self._unacknowledged.discard(stream)
-        return len(entries)
+        batches = {
+            stream: await self._own_pending(stream) if stream in self._unacknowledged else []
+            for stream in self._streams
+        }
+        async with self._redis.pipeline(transaction=False) as pipe:
+            room = [stream for stream, raw in batches.items() if len(raw) < self._batch_size]
+            for stream in room:
+                pipe.xautoclaim(
+                    stream,
+                    GROUP,
+                    self.consumer,
+                    min_idle_time=self._claim_idle_ms,
+                    start_id="0-0",
+                    count=self._batch_size - len(batches[stream]),
+                )
+            for stream, claim in zip(room, await pipe.execute(), strict=True):
+                # Deleted from the stream but still pending (flushed by another replica meanwhile): no fields.
+                batches[stream].extend(entry for entry in claim[1] if entry[1])
+            room = [stream for stream, raw in batches.items() if len(raw) < self._batch_size]
+            for stream in room:
+                pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self._batch_size - len(batches[stream]))
+            for stream, response in zip(room, await pipe.execute(), strict=True):
+                for _, stream_entries in cast(list[Any], response) or []:
+                    batches[stream].extend(stream_entries)
+        return {stream: raw for stream, raw in batches.items() if raw}
 
-    async def _write(self, stream: str, entries: list[_Entry]) -> None:
+    async def _write(self, entries: list[_Entry]) -> None:
         records = [entry.record for entry in entries if entry.record is not None]
-        parked = [_parked(stream, entry, entry.error) for entry in entries if entry.record is None and entry.error]
+        parked = [_parked(entry, entry.error) for entry in entries if entry.record is None and entry.error]
         for poison in parked:
             log.error("outbox_entry_parked", entry=poison.source_id, error=poison.error)
         try:
@@ -194,10 +213,10 @@ class Flusher:
         # The store refused the batch for its data: one entry at a time, parking the ones it refuses.
         for entry in entries:
             try:
-                await self._write(stream, [entry])
+                await self._write([entry])
             except InternalError as exc:
-                log.error("outbox_entry_parked", entry=f"{stream}/{entry.stream_id}", error=exc.message)
-                await self._store.write([], [_parked(stream, entry, exc.message)])
+                log.error("outbox_entry_parked", entry=entry.source_id, error=exc.message)
+                await self._store.write([], [_parked(entry, exc.message)])
 
     async def _own_pending(self, stream: str) -> list[Any]:
         """Entries this flusher read before and could not write (the store was down): retried first."""
@@ -210,18 +229,6 @@ class Flusher:
             # Deleted from the stream but still pending (flushed by another replica meanwhile).
             await self._redis.xack(stream, GROUP, *gone)
         return [entry for entry in entries if entry[1]]
-
-    async def _claim_stale(self, stream: str, count: int) -> list[Any]:
-        """Entries another flusher read but never acknowledged (it crashed): ours now."""
-        result = await self._redis.xautoclaim(
-            stream,
-            GROUP,
-            self.consumer,
-            min_idle_time=self._claim_idle_ms,
-            start_id="0-0",
-            count=count,
-        )
-        return [entry for entry in result[1] if entry[1]]
 
     def start(self) -> None:
         self._stopping.clear()
@@ -276,13 +283,13 @@ def _parse(stream: str, entry_id: Any, raw_fields: Any) -> _Entry:
     entry_text = _text(entry_id)
     fields = {_text(key): _text(value) for key, value in raw_fields.items()}
     try:
-        return _Entry(entry_text, fields, parse_record(stream, entry_text, fields))
+        return _Entry(f"{stream}/{entry_text}", fields, parse_record(stream, entry_text, fields))
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        return _Entry(entry_text, fields, error=repr(exc))
+        return _Entry(f"{stream}/{entry_text}", fields, error=repr(exc))
 
 
-def _parked(stream: str, entry: _Entry, error: str) -> ParkedEntry:
-    return ParkedEntry(f"{stream}/{entry.stream_id}", repr(entry.fields), error)
+def _parked(entry: _Entry, error: str) -> ParkedEntry:
+    return ParkedEntry(entry.source_id, repr(entry.fields), error)
 
 
 def _text(value: Any) -> str:
