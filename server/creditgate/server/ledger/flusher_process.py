@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import multiprocessing
 import os
 import signal
@@ -22,6 +23,9 @@ from creditgate.server.settings import Settings
 from redis.asyncio import Redis
 
 PR_SET_PDEATHSIG = 1
+# A flushed batch keeps thousands of records alive until it is written; with the default threshold (700) the
+# collector walks them again and again as they age, ~15% of the flusher's CPU per entry (bench/NOTES.md).
+FLUSHER_GC_THRESHOLD = 50_000
 
 
 def new_flusher(redis: Redis, store: Store, settings: Settings) -> Flusher:
@@ -83,6 +87,9 @@ async def _flush_until_stopped(settings: Settings) -> None:
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     await store.open()
     flusher = new_flusher(redis, store, settings)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(FLUSHER_GC_THRESHOLD)
     try:
         await flusher.setup()
         flusher.start()
