@@ -105,6 +105,8 @@ def ledger_events(record: LedgerRecord) -> list[EventRecord]:
     """The events a ledger entry caused: its kind's own, then those its script named."""
     names = [KIND_EVENTS[record.kind]] if record.kind in KIND_EVENTS and record.credits_delta != 0 else []
     names.extend(record.events)
+    if not names:
+        return []
     data = {
         "kind": record.kind,
         "credits_delta": record.credits_delta,
@@ -161,33 +163,36 @@ def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:
 
 
 def _ledger(body: dict[str, Any]) -> LedgerRecord:
+    # Positional, through a bound get: the flusher parses every entry, and keywords cost ~1 us of its ~3.
+    get = body.get
     kind = body["k"]
     if kind not in LEDGER_KINDS:
         raise ValueError(f"unknown ledger entry kind {kind!r}")
-    takes = body.get("takes") or []
-    events = body.get("ev")
+    takes = get("takes")
+    events = get("ev")
+    debit = kind == "debit"
     return LedgerRecord(
-        customer_id=body["c"],
-        seq=int(body["n"]),
-        kind=kind,
-        credits_delta=int(body["d"]),
-        balance_after=int(body["b"]),
-        created_ms=int(body["t"]),
-        feature=body.get("f", ""),
-        quantity=int(body.get("q", 0)),
-        dimensions=_str_map(body.get("dim")),
-        free_units_used=int(body.get("fu", 0)),
-        overage_credits=int(body.get("o", 0)),
-        bucket_id=body.get("bk", ""),
-        request_id=body.get("r", "") if kind == "debit" else body.get("rq", ""),
-        reason=body.get("r", "") if kind != "debit" else "",
-        price=body.get("price", ""),
-        bucket_priority=int(body.get("bp", 0)),
-        bucket_expires_ms=int(body.get("bx", 0)),
-        reserved_delta=int(body.get("rd", 0)),
-        reservation_id=body.get("hold", ""),
-        takes=list(takes) if isinstance(takes, list) else [],
-        events=tuple(map(str, events)) if events else (),
+        body["c"],
+        int(body["n"]),
+        kind,
+        int(body["d"]),
+        int(body["b"]),
+        int(body["t"]),
+        get("f", ""),
+        int(get("q", 0)),
+        _str_map(get("dim")),
+        int(get("fu", 0)),
+        int(get("o", 0)),
+        get("bk", ""),
+        get("r", "") if debit else get("rq", ""),
+        "" if debit else get("r", ""),
+        get("price", ""),
+        int(get("bp", 0)),
+        int(get("bx", 0)),
+        int(get("rd", 0)),
+        get("hold", ""),
+        takes if type(takes) is list else [],
+        tuple(map(str, events)) if events else (),
     )
 
 
