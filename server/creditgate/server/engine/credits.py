@@ -170,7 +170,8 @@ class CreditEngine:
             cap_scope,
             "1" if request.dry_run else "0",
             request.request_id,
-            fingerprint("debit", request.feature, request.quantity, request.dimensions),
+            # Without a request_id the script neither replays nor remembers: no fingerprint to make.
+            fingerprint("debit", request.feature, request.quantity, request.dimensions) if request.request_id else "",
             self._settings.idempotency_ttl_seconds,
             json.dumps(request.dimensions) if request.dimensions else "{}",
         ]
@@ -211,20 +212,21 @@ class CreditEngine:
             cap_limit,
             cap_usage,
         ) = result[1:]
+        # Positional: every decision of a batch is made here, and 13 keywords cost ~0.5 us more.
         return Decision(
-            allowed=bool(allowed),
-            deny_reason=reason,
-            credits_cost=cost,
-            credits_charged=charged,
-            free_units_used=free_used,
-            overage_credits=overage,
-            balance_after=after,
-            low_balance=bool(low),
-            entry_id=entry_id,
-            period_usage=period_usage,
-            free_units_remaining=free_left,
-            cap_limit=cap_limit,
-            cap_usage=cap_usage,
+            bool(allowed),
+            reason,
+            cost,
+            charged,
+            free_used,
+            overage,
+            after,
+            bool(low),
+            entry_id,
+            period_usage,
+            free_left,
+            cap_limit,
+            cap_usage,
         )
 
     async def run_touching(self, script: str, customer_id: str, keys: list[str], args: list[Any], now: int) -> Any:
