@@ -26,8 +26,10 @@ class FeatureChoice:
     quantity: int = 1
 
     def label(self) -> str:
+        """The choice as parse_mix reads it (without its weight)."""
         dims = ",".join(f"{name}={value}" for name, value in self.dimensions)
-        return f"{self.feature}[{dims}]" if dims else self.feature
+        label = f"{self.feature}[{dims}]" if dims else self.feature
+        return f"{label}*{self.quantity}" if self.quantity != 1 else label
 
 
 def parse_mix(text: str) -> list[FeatureChoice]:
@@ -103,11 +105,11 @@ class CustomerPicker:
 class MixPicker:
     def __init__(self, choices: list[FeatureChoice], seed: int) -> None:
         self._random = random.Random(seed)
-        self._indexes = list(range(len(choices)))
         self._weights = list(itertools.accumulate(choice.weight for choice in choices))
 
     def pick(self) -> int:
-        return self._random.choices(self._indexes, cum_weights=self._weights)[0]
+        # What random.choices does with cum_weights, without building a list per pick (the same picks per seed).
+        return bisect.bisect(self._weights, self._random.random() * self._weights[-1], 0, len(self._weights) - 1)
 
 
 def encode_request(customer_id: str, choice: FeatureChoice) -> bytes:

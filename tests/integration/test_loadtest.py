@@ -1,0 +1,49 @@
+"""`creditgate loadtest` against the real server: what it counts is what the server charged, in every mode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from creditgate.server.loadtest.report import as_json
+from creditgate.server.loadtest.runner import LoadSettings, run_load
+from harness import RunningServer
+
+# One Basic customer: its month's grant of 2,500 credits and no overage. Both features cost 10 credits a call
+# (phone_reveal 10, email_unlock 1 x 10), so 250 calls are allowed whatever the mix picks, and the rest denied.
+MIX = "phone_reveal:1,email_unlock*10:1"
+GRANT = 2_500
+ALLOWED = GRANT // 10
+
+# (mode, settings, calls, decisions)
+MODES: list[tuple[str, dict[str, Any], int, int]] = [
+    ("debit", {"requests": 300}, 300, 300),
+    ("batch", {"requests": 30, "batch_size": 10}, 30, 300),
+    ("reserve-commit", {"requests": 300}, 300, 300),
+]
+
+
+@pytest.mark.parametrize(("mode", "settings", "calls", "decisions"), MODES, ids=[case[0] for case in MODES])
+def test_the_loadtest_counts_what_the_server_charged(
+    server: RunningServer, mode: str, settings: dict[str, Any], calls: int, decisions: int
+) -> None:
+    report = run_load(
+        LoadSettings(
+            target=f"127.0.0.1:{server.app.port}",
+            mode=mode,  # type: ignore[arg-type]  # one of the modes, from the table
+            customers=1,
+            plan="basic",
+            credits_per_customer=0,
+            features=MIX,
+            concurrency=8,
+            processes=2,
+            **settings,
+        )
+    )
+    assert (report.calls, report.decisions) == (calls, decisions)
+    assert (report.allowed, report.denied, report.errors) == (ALLOWED, decisions - ALLOWED, {})
+    assert (report.charged, report.balance_drop, report.verified) == (GRANT, GRANT, True)
+    assert report.histogram.get_total_count() == calls
+    summary = as_json(report)
+    assert summary["mix"] == {"phone_reveal": 1, "email_unlock*10": 1}
+    assert (summary["credits_charged"], summary["verified"]) == (GRANT, True)
