@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from creditgate.server.loadtest.report import as_json
 from creditgate.server.loadtest.runner import LoadSettings, run_load
 from harness import RunningServer
+
+CLI = [sys.executable, "-m", "creditgate.server", "loadtest"]
 
 # One Basic customer: its month's grant of 2,500 credits and no overage. Both features cost 10 credits a call
 # (phone_reveal 10, email_unlock 1 x 10), so 250 calls are allowed whatever the mix picks, and the rest denied.
@@ -47,3 +53,40 @@ def test_the_loadtest_counts_what_the_server_charged(
     summary = as_json(report)
     assert summary["mix"] == {"phone_reveal": 1, "email_unlock*10": 1}
     assert (summary["credits_charged"], summary["verified"]) == (GRANT, True)
+
+
+def test_the_command_writes_its_json_and_plot(server: RunningServer, tmp_path: Path) -> None:
+    summary, plot = tmp_path / "summary.json", tmp_path / "latency.png"
+    done = subprocess.run(
+        [
+            *CLI,
+            f"--target=127.0.0.1:{server.app.port}",
+            "--customers=1",
+            "--plan=basic",
+            "--credits-per-customer=0",
+            f"--features={MIX}",
+            "--requests=300",
+            "--concurrency=8",
+            f"--json={summary}",
+            f"--plot={plot}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(summary.read_text())
+    assert (figures["calls"], figures["allowed"], figures["denied"]) == (300, ALLOWED, 300 - ALLOWED)
+    assert (figures["credits_charged"], figures["balance_drop"], figures["verified"]) == (GRANT, GRANT, True)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_command_refuses_an_unknown_mode(server: RunningServer) -> None:
+    done = subprocess.run(
+        [*CLI, f"--target=127.0.0.1:{server.app.port}", "--mode=spray", "--requests=10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--mode" in done.stderr
