@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 from creditgate.server.engine.keys import KeySpace
+from creditgate.server.engine.wire import RedisWire
 from creditgate.server.ledger.flusher import GROUP, Flusher
 from creditgate.v1 import admin_pb2
 from harness import RedisServer, RunningServer, StoreUnderTest
@@ -31,6 +32,7 @@ def make_flusher(
 
     flusher = Flusher(
         Redis.from_url(redis_server.url, decode_responses=True),
+        RedisWire(redis_server.url, timeout_seconds=5),
         store.store,
         streams or [STREAM],
         batch_size=batch_size,

@@ -153,7 +153,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     catalog = CatalogHolder(store, clock)
     scripts = Scripts(redis, RedisWire(redis_url, settings.redis_timeout_seconds))
     engine = CreditEngine(redis, scripts, keys, catalog, clock, settings)
-    flusher = new_flusher(redis, store, settings)
+    flusher = new_flusher(redis, redis_url, store, settings)
     holds = Holds(redis, scripts, keys, catalog, clock, settings, engine)
     metrics = Metrics()
     envelope = CallEnvelope(metrics, log_successes=settings.log_calls == "all")

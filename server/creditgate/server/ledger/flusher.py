@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
+import hiredis
 import structlog
+from creditgate.server.engine.wire import RedisWire, pack_command, response_error
 from creditgate.server.errors import CreditgateError, InternalError, Unavailable
 from creditgate.server.ledger.records import Record, parse_record
 from creditgate.server.ledger.store import ParkedEntry, Store
@@ -54,6 +56,7 @@ class Flusher:
     def __init__(
         self,
         redis: Redis,
+        wire: RedisWire,
         store: Store,
         streams: list[str],
         *,
@@ -61,7 +64,11 @@ class Flusher:
         interval_seconds: float,
         claim_idle_ms: int,
     ) -> None:
+        # A client that decodes replies (decode_responses=True), as the wire does: entries are parsed as text.
         self._redis = redis
+        # Batches are read and acknowledged through their own connection: redis-py packs a command's arguments in
+        # Python, ~1.3 us per entry id for XACK and again for XDEL, and parses every entry of a read into a dict.
+        self._wire = wire
         self._store = store
         self._streams = streams
         self._batch_size = batch_size
@@ -107,12 +114,13 @@ class Flusher:
         self._unacknowledged.update(batches)
         await self._write(entries)
         # One MULTI: an entry is never acknowledged without leaving the stream, so the backlog stays exact.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for stream, raw in batches.items():
-                ids = [entry_id for entry_id, _ in raw]
-                pipe.xack(stream, GROUP, *ids)
-                pipe.xdel(stream, *ids)
-            await pipe.execute()
+        acknowledge: list[tuple[Any, ...]] = [("MULTI",)]
+        for stream, raw in batches.items():
+            ids = [entry_id for entry_id, _ in raw]
+            acknowledge += [("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids)]
+        for reply in (await self._send([*acknowledge, ("EXEC",)]))[-1] or ():
+            if isinstance(reply, hiredis.ReplyError):
+                raise response_error(str(reply))
         self._unacknowledged.difference_update(stream for stream, raw in batches.items() if len(raw) < self._batch_size)
         return len(entries)
 
@@ -177,27 +185,53 @@ class Flusher:
             stream: await self._own_pending(stream) if stream in self._unacknowledged else []
             for stream in self._streams
         }
-        async with self._redis.pipeline(transaction=False) as pipe:
-            room = [stream for stream, raw in batches.items() if len(raw) < self._batch_size]
-            for stream in room:
-                pipe.xautoclaim(
-                    stream,
-                    GROUP,
-                    self.consumer,
-                    min_idle_time=self._claim_idle_ms,
-                    start_id="0-0",
-                    count=self._batch_size - len(batches[stream]),
-                )
-            for stream, claim in zip(room, await pipe.execute(), strict=True):
-                # Deleted from the stream but still pending (flushed by another replica meanwhile): no fields.
-                batches[stream].extend(entry for entry in claim[1] if entry[1])
-            room = [stream for stream, raw in batches.items() if len(raw) < self._batch_size]
-            for stream in room:
-                pipe.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=self._batch_size - len(batches[stream]))
-            for stream, response in zip(room, await pipe.execute(), strict=True):
-                for _, stream_entries in cast(list[Any], response) or []:
-                    batches[stream].extend(stream_entries)
+        room = [stream for stream, raw in batches.items() if len(raw) < self._batch_size]
+        claims = [
+            (
+                "XAUTOCLAIM",
+                stream,
+                GROUP,
+                self.consumer,
+                self._claim_idle_ms,
+                "0-0",
+                "COUNT",
+                self._batch_size - len(batches[stream]),
+            )
+            for stream in room
+        ]
+        for stream, (_, claimed, *_) in zip(room, await self._send(claims), strict=True):
+            # Deleted from the stream but still pending (flushed by another replica meanwhile): no fields.
+            batches[stream].extend((entry_id, _fields(flat)) for entry_id, flat in claimed if flat)
+        room = [stream for stream, raw in batches.items() if len(raw) < self._batch_size]
+        reads = [
+            (
+                "XREADGROUP",
+                "GROUP",
+                GROUP,
+                self.consumer,
+                "COUNT",
+                self._batch_size - len(batches[stream]),
+                "STREAMS",
+                stream,
+                ">",
+            )
+            for stream in room
+        ]
+        for stream, response in zip(room, await self._send(reads), strict=True):
+            for _, stream_entries in response or ():
+                batches[stream].extend((entry_id, _fields(flat)) for entry_id, flat in stream_entries)
         return {stream: raw for stream, raw in batches.items() if raw}
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies of commands written together, in order; the first error reply is raised (after every reply
+        is in, so that none is left unread)."""
+        futures = await self._wire.call_many([pack_command(*command) for command in commands])
+        if futures:
+            await asyncio.wait(futures)
+        errors = [error for future in futures if (error := future.exception()) is not None]
+        if errors:
+            raise errors[0]
+        return [future.result() for future in futures]
 
     async def _write(self, entries: list[_Entry]) -> None:
         records = [entry.record for entry in entries if entry.record is not None]
@@ -247,6 +281,7 @@ class Flusher:
             log.info("outbox_drained", entries=moved)
         except (TimeoutError, CreditgateError, RedisError) as exc:
             log.warning("outbox_not_drained", error=repr(exc))
+        await self._wire.close()
 
     async def run_once(self) -> int:
         """One round of the loop: flush a batch per stream; now and then, remove dead consumers and log the backlog."""
@@ -279,18 +314,17 @@ class Flusher:
                     await asyncio.wait_for(self._stopping.wait(), timeout=self._interval)
 
 
-def _parse(stream: str, entry_id: Any, raw_fields: Any) -> _Entry:
-    entry_text = _text(entry_id)
-    fields = {_text(key): _text(value) for key, value in raw_fields.items()}
+def _parse(stream: str, entry_id: str, fields: dict[str, str]) -> _Entry:
     try:
-        return _Entry(f"{stream}/{entry_text}", fields, parse_record(stream, entry_text, fields))
+        return _Entry(f"{stream}/{entry_id}", fields, parse_record(stream, entry_id, fields))
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        return _Entry(f"{stream}/{entry_text}", fields, error=repr(exc))
+        return _Entry(f"{stream}/{entry_id}", fields, error=repr(exc))
+
+
+def _fields(flat: list[Any]) -> dict[str, Any]:
+    """An entry's field-value list as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _parked(entry: _Entry, error: str) -> ParkedEntry:
     return ParkedEntry(entry.source_id, repr(entry.fields), error)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -16,6 +16,7 @@ from multiprocessing.process import BaseProcess
 
 import uvloop
 from creditgate.server.engine.keys import KeySpace
+from creditgate.server.engine.wire import RedisWire
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.store import Store, open_store
 from creditgate.server.logs import configure
@@ -28,9 +29,10 @@ PR_SET_PDEATHSIG = 1
 FLUSHER_GC_THRESHOLD = 50_000
 
 
-def new_flusher(redis: Redis, store: Store, settings: Settings) -> Flusher:
+def new_flusher(redis: Redis, redis_url: str, store: Store, settings: Settings) -> Flusher:
     return Flusher(
         redis,
+        RedisWire(redis_url, settings.redis_timeout_seconds),
         store,
         KeySpace(settings.shards).all_outboxes(),
         batch_size=settings.flush_batch_size,
@@ -86,7 +88,7 @@ async def _flush_until_stopped(settings: Settings) -> None:
     )
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     await store.open()
-    flusher = new_flusher(redis, store, settings)
+    flusher = new_flusher(redis, settings.redis_url, store, settings)
     gc.collect()
     gc.freeze()
     gc.set_threshold(FLUSHER_GC_THRESHOLD)
