@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from creditgate.server.api.auth import hash_key, new_key
 from creditgate.server.loadtest.report import as_json
 from creditgate.server.loadtest.runner import LoadSettings, run_load
-from harness import RunningServer
+from creditgate.server.settings import ApiKey
+from harness import RedisServer, RunningServer, start_server
 
 CLI = [sys.executable, "-m", "creditgate.server", "loadtest"]
 
@@ -53,6 +57,36 @@ def test_the_loadtest_counts_what_the_server_charged(
     summary = as_json(report)
     assert summary["mix"] == {"phone_reveal": 1, "email_unlock*10": 1}
     assert (summary["credits_charged"], summary["verified"]) == (GRANT, True)
+
+
+def test_a_server_that_asks_for_keys_is_loaded_with_one(redis_server: RedisServer, tmp_path: Path) -> None:
+    key = new_key()
+    api_keys = [ApiKey(name="loadtest", sha256=hash_key(key), scopes=frozenset({"metering", "admin"}))]
+    guarded = start_server(redis_server.url, tmp_path, api_keys=api_keys)
+    try:
+        settings = LoadSettings(
+            target=f"127.0.0.1:{guarded.app.port}",
+            customers=1,
+            plan="basic",
+            credits_per_customer=0,
+            features=MIX,
+            concurrency=8,
+            processes=1,
+            requests=300,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            run_load(settings)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        done = subprocess.run(
+            [*CLI, f"--target={settings.target}", "--requests=10"], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1
+        assert "refused the load test: UNAUTHENTICATED" in done.stderr
+        report = run_load(replace(settings, api_key=key))
+        assert (report.allowed, report.denied, report.errors) == (ALLOWED, 300 - ALLOWED, {})
+        assert (report.charged, report.balance_drop, report.verified) == (GRANT, GRANT, True)
+    finally:
+        guarded.stop()
 
 
 def test_the_command_writes_its_json_and_plot(server: RunningServer, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,6 +37,9 @@ def loadtest(
     verify: Annotated[bool, typer.Option(help="check charged credits against balances afterwards")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON ('-': stdout)")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a latency-by-percentile PNG")] = None,
+    api_key: Annotated[
+        str, typer.Option(help="API key sent with every call (scopes: metering, and admin unless --no-setup)")
+    ] = "",
 ) -> None:
     """Load a creditgate server and report throughput, latency percentiles and the charged-credits check."""
     from creditgate.server.loadtest import report as reports
@@ -63,6 +67,7 @@ def loadtest(
         requests=requests,
         rate=rate,
         batch_size=batch_size,
+        api_key=api_key,
     )
     with Progress(
         TextColumn("{task.description}"),
@@ -79,7 +84,11 @@ def loadtest(
             rate_now = calls / elapsed if elapsed else 0.0
             progress.update(task, description="loading", completed=done, calls=calls, rate=rate_now)
 
-        report = run_load(settings, update)
+        try:
+            report = run_load(settings, update)
+        except grpc.aio.AioRpcError as exc:
+            console.print(f"the server refused the load test: {exc.code().name}: {exc.details()}")
+            raise typer.Exit(1) from exc
     console.print(reports.summary_table(report))
     if json_out is not None:
         text = json.dumps(reports.as_json(report), indent=2)

@@ -16,7 +16,7 @@ from multiprocessing.synchronize import Barrier
 
 import grpc
 from creditgate.server.loadtest.worker import Mode, WorkerPlan, WorkerResult, new_histogram, run_worker
-from creditgate.server.loadtest.workload import FeatureChoice, customer_name, default_mix, parse_mix
+from creditgate.server.loadtest.workload import FeatureChoice, auth_metadata, customer_name, default_mix, parse_mix
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 from hdrh.histogram import HdrHistogram
 
@@ -45,6 +45,8 @@ class LoadSettings:
     requests: int = 0
     rate: float = 0.0
     batch_size: int = 100
+    # A key with the metering scope (and admin, to set customers up), sent as "authorization: Bearer <key>".
+    api_key: str = ""
 
 
 @dataclass(slots=True)
@@ -88,7 +90,7 @@ def run_load(settings: LoadSettings, on_progress: Callable[[int, int, float], No
     mix, before = asyncio.run(_prepare(settings, prefix))
     setup_s = time.perf_counter() - started_setup
     results = _generate(settings, prefix, mix, run_id, on_progress)
-    after = asyncio.run(_balances(settings.target, prefix, settings.customers)) if settings.verify else None
+    after = asyncio.run(_balances(settings, prefix)) if settings.verify else None
     histogram = new_histogram()
     errors: Counter[str] = Counter()
     for result in results:
@@ -115,24 +117,29 @@ async def _prepare(settings: LoadSettings, prefix: str) -> tuple[list[FeatureCho
         if settings.features:
             mix = parse_mix(settings.features)
         else:
-            catalog = await admin_pb2_grpc.AdminServiceStub(channel).GetCatalog(admin_pb2.GetCatalogRequest())
+            catalog = await admin_pb2_grpc.AdminServiceStub(channel).GetCatalog(
+                admin_pb2.GetCatalogRequest(), metadata=auth_metadata(settings.api_key)
+            )
             mix = default_mix(catalog.catalog_yaml, settings.plan)
         if settings.setup:
             await _create_customers(channel, settings, prefix)
-    before = await _balances(settings.target, prefix, settings.customers) if settings.verify else None
+    before = await _balances(settings, prefix) if settings.verify else None
     return mix, before
 
 
 async def _create_customers(channel: grpc.aio.Channel, settings: LoadSettings, prefix: str) -> None:
     admin = admin_pb2_grpc.AdminServiceStub(channel)
+    metadata = auth_metadata(settings.api_key)
     slots = asyncio.Semaphore(ADMIN_CONCURRENCY)
 
     async def create(index: int) -> None:
         customer_id = customer_name(prefix, index)
         async with slots:
-            await admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id=customer_id, name=customer_id))
+            await admin.CreateCustomer(
+                admin_pb2.CreateCustomerRequest(customer_id=customer_id, name=customer_id), metadata=metadata
+            )
             await admin.CreateSubscription(
-                admin_pb2.CreateSubscriptionRequest(customer_id=customer_id, plan=settings.plan)
+                admin_pb2.CreateSubscriptionRequest(customer_id=customer_id, plan=settings.plan), metadata=metadata
             )
             if settings.credits_per_customer:
                 await admin.TopUp(
@@ -140,25 +147,27 @@ async def _create_customers(channel: grpc.aio.Channel, settings: LoadSettings, p
                         customer_id=customer_id,
                         credits=settings.credits_per_customer,
                         request_id=f"{customer_id}.setup",
-                    )
+                    ),
+                    metadata=metadata,
                 )
 
     await asyncio.gather(*(create(index) for index in range(settings.customers)))
 
 
-async def _balances(target: str, prefix: str, count: int) -> list[int]:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def _balances(settings: LoadSettings, prefix: str) -> list[int]:
+    metadata = auth_metadata(settings.api_key)
+    async with grpc.aio.insecure_channel(settings.target) as channel:
         metering = metering_pb2_grpc.MeteringServiceStub(channel)
         slots = asyncio.Semaphore(ADMIN_CONCURRENCY)
 
         async def balance(index: int) -> int:
             async with slots:
                 response = await metering.GetBalance(
-                    metering_pb2.GetBalanceRequest(customer_id=customer_name(prefix, index))
+                    metering_pb2.GetBalanceRequest(customer_id=customer_name(prefix, index)), metadata=metadata
                 )
                 return int(response.available_credits)
 
-        return list(await asyncio.gather(*(balance(index) for index in range(count))))
+        return list(await asyncio.gather(*(balance(index) for index in range(settings.customers))))
 
 
 _progress: Synchronized[int] | None = None
@@ -203,6 +212,7 @@ def _generate(
             rate=settings.rate / processes,
             batch_size=settings.batch_size,
             run_id=f"{run_id}",
+            api_key=settings.api_key,
         )
         for index in range(processes)
     ]

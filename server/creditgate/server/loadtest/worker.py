@@ -4,13 +4,14 @@ recording each call's latency in an HdrHistogram."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Barrier
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 import uvloop
@@ -18,6 +19,7 @@ from creditgate.server.loadtest.workload import (
     CustomerPicker,
     FeatureChoice,
     MixPicker,
+    auth_metadata,
     customer_name,
     encode_request,
     with_request_id,
@@ -54,6 +56,8 @@ class WorkerPlan:
     rate: float
     batch_size: int
     run_id: str
+    # Sent as "authorization: Bearer <key>" with every call; empty: none.
+    api_key: str = ""
 
 
 @dataclass(slots=True)
@@ -113,7 +117,7 @@ class _Worker:
         try:
             for channel in channels:
                 await channel.channel_ready()
-            self.calls = [_Calls(channel) for channel in channels]
+            self.calls = [_Calls(channel, auth_metadata(plan.api_key)) for channel in channels]
             await asyncio.to_thread(self.barrier.wait, 120)
             started = time.perf_counter()
             if plan.duration_s:
@@ -216,23 +220,16 @@ class _Worker:
 class _Calls:
     """Multi-callables on one channel that send pre-encoded bytes and parse only the answer."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.check_and_debit = channel.unary_unary(
-            SERVICE + "CheckAndDebit",
-            request_serializer=None,
-            response_deserializer=metering_pb2.CheckAndDebitResponse.FromString,
-        )
-        self._batch = channel.unary_unary(
-            SERVICE + "CheckAndDebitBatch",
-            request_serializer=None,
-            response_deserializer=metering_pb2.CheckAndDebitBatchResponse.FromString,
-        )
-        self.reserve = channel.unary_unary(
-            SERVICE + "Reserve", request_serializer=None, response_deserializer=metering_pb2.ReserveResponse.FromString
-        )
-        self.commit = channel.unary_unary(
-            SERVICE + "Commit", request_serializer=None, response_deserializer=metering_pb2.CommitResponse.FromString
-        )
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] | None) -> None:
+        def method(name: str, response: Any) -> Any:
+            # The key goes with every call: call credentials need TLS, and an interceptor costs more per call.
+            callable_ = channel.unary_unary(SERVICE + name, request_serializer=None, response_deserializer=response)
+            return functools.partial(callable_, metadata=metadata)
+
+        self.check_and_debit = method("CheckAndDebit", metering_pb2.CheckAndDebitResponse.FromString)
+        self._batch = method("CheckAndDebitBatch", metering_pb2.CheckAndDebitBatchResponse.FromString)
+        self.reserve = method("Reserve", metering_pb2.ReserveResponse.FromString)
+        self.commit = method("Commit", metering_pb2.CommitResponse.FromString)
 
     async def check_and_debit_batch(self, items: list[bytes]) -> metering_pb2.CheckAndDebitBatchResponse:
         # A repeated message field is the field's tag and length before each item: field 1, wire type 2.

@@ -129,3 +129,8 @@ def with_request_id(encoded: bytes, request_id: bytes) -> bytes:
 
 def customer_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index}"
+
+
+def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...] | None:
+    """The metadata every call of a run carries: the API key, when the server asks for one."""
+    return (("authorization", f"Bearer {api_key}"),) if api_key else None
