@@ -203,7 +203,8 @@ def capture_decide(redis_url: str, target: str, customer: str) -> list[str]:
             # arguments with spaces, which cannot be split back when an argument holds one.
             line = monitor.connection.read_response()
             command = _split_monitor(line.decode() if isinstance(line, bytes) else str(line))
-            if command and command[0].lower() == "evalsha":
+            # Only the debit's own call: the flusher's and the sweeper's scripts run on the same Redis.
+            if command and command[0].lower() == "evalsha" and "capture-1" in command:
                 return command
 
 
@@ -494,8 +495,7 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
     customer = "redis-benchmark-0"  # the loadtest names its customers <prefix>-<n>
     command = capture_decide(redis_url, cg, customer)
     before = _available(cg, customer)
-    # Request ids of their own per run: two runs of redis-benchmark can draw the same random numbers, and the
-    # second then replays the first's answers (the 08:27 UTC run of 2026-11-27: 199,791 of 400,000 charged).
+    # Request ids of their own per run, so that the second run cannot replay the first's answers.
     evalsha: dict[str, float] = {
         f"P{p}": redis_benchmark(redis_port, [part.replace("capture-1", f"rb{p}-__rand_int__") for part in command], p)
         for p in (1, 16)
