@@ -33,19 +33,20 @@ MODES: list[tuple[str, dict[str, Any], int, int]] = [
 ]
 
 
+def one_basic_customer(server: RunningServer, **overrides: Any) -> LoadSettings:
+    """A run over one new Basic customer with nothing but its grant, 8 calls in flight."""
+    base: dict[str, Any] = {"customers": 1, "plan": "basic", "credits_per_customer": 0, "features": MIX}
+    return LoadSettings(target=f"127.0.0.1:{server.app.port}", concurrency=8, **{**base, **overrides})
+
+
 @pytest.mark.parametrize(("mode", "settings", "calls", "decisions"), MODES, ids=[case[0] for case in MODES])
 def test_the_loadtest_counts_what_the_server_charged(
     server: RunningServer, mode: str, settings: dict[str, Any], calls: int, decisions: int
 ) -> None:
     report = run_load(
-        LoadSettings(
-            target=f"127.0.0.1:{server.app.port}",
-            mode=mode,  # type: ignore[arg-type]  # one of the modes, from the table
-            customers=1,
-            plan="basic",
-            credits_per_customer=0,
-            features=MIX,
-            concurrency=8,
+        one_basic_customer(
+            server,
+            mode=mode,  # one of the modes, from the table
             processes=2,
             **settings,
         )
@@ -64,16 +65,7 @@ def test_a_server_that_asks_for_keys_is_loaded_with_one(redis_server: RedisServe
     api_keys = [ApiKey(name="loadtest", sha256=hash_key(key), scopes=frozenset({"metering", "admin"}))]
     guarded = start_server(redis_server.url, tmp_path, api_keys=api_keys)
     try:
-        settings = LoadSettings(
-            target=f"127.0.0.1:{guarded.app.port}",
-            customers=1,
-            plan="basic",
-            credits_per_customer=0,
-            features=MIX,
-            concurrency=8,
-            processes=1,
-            requests=300,
-        )
+        settings = one_basic_customer(guarded, processes=1, requests=300)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             run_load(settings)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
