@@ -14,8 +14,10 @@ import pytest
 from creditgate.server.api.auth import hash_key, new_key
 from creditgate.server.loadtest.report import as_json
 from creditgate.server.loadtest.runner import LoadSettings, run_load
+from creditgate.server.loadtest.workload import TlsOptions
 from creditgate.server.settings import ApiKey
 from harness import RedisServer, RunningServer, start_server
+from pki import new_pki
 
 CLI = [sys.executable, "-m", "creditgate.server", "loadtest"]
 
@@ -77,6 +79,61 @@ def test_a_server_that_asks_for_keys_is_loaded_with_one(redis_server: RedisServe
         report = run_load(replace(settings, api_key=key))
         assert (report.allowed, report.denied, report.errors) == (ALLOWED, 300 - ALLOWED, {})
         assert (report.charged, report.balance_drop, report.verified) == (GRANT, GRANT, True)
+    finally:
+        guarded.stop()
+
+
+# (case, TLS options given to the command, exit code, what stderr says): a server that asks for client certificates.
+TLS_CASES: list[tuple[str, list[str], int, str]] = [
+    ("plaintext", [], 1, "refused the load test: UNAVAILABLE"),
+    ("no client certificate", ["--ca-file={ca}"], 1, "refused the load test: UNAVAILABLE"),
+    ("certificate without its key", ["--ca-file={ca}", "--cert-file={cert}"], 2, "--key-file go together"),
+    (
+        "a name the certificate does not carry",
+        ["--ca-file={ca}", "--cert-file={cert}", "--key-file={key}", "--server-name=elsewhere.test"],
+        1,
+        "refused the load test: UNAVAILABLE",
+    ),
+    ("mTLS", ["--ca-file={ca}", "--cert-file={cert}", "--key-file={key}", "--server-name=localhost"], 0, ""),
+]
+
+
+def test_a_server_behind_mtls_is_loaded_with_the_client_certificate(redis_server: RedisServer, tmp_path: Path) -> None:
+    pki = new_pki()
+    guarded = start_server(redis_server.url, tmp_path, **pki.write(tmp_path))
+    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "client.pem", "key": tmp_path / "client.key"}
+    files["cert"].write_bytes(pki.client.certificate)
+    files["key"].write_bytes(pki.client.key)
+    try:
+        settings = one_basic_customer(guarded, processes=2, requests=300)
+        tls = TlsOptions(pki.ca.certificate, pki.client.certificate, pki.client.key)
+        report = run_load(replace(settings, tls=tls))
+        assert (report.allowed, report.denied, report.errors) == (ALLOWED, 300 - ALLOWED, {})
+        assert (report.charged, report.balance_drop, report.verified) == (GRANT, GRANT, True)
+        for case, options, exit_code, said in TLS_CASES:
+            done = subprocess.run(
+                [
+                    *CLI,
+                    f"--target={settings.target}",
+                    *(option.format(**files) for option in options),
+                    "--customers=1",
+                    "--plan=basic",
+                    "--credits-per-customer=0",
+                    f"--features={MIX}",
+                    "--requests=300",
+                    "--processes=1",
+                    "--json=-",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == exit_code, (case, done.stderr)
+            assert said in " ".join(done.stderr.split()), case
+            if exit_code == 0:
+                figures = json.loads(done.stdout)
+                assert (figures["allowed"], figures["denied"]) == (ALLOWED, 300 - ALLOWED), case
+                assert (figures["credits_charged"], figures["balance_drop"]) == (GRANT, GRANT), case
     finally:
         guarded.stop()
 

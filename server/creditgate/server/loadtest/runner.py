@@ -16,11 +16,22 @@ from multiprocessing.synchronize import Barrier
 
 import grpc
 from creditgate.server.loadtest.worker import Mode, WorkerPlan, WorkerResult, new_histogram, run_worker
-from creditgate.server.loadtest.workload import FeatureChoice, auth_metadata, customer_name, default_mix, parse_mix
+from creditgate.server.loadtest.workload import (
+    FeatureChoice,
+    TlsOptions,
+    auth_metadata,
+    customer_name,
+    default_mix,
+    open_channel,
+    parse_mix,
+)
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hdrh.histogram import HdrHistogram
 
 ADMIN_CONCURRENCY = 64
+# The first call (a health check) waits this long for the server; a wrong address or TLS setting fails with it.
+REACH_TIMEOUT_S = 10.0
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
@@ -47,6 +58,8 @@ class LoadSettings:
     batch_size: int = 100
     # A key with the metering scope (and admin, to set customers up), sent as "authorization: Bearer <key>".
     api_key: str = ""
+    # None: plaintext gRPC.
+    tls: TlsOptions | None = None
 
 
 @dataclass(slots=True)
@@ -113,7 +126,8 @@ def run_load(settings: LoadSettings, on_progress: Callable[[int, int, float], No
 
 
 async def _prepare(settings: LoadSettings, prefix: str) -> tuple[list[FeatureChoice], list[int] | None]:
-    async with grpc.aio.insecure_channel(settings.target) as channel:
+    async with open_channel(settings.target, settings.tls) as channel:
+        await _reach(channel)
         if settings.features:
             mix = parse_mix(settings.features)
         else:
@@ -125,6 +139,15 @@ async def _prepare(settings: LoadSettings, prefix: str) -> tuple[list[FeatureCho
             await _create_customers(channel, settings, prefix)
     before = await _balances(settings, prefix) if settings.verify else None
     return mix, before
+
+
+async def _reach(channel: grpc.aio.Channel) -> None:
+    """Health needs no key: an unreachable server or a TLS mismatch fails here, before any process starts."""
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=REACH_TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.UNIMPLEMENTED:  # a server without the health service was still reached
+            raise
 
 
 async def _create_customers(channel: grpc.aio.Channel, settings: LoadSettings, prefix: str) -> None:
@@ -156,7 +179,7 @@ async def _create_customers(channel: grpc.aio.Channel, settings: LoadSettings, p
 
 async def _balances(settings: LoadSettings, prefix: str) -> list[int]:
     metadata = auth_metadata(settings.api_key)
-    async with grpc.aio.insecure_channel(settings.target) as channel:
+    async with open_channel(settings.target, settings.tls) as channel:
         metering = metering_pb2_grpc.MeteringServiceStub(channel)
         slots = asyncio.Semaphore(ADMIN_CONCURRENCY)
 
@@ -213,6 +236,7 @@ def _generate(
             batch_size=settings.batch_size,
             run_id=f"{run_id}",
             api_key=settings.api_key,
+            tls=settings.tls,
         )
         for index in range(processes)
     ]

@@ -19,9 +19,11 @@ from creditgate.server.loadtest.workload import (
     CustomerPicker,
     FeatureChoice,
     MixPicker,
+    TlsOptions,
     auth_metadata,
     customer_name,
     encode_request,
+    open_channel,
     with_request_id,
 )
 from creditgate.v1 import metering_pb2
@@ -58,6 +60,8 @@ class WorkerPlan:
     run_id: str
     # Sent as "authorization: Bearer <key>" with every call; empty: none.
     api_key: str = ""
+    # None: plaintext gRPC.
+    tls: TlsOptions | None = None
 
 
 @dataclass(slots=True)
@@ -113,7 +117,7 @@ class _Worker:
 
     async def run(self) -> WorkerResult:
         plan = self.plan
-        channels = [grpc.aio.insecure_channel(plan.target) for _ in range(plan.connections)]
+        channels = [open_channel(plan.target, plan.tls) for _ in range(plan.connections)]
         try:
             for channel in channels:
                 await channel.channel_ready()
