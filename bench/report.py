@@ -24,6 +24,10 @@ ROWS = [
     ("noop@half", "no-op at the same rate (open loop)"),
     ("h2load-cg@half", "creditgate at half its h2load throughput, 1 hot customer (h2load --rps, open loop)"),
     ("h2load-noop@half", "no-op at the same rate (h2load --rps, open loop)"),
+    ("h2load8-noop", "no-op, 1 process, h2load 8 x 8 streams"),
+    ("h2load8-noop-2p", "no-op, 2 processes on one port, h2load 8 x 8 streams"),
+    ("h2load8-cg-hot", "creditgate CheckAndDebit, 1 hot customer, 1 process, h2load 8 x 8 streams"),
+    ("h2load8-cg-hot-2w", "creditgate CheckAndDebit, 1 hot customer, `serve --workers 2`, h2load 8 x 8 streams"),
 ]
 
 
@@ -39,6 +43,20 @@ def _one_call_line(rows: dict[str, list[dict[str, Any]]], h2_noop: float, h2_cg:
         f"One Redis round trip per call (the no-op awaiting a PING over creditgate's wire, h2load): {one_call:,.0f}"
         f" calls/s, {one_call / h2_noop:.0%} of the no-op; creditgate's own work on top of that round trip leaves"
         f" {h2_cg / one_call:.0%} of it.",
+        "",
+    ]
+
+
+def _workers_line(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    names = ("h2load8-noop", "h2load8-noop-2p", "h2load8-cg-hot", "h2load8-cg-hot-2w")
+    if not all(name in rows for name in names):
+        return []
+    noop, noop2, cg, cg2 = (med(rows[name], "calls_per_s") for name in names)
+    return [
+        f"Two processes on one port (h2load, 8 connections x 8 streams): `serve --workers 2` {cg2:,.0f} calls/s,"
+        f" {cg2 / cg:.2f}x creditgate on 1 process ({cg:,.0f}); the no-op on 2 processes {noop2:,.0f},"
+        f" {noop2 / noop:.2f}x its 1 process ({noop:,.0f}). creditgate / no-op: {cg2 / noop2:.0%} on 2 processes each,"
+        f" {cg / noop:.0%} on 1.",
         "",
     ]
 
@@ -136,6 +154,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f" {results['overspend']['postgresql']['overspend']}).",
         "",
         *_one_call_line(rows, h2_noop, h2_cg),
+        *_workers_line(rows),
         f"Redis limit, redis-benchmark EVALSHA of the same decide script (50 clients, random request ids):"
         f" {results['evalsha']['P1']:,.0f}/s, pipelined 16: {results['evalsha']['P16']:,.0f}/s"
         + (

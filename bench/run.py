@@ -69,12 +69,16 @@ class Processes:
         return child
 
     def stop_all(self) -> None:
-        for child in reversed(self.children):
+        self.stop(*reversed(self.children))
+
+    def stop(self, *children: subprocess.Popen[bytes]) -> None:
+        for child in children:
             child.terminate()
             try:
                 child.wait(15)
             except subprocess.TimeoutExpired:
                 child.kill()
+            self.children.remove(child)
 
 
 def start_postgres(processes: Processes, workdir: Path) -> str:
@@ -146,6 +150,57 @@ class LagSampler:
                     ms = int(first[0][0].split(b"-")[0])
                     oldest = ms if oldest is None else min(oldest, ms)
             self.samples_ms.append(0 if oldest is None else max(0, int(time.time() * 1000) - oldest))
+
+
+def two_workers(
+    args: argparse.Namespace,
+    processes: Processes,
+    workdir: Path,
+    redis_url: str,
+    one_process: dict[str, str],
+    rows: dict[str, list[dict[str, Any]]],
+) -> None:
+    """`serve --workers 2` against 2 no-op processes on one port (SO_REUSEPORT), and both stacks on one process,
+    with h2load over 8 connections (the kernel spreads connections, not calls, over the processes). Started for
+    these rows only, so that the other rows run beside no idle extra servers."""
+    print("--workers 2: creditgate and the no-op on 2 processes each, h2load 8 x 8 streams", flush=True)
+    env = python_env()
+    cg2, noop2 = (f"127.0.0.1:{free_port()}" for _ in range(2))
+    started = [
+        processes.start(
+            "creditgate-2-workers",
+            [sys.executable, "-m", "creditgate.server", "serve", "--workers", "2", "--catalog", str(CATALOG)],
+            {
+                **env,
+                "CREDITGATE_LISTEN": cg2,
+                "CREDITGATE_REDIS_URL": redis_url,
+                "CREDITGATE_DATA_DIR": str(workdir / "cg-2-workers"),
+                "CREDITGATE_LOG_FORMAT": "json",
+            },
+        ),
+        *(
+            processes.start(f"noop-{n}", [sys.executable, str(BENCH / "noop_server.py"), "--listen", noop2], env)
+            for n in range(2)
+        ),
+    ]
+    try:
+        for target in (cg2, noop2):
+            wait_port(int(target.rsplit(":", 1)[1]))
+        time.sleep(2)
+        body = metering_pb2.CheckAndDebitRequest(customer_id="hot-0", feature="email_unlock").SerializeToString()
+        targets = {
+            "h2load8-noop": one_process["noop"],
+            "h2load8-noop-2p": noop2,
+            "h2load8-cg-hot": one_process["cg"],
+            "h2load8-cg-hot-2w": cg2,
+        }
+        for _ in range(args.rounds):
+            for name, target in targets.items():
+                wait_outbox_empty(redis_url)
+                rows.setdefault(name, []).append(h2load(target, DEBIT_PATH, body, int(args.seconds), 8, 8))
+                print(f"  {name}: {rows[name][-1]['calls_per_s']:,.0f} calls/s", flush=True)
+    finally:
+        processes.stop(*started)
 
 
 def h2load(
@@ -374,7 +429,10 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
     many = args.customers
     print("setting up customers (AdminService RPCs)", flush=True)
     setup = {
-        "cg-hot": run_load(settings(cg, customers=1, customer_prefix="hot", requests=1)).setup_s,
+        # Credits to spare: the h2load rows alone take up to a million decisions from the hot customer.
+        "cg-hot": run_load(
+            settings(cg, customers=1, customer_prefix="hot", requests=1, credits_per_customer=10**9)
+        ).setup_s,
         "cg-many": run_load(settings(cg, customers=many, customer_prefix="many", requests=1, verify=False)).setup_s,
         "pg-hot": run_load(settings(pg, customers=1, customer_prefix="hot", requests=1)).setup_s,
         "pg-many": run_load(settings(pg, customers=many, customer_prefix="many", requests=1, verify=False)).setup_s,
@@ -430,6 +488,8 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
         batched["decisions_per_s"] = batched["calls_per_s"] * 100
         rows.setdefault("h2load-cg-batch100", []).append(batched)
         print(f"  h2load-cg-batch100: {batched['decisions_per_s']:,.0f} decisions/s", flush=True)
+
+    two_workers(args, processes, workdir, redis_url, {"noop": noop, "cg": cg}, rows)
 
     print("latency at half of creditgate's throughput (open loop)", flush=True)
     half = median(rows["cg-many"], "decisions_per_s") / 2
