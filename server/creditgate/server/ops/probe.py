@@ -1,4 +1,4 @@
-"""The health probe: reports NOT_SERVING while Redis or the durable store does not answer, and measures the
+"""The health probe: reports a service NOT_SERVING while a dependency it needs does not answer, and measures the
 outbox backlog and lag and the open holds for the metrics."""
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class HealthProbe:
         redis: Redis,
         store: Store,
         health: health_aio.HealthServicer,
-        services: Sequence[str],
+        services_on_redis: Sequence[str],
+        services_on_both: Sequence[str],
         outboxes: Sequence[str],
         holds_due: Sequence[str],
         metrics: Metrics,
@@ -42,38 +43,40 @@ class HealthProbe:
         self._redis = redis
         self._store = store
         self._health = health
-        self._services = services
+        # Decisions need only Redis: while the store is down their ledger entries wait in the outbox (the
+        # durability contract), so a load balancer must keep sending them. Reads of the ledger need the store too.
+        self._services_on_redis = services_on_redis
+        self._services_on_both = services_on_both
         self._outboxes = outboxes
         self._holds_due = holds_due
         self._metrics = metrics
         self._clock = clock
         self._interval = interval_seconds
         self._timeout = timeout_seconds
-        self._serving: bool | None = None
+        self._up: tuple[bool, bool] | None = None
         self._changed_ms = clock.now_ms()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     async def run_once(self) -> bool:
-        """Probe both dependencies, publish the verdict to gRPC health and the metrics; True when serving."""
+        """Probe both dependencies, publish the verdicts to gRPC health and the metrics; True when both answer."""
         redis_up = await self._answers("redis", self._redis.ping())
         store_up = await self._answers("store", self._store.list_ledger(PROBE_CUSTOMER_ID, 1, None))
-        serving = redis_up and store_up
-        if serving != self._serving:
+        if (redis_up, store_up) != self._up:
             now = self._clock.now_ms()
-            (log.info if serving else log.warning)(
-                "health_changed",
-                serving=serving,
-                redis_up=redis_up,
-                store_up=store_up,
-                after_ms=now - self._changed_ms,
+            (log.info if redis_up and store_up else log.warning)(
+                "health_changed", redis_up=redis_up, store_up=store_up, after_ms=now - self._changed_ms
             )
-            self._serving, self._changed_ms = serving, now
-            for service in self._services:
-                await self._health.set(service, SERVING if serving else NOT_SERVING)
+            self._up, self._changed_ms = (redis_up, store_up), now
+            for services, serving in (
+                (self._services_on_redis, redis_up),
+                (self._services_on_both, redis_up and store_up),
+            ):
+                for service in services:
+                    await self._health.set(service, SERVING if serving else NOT_SERVING)
         if redis_up:
             await self._answers("redis", self._measure())
-        return serving
+        return redis_up and store_up
 
     async def _answers(self, dependency: str, check: Awaitable[Any]) -> bool:
         try:
