@@ -285,8 +285,9 @@ def test_periods_invoices_events_and_deliveries(store: StoreUnderTest) -> None:
     assert events == ["acme/inv/1000:invoice_finalized", "acme/1:low_balance"]
     assert [e.event_id for _, e in store.run(store.store.list_events("", 10, None))][-1] == "acme-ü/1:grant_issued"
 
-    assert store.run(store.store.enqueue_deliveries(["http://a"], 100)) == 3
-    assert store.run(store.store.enqueue_deliveries(["http://a"], 100)) == 0
+    newest = store.run(store.store.list_events("", 1, None))[0][0]
+    assert store.run(store.store.enqueue_deliveries(["http://a"], 100)) == (3, newest)
+    assert store.run(store.store.enqueue_deliveries(["http://a"], 100)) == (0, newest)
     due_deliveries = store.run(store.store.due_deliveries(100, 10))
     assert len(due_deliveries) == 3 and all(d.payload for d in due_deliveries)
     first = due_deliveries[0]
@@ -299,3 +300,9 @@ def test_periods_invoices_events_and_deliveries(store: StoreUnderTest) -> None:
     assert store.run(store.store.deliveries_of([first.event_id])) == [
         Delivery(first.event_id, first.url, "pending", 0, 300, "")
     ]
+
+    # After a seq, only the events stored since are queued: a new URL gets the new event only.
+    store.write(jan, entry("acme", 2, events=("depleted",)))
+    latest = store.run(store.store.list_events("", 1, None))[0][0]
+    assert store.run(store.store.enqueue_deliveries(["http://a", "http://b"], 400, newest)) == (2, latest)
+    assert [d.url for d in store.run(store.store.deliveries_of(["acme/2:depleted"]))] == ["http://a", "http://b"]

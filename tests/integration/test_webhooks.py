@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from billing import billing_server
+from creditgate.server.billing.webhooks import FULL_PASS_EVERY_MS
 from creditgate.v1 import admin_pb2
 from harness import JAN_1, RedisServer, RunningServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -132,3 +134,35 @@ def test_signed_deliveries_with_retries_and_no_duplicates(redis_server: RedisSer
             server.admin.RedeliverEvent(admin_pb2.RedeliverEventRequest(event_id=grant_id))
             assert deliver(server) == 2
             assert [event_id for event_id, _, _ in broken.received].count(grant_id) == 6
+
+
+def stored_late(server: RunningServer, seq: int, kind: str) -> None:
+    """An event written straight into the store under `seq`, as a writer that took its seq earlier and committed
+    later would leave it (PostgreSQL hands out seqs at insert, not at commit)."""
+    path = server.app.settings.effective_database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO events (seq, event_id, customer_id, type, entry_id, created_ms, payload)"
+            " VALUES (?, ?, 'acme', ?, '', 0, ?)",
+            (seq, f"acme/late/{seq}", kind, json.dumps({"type": kind})),
+        )
+
+
+def test_each_round_queues_the_new_events_and_a_full_pass_the_late_ones(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    receiver = Receiver(failures=0)
+    with receiving(receiver) as url:
+        settings = {"webhook_urls": (url,), "webhook_secret": SECRET, "deliver_interval_seconds": 600}
+        with billing_server(redis_server, tmp_path, **settings) as server:  # type: ignore[arg-type]
+            server.create_customer("acme", "basic", start=JAN_1)
+            assert deliver(server) == 1  # grant_issued, stored after the start's full pass
+            stored_late(server, 1000, "after_the_cursor")
+            assert deliver(server) == 1
+            stored_late(server, 500, "below_the_cursor")  # the rounds have moved past 1000 already
+            assert deliver(server) == 0
+            server.clock.advance(FULL_PASS_EVERY_MS // 1000 - 1)
+            assert deliver(server) == 0
+            server.clock.advance(1)
+            assert deliver(server) == 1
+            assert receiver.accepted() == ["grant_issued", "after_the_cursor", "below_the_cursor"]

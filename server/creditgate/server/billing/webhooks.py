@@ -20,6 +20,10 @@ log = structlog.get_logger(__name__)
 BATCH = 100
 # A receiver's answer longer than this is cut in last_error.
 ERROR_LIMIT = 300
+# Each round queues deliveries for the events stored since the last one; every this often (and at start) it looks
+# at every event instead: in PostgreSQL an event can commit after one with a higher seq, and the rounds that had
+# moved past its seq would never queue it. Scanning every event every second grows with the events table.
+FULL_PASS_EVERY_MS = 5 * 60 * 1000
 
 
 class WebhookSender:
@@ -36,6 +40,8 @@ class WebhookSender:
         self._backoff_ms = int(settings.webhook_backoff_seconds * 1000)
         self._timeout = settings.webhook_timeout_seconds
         self._interval = settings.deliver_interval_seconds
+        self._enqueued_through = 0  # the newest event seq the last round saw
+        self._next_full_pass_ms: int | None = None
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -45,13 +51,21 @@ class WebhookSender:
         if not self._urls or self._signer is None:
             return 0
         now = self._clock.now_ms()
-        await self._store.enqueue_deliveries(self._urls, now)
+        await self._enqueue(now)
         delivered = 0
         for delivery in await self._store.due_deliveries(now, BATCH):
             # The lease: a replica that read the same row does not send it too; a crash mid-try retries later.
             if await self._store.claim_delivery(delivery, now + int(self._timeout * 2000)):
                 delivered += await self._attempt(delivery, now)
         return delivered
+
+    async def _enqueue(self, now: int) -> None:
+        full = self._next_full_pass_ms is None or now >= self._next_full_pass_ms
+        _, self._enqueued_through = await self._store.enqueue_deliveries(
+            self._urls, now, 0 if full else self._enqueued_through
+        )
+        if full:
+            self._next_full_pass_ms = now + FULL_PASS_EVERY_MS
 
     async def _attempt(self, delivery: Delivery, now: int) -> int:
         assert self._signer is not None

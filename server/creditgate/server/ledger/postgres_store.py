@@ -248,18 +248,23 @@ class PostgresStore:
         rows = await self._fetch(f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = %s", (event_id,))
         return EventRecord(*rows[0]) if rows else None
 
-    async def enqueue_deliveries(self, urls: list[str], now_ms: int) -> int:
+    async def enqueue_deliveries(self, urls: list[str], now_ms: int, after_seq: int = 0) -> tuple[int, int]:
         made = 0
         async with self._connection() as conn:
+            # A seq is taken at insert, not at commit: an event below `newest` may still commit after this read,
+            # and a later call after `newest` misses it; the sender's periodic pass from 0 picks it up.
+            rows = await (await conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events")).fetchall()
+            newest = int(rows[0][0])
             for url in urls:
                 cursor = await conn.execute(
                     "INSERT INTO deliveries SELECT e.event_id, %s, 'pending', 0, %s, '' FROM events e"
-                    " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.event_id AND d.url = %s)"
+                    " WHERE e.seq > %s AND e.seq <= %s"
+                    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.event_id AND d.url = %s)"
                     " ON CONFLICT DO NOTHING",
-                    (url, now_ms, url),
+                    (url, now_ms, after_seq, newest, url),
                 )
                 made += cursor.rowcount
-        return made
+        return made, newest
 
     async def due_deliveries(self, now_ms: int, limit: int) -> list[Delivery]:
         rows = await self._fetch(

@@ -266,17 +266,20 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def enqueue_deliveries(self, urls: list[str], now_ms: int) -> int:
-        def work(db: sqlite3.Connection) -> int:
+    async def enqueue_deliveries(self, urls: list[str], now_ms: int, after_seq: int = 0) -> tuple[int, int]:
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
             made = 0
             with _transaction(db):
+                # One writer at a time: no event below `newest` can be committed after this read.
+                newest = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
                 for url in urls:
                     made += db.execute(
                         "INSERT INTO deliveries SELECT e.event_id, ?, 'pending', 0, ?, '' FROM events e"
-                        " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.event_id AND d.url = ?)",
-                        (url, now_ms, url),
+                        " WHERE e.seq > ? AND e.seq <= ?"
+                        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.event_id AND d.url = ?)",
+                        (url, now_ms, after_seq, newest, url),
                     ).rowcount
-            return made
+            return made, newest
 
         return await self._run(work)
 

@@ -112,8 +112,9 @@ class Store(Protocol):
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
 
-    async def enqueue_deliveries(self, urls: list[str], now_ms: int) -> int:
-        """A pending delivery for each event and URL that has none; returns how many were made."""
+    async def enqueue_deliveries(self, urls: list[str], now_ms: int, after_seq: int = 0) -> tuple[int, int]:
+        """A pending delivery for each URL and each event after `after_seq` (0: every event) that has none;
+        returns how many were made and the newest event's seq (the next call's after_seq)."""
         ...
 
     async def due_deliveries(self, now_ms: int, limit: int) -> list[Delivery]:
