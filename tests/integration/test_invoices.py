@@ -113,6 +113,27 @@ def test_a_yearly_plan_charges_its_fee_on_the_first_month_only_and_preview_shows
         assert rest.next_page_token == ""
 
 
+def test_a_canceled_subscription_is_invoiced_up_to_the_cancellation(redis_server: RedisServer, tmp_path: Path) -> None:
+    with billing_server(redis_server, tmp_path) as server:
+        a_month_of_professional(server)
+        canceled_at = datetime(2027, 1, 25, tzinfo=UTC)
+        server.clock.set(canceled_at)
+        server.admin.CancelSubscription(admin_pb2.CancelSubscriptionRequest(customer_id="acme"))
+
+        assert invoice_once(server) == 1
+        server.clock.set(MAR_1)
+        assert invoice_once(server) == 0  # no period after the cancellation
+        page = server.admin.ListInvoices(admin_pb2.ListInvoicesRequest(customer_id="acme"))
+        [january] = page.invoices
+        assert (january.period_start.ToDatetime(UTC), january.period_end.ToDatetime(UTC)) == (JAN_1, canceled_at)
+        assert lines(january) == [
+            (admin_pb2.INVOICE_LINE_KIND_PLAN_FEE, "Professional (yearly)", 1, "948.00", "948.00"),
+            (admin_pb2.INVOICE_LINE_KIND_TOP_UP, "Starter: 1,000 credits", 1, "29.00", "29.00"),
+            (admin_pb2.INVOICE_LINE_KIND_OVERAGE, "Overage credits", 600, "1.00", "600.00"),
+        ]
+        assert january.total == "1577.00"
+
+
 def test_an_unknown_invoice_is_not_found(server: RunningServer) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         server.admin.GetInvoice(admin_pb2.GetInvoiceRequest(invoice_id="nobody/inv/1"))

@@ -280,6 +280,12 @@ def test_periods_invoices_events_and_deliveries(store: StoreUnderTest) -> None:
         PeriodRecord("acme", "basic", 1, 2000, 2500)
     ]
 
+    # March (the new plan's first period) has no period after it; a cancellation at its end completes it.
+    march = PeriodRecord("acme", "pro", 0, 2500, 5000)
+    assert store.run(store.store.periods_to_invoice(5000, 10))[-1] == (march, False)
+    store.write(SubscriptionRecord("cg:{s1}:outbox/9-0", "acme", "pro", "canceled", 2500, 5000))
+    assert store.run(store.store.periods_to_invoice(5000, 10))[-1] == (march, True)
+
     # Newest first: the invoice's event, the entry's low_balance (the grant's grant_issued is another customer's).
     events = [e.event_id for _, e in store.run(store.store.list_events("acme", 10, None))]
     assert events == ["acme/inv/1000:invoice_finalized", "acme/1:low_balance"]

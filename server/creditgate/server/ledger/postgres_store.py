@@ -187,7 +187,9 @@ class PostgresStore:
     async def periods_to_invoice(self, now_ms: int, limit: int) -> list[tuple[PeriodRecord, bool]]:
         rows = await self._fetch(
             "SELECT p.customer_id, p.plan, p.period_index, p.start_ms, p.end_ms, EXISTS (SELECT 1 FROM periods"
-            " n WHERE n.customer_id = p.customer_id AND n.start_ms >= p.end_ms) FROM periods p"
+            " n WHERE n.customer_id = p.customer_id AND n.start_ms >= p.end_ms) OR EXISTS (SELECT 1 FROM"
+            " subscription_changes s WHERE s.customer_id = p.customer_id AND s.status = 'canceled'"
+            " AND s.changed_ms >= p.end_ms) FROM periods p"
             " WHERE p.end_ms <= %s AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.customer_id = p.customer_id"
             " AND i.period_start_ms = p.start_ms) ORDER BY p.end_ms, p.customer_id LIMIT %s",
             (now_ms, limit),

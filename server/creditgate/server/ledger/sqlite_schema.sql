@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS subscription_changes (
   anchor_ms INTEGER NOT NULL,
   changed_ms INTEGER NOT NULL
 );
+-- The invoicer asks whether a customer canceled after a period ended (then that period is complete).
+CREATE INDEX IF NOT EXISTS subscription_changes_by_customer ON subscription_changes (customer_id, changed_ms);
 CREATE TABLE IF NOT EXISTS ledger_entries (
   customer_id TEXT NOT NULL,
   seq INTEGER NOT NULL,

@@ -177,7 +177,9 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> list[tuple[PeriodRecord, bool]]:
             rows = db.execute(
                 "SELECT p.customer_id, p.plan, p.period_index, p.start_ms, p.end_ms, EXISTS (SELECT 1 FROM periods"
-                " n WHERE n.customer_id = p.customer_id AND n.start_ms >= p.end_ms) FROM periods p"
+                " n WHERE n.customer_id = p.customer_id AND n.start_ms >= p.end_ms) OR EXISTS (SELECT 1 FROM"
+                " subscription_changes s WHERE s.customer_id = p.customer_id AND s.status = 'canceled'"
+                " AND s.changed_ms >= p.end_ms) FROM periods p"
                 " WHERE p.end_ms <= ? AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.customer_id = p.customer_id"
                 " AND i.period_start_ms = p.start_ms) ORDER BY p.end_ms, p.customer_id LIMIT ?",
                 (now_ms, limit),

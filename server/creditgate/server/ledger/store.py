@@ -84,8 +84,9 @@ class Store(Protocol):
     async def parked(self) -> list[ParkedEntry]: ...
 
     async def periods_to_invoice(self, now_ms: int, limit: int) -> list[tuple[PeriodRecord, bool]]:
-        """Periods ended by now_ms without an invoice, oldest first, each with whether a later period of the
-        customer is stored (then so is every entry of this one: the outbox keeps a customer's order)."""
+        """Periods ended by now_ms without an invoice, oldest first, each with whether it is complete: a later
+        period of the customer is stored, or a cancellation at or after its end (then so is every entry of this
+        one: the outbox keeps a customer's order)."""
         ...
 
     async def current_period(self, customer_id: str) -> PeriodRecord | None:
