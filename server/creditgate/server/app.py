@@ -104,6 +104,7 @@ class App:
         if self.settings.metrics_listen is not None:
             self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
         self.holds.start()
+        self.catalog.start(self.settings.catalog_refresh_interval_seconds)
         log.info("serving", listen=self.settings.listen, port=self.port)
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
@@ -113,6 +114,7 @@ class App:
         if self.probe is not None:
             await self.probe.stop()
         self.metrics.close()
+        await self.catalog.stop()
         await self.holds.stop()
         if self.invoicer is not None:
             await self.invoicer.stop()

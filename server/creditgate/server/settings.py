@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     hold_max_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     # The sweeper returns abandoned holds' credits within this interval of their expiry.
     hold_sweep_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Replicas sharing a durable store run a catalog another replica applied within this interval.
+    catalog_refresh_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     log_format: Literal["console", "json"] = "console"
     # Which calls get a log line: "errors" (calls that failed; successes are counted in the metrics) or "all".
     log_calls: Literal["errors", "all"] = "errors"
