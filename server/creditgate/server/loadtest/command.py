@@ -15,7 +15,7 @@ console = Console(stderr=True)
 
 
 def loadtest(
-    target: Annotated[str, typer.Option(help="host:port of the creditgate server to load (127.0.0.1 only here)")],
+    target: Annotated[str, typer.Option(help="host:port of the creditgate server to load (see --tls, --api-key)")],
     customers: Annotated[int, typer.Option(min=1, help="customers the calls are spread over")] = 1000,
     features: Annotated[
         str,
