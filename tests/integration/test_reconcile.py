@@ -8,13 +8,15 @@ import subprocess
 import uuid
 from collections.abc import Awaitable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
+from billing import FIXTURES, billing_server
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
 from creditgate.server.ledger.restore import RestoreReport, restore
 from creditgate.v1 import admin_pb2, metering_pb2
-from harness import REPO, RunningServer
+from harness import JAN_1, REPO, RedisServer, RunningServer
 
 T = TypeVar("T")
 
@@ -93,7 +95,7 @@ def test_a_forged_ledger_entry_is_reported(server: RunningServer) -> None:
     with sqlite3.connect(server.app.settings.data_dir / "ledger.db") as db:
         db.execute(
             "INSERT INTO ledger_entries VALUES ('basic-co', ?, 'debit', -7, 0, 0, 'email_unlock', 7, '{}',"
-            " 0, 0, '', 'forged', '', '', 0, 0, 0, '', '[]')",
+            " 0, 0, '', 'forged', '', '', 0, 0, 0, '', '[]', -1)",
             (seq,),
         )
     report = run_reconcile(server)
@@ -133,6 +135,30 @@ def test_restore_rebuilds_a_lost_redis_to_zero_drift_and_decisions_carry_on(serv
     assert server.debit("pro-co", "email_unlock", quantity=4497).overage_credits == 4497
     server.flush()
     assert run_reconcile(server).drifts == []
+
+
+def test_a_grant_that_rolls_over_is_reconciled_and_restored_with_its_cap(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with billing_server(redis_server, tmp_path, FIXTURES / "grant_rollover_capped.yaml") as server:
+        server.create_customer("acme", "basic", start=JAN_1)  # 2,500 a month, up to 1,000 carried over
+        server.debit("acme", "email_unlock", 500)
+        # A hold that drains the grant's bucket and is released: the bucket comes back with its cap.
+        hold = server.metering.Reserve(
+            metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock", quantity=2000)
+        )
+        server.metering.Release(metering_pb2.ReleaseRequest(reservation_id=hold.reservation_id))
+        server.flush()
+        assert run_reconcile(server).drifts == []  # the ledger knows the grant's cap, as Redis does
+        server.call(awaited(server.app.redis.flushall()))
+        assert run_restore(server) == RestoreReport(customers=1, buckets=1, credits=2000)
+        assert run_reconcile(server).drifts == []
+        server.clock.set(datetime(2027, 2, 1, tzinfo=UTC))
+        balance = server.metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id="acme"))
+        assert [(b.source, b.remaining_credits) for b in balance.buckets] == [
+            (metering_pb2.BUCKET_SOURCE_ROLLOVER, 1000),
+            (metering_pb2.BUCKET_SOURCE_PLAN_GRANT, 2500),
+        ]
 
 
 def test_the_reconcile_command_exits_with_the_drift(server: RunningServer) -> None:

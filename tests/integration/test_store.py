@@ -11,6 +11,7 @@ import pytest
 from billing import FIXTURES
 from creditgate.server.errors import FailedPrecondition, InternalError, InvalidArgument
 from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, SubscriptionRecord
+from creditgate.server.ledger.sqlite_store import SCHEMA_VERSION
 from creditgate.server.ledger.store import ParkedEntry, open_store
 from harness import OWNER_ROLE, PostgresServer, StoreUnderTest
 
@@ -45,6 +46,7 @@ RICH_ENTRY = LedgerRecord(
     reserved_delta=-5,
     reservation_id="acme-ü/h2",
     takes=[["b1", 2000], ["b2", 490]],
+    bucket_rollover_cap=17,
 )
 GRANT_ENTRY = LedgerRecord(
     customer_id="acme-ü",
@@ -141,23 +143,27 @@ def test_reopening_applies_the_schema_once_and_keeps_the_data(store: StoreUnderT
     assert len(store.run(store.store.ledger_since("a", 0, 10))) == 1
 
 
-def test_a_version_1_sqlite_ledger_is_moved_into_the_current_schema_with_its_entries(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_sqlite_ledger_is_moved_into_the_current_schema_with_its_entries(tmp_path: Path, version: int) -> None:
     path = tmp_path / "ledger.db"
     with sqlite3.connect(path) as db:
-        db.executescript((FIXTURES / "sqlite_ledger_v1.sql").read_text())
+        db.executescript((FIXTURES / f"sqlite_ledger_v{version}.sql").read_text())
     under_test = StoreUnderTest("sqlite", f"sqlite:///{path}")
     # Entry 2 again (a replayed flush) is ignored; entry 3 is new.
     under_test.write(entry("acme", 2, credits_delta=-999), entry("acme", 3, balance_after=2494))
+    under_test.write(entry("acme", 4, kind="grant", credits_delta=2500, bucket_id="b2", bucket_rollover_cap=1000))
     entries = under_test.run(under_test.store.ledger_since("acme", 0, 10))
     under_test.close()
-    assert [(e.seq, e.kind, e.credits_delta, e.balance_after) for e in entries] == [
-        (1, "grant", 2500, 2500),
-        (2, "debit", -5, 2495),
-        (3, "debit", -1, 2494),
+    # Older files kept no rollover caps: their entries read -1 (carries nothing).
+    assert [(e.seq, e.kind, e.credits_delta, e.balance_after, e.bucket_rollover_cap) for e in entries] == [
+        (1, "grant", 2500, 2500, -1),
+        (2, "debit", -5, 2495, -1),
+        (3, "debit", -1, 2494, -1),
+        (4, "grant", 2500, 96, 1000),
     ]
     assert entries[1].takes == [["b1", 5]] and entries[1].request_id == "req-1"
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert "ledger_entries_v1" not in tables
         (ledger_sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'ledger_entries'").fetchone()
@@ -168,14 +174,15 @@ def test_a_version_1_sqlite_ledger_is_moved_into_the_current_schema_with_its_ent
 
 def test_a_sqlite_file_of_a_newer_schema_version_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
+    newer = SCHEMA_VERSION + 1
     with sqlite3.connect(path) as db:
-        db.execute("PRAGMA user_version=3")
+        db.execute(f"PRAGMA user_version={newer}")
     with pytest.raises(FailedPrecondition) as raised:
         StoreUnderTest("sqlite", f"sqlite:///{path}")
     assert (raised.value.reason, raised.value.field) == ("STORE_SCHEMA_TOO_NEW", "database_url")
-    assert "schema version 3" in raised.value.message
+    assert f"schema version {newer}" in raised.value.message
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (newer,)
         assert db.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
 
 

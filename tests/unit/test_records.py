@@ -31,6 +31,7 @@ FULL_COMMIT = {
     "hold": "h-3",
     "takes": [["b4", 10], ["b5", 2]],
     "ev": ["low_balance"],
+    "bc": 11,
 }
 FULL_COMMIT_RECORD = LedgerRecord(
     customer_id="acme",
@@ -54,6 +55,7 @@ FULL_COMMIT_RECORD = LedgerRecord(
     reservation_id="h-3",
     takes=[["b4", 10], ["b5", 2]],
     events=("low_balance",),
+    bucket_rollover_cap=11,
 )
 # A debit as decide writes it: zeros and an empty request_id left out, its `r` is the request_id, and cjson
 # encodes an empty takes table as {}.

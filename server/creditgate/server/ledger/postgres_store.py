@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 LEDGER_COLUMNS = (
     "customer_id, seq, kind, credits_delta, balance_after, created_ms, feature, quantity, dimensions,"
     " free_units_used, overage_credits, bucket_id, request_id, reason, price, bucket_priority, bucket_expires_ms,"
-    " reserved_delta, reservation_id, takes"
+    " reserved_delta, reservation_id, takes, bucket_rollover_cap"
 )
 TABLES = (
     "catalog_applications",
@@ -55,7 +55,7 @@ INSERT_PERIOD = (
     " ON CONFLICT (customer_id, start_ms) DO UPDATE SET end_ms = LEAST(periods.end_ms, excluded.end_ms)"
 )
 INSERT_LEDGER = (
-    f"INSERT INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join(['%s'] * 20)})"
+    f"INSERT INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join(['%s'] * 21)})"
     " ON CONFLICT (customer_id, seq) DO NOTHING"
 )
 INSERT_CUSTOMER = "INSERT INTO customers VALUES (%s, %s, %s, %s) ON CONFLICT (customer_id) DO NOTHING"

@@ -97,6 +97,8 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
         if entry.kind in BUCKET_SOURCES and entry.bucket_id and entry.credits_delta > 0:
             source = BUCKET_SOURCES[entry.kind]
             buckets[entry.bucket_id] = [entry.credits_delta, entry.bucket_priority, entry.bucket_expires_ms, source]
+            if entry.bucket_rollover_cap >= 0:
+                buckets[entry.bucket_id].append(entry.bucket_rollover_cap)
             bucket_seq = max(bucket_seq, int(entry.bucket_id[1:]))
         elif entry.kind == "expiry":
             buckets.pop(entry.bucket_id, None)

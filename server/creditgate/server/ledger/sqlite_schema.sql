@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS ledger_entries (
   bucket_expires_ms INTEGER NOT NULL,
   reserved_delta INTEGER NOT NULL,
   reservation_id TEXT NOT NULL,
-  takes TEXT NOT NULL
+  takes TEXT NOT NULL,
+  bucket_rollover_cap INTEGER NOT NULL DEFAULT -1
 );
 -- Rows go in in flush order and a customer's entries are found through this index: keyed by (customer_id, seq)
 -- itself, the table took a random page per entry under many customers (version 1), twice the CPU per entry.

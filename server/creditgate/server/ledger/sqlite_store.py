@@ -27,18 +27,20 @@ from creditgate.server.ledger.records import (
 from creditgate.server.ledger.store import Delivery, ParkedEntry, StoredInvoice
 
 T = TypeVar("T")
-LEDGER_COLUMNS = (
+# The columns of schema versions 1 and 2; version 3 added the grants' rollover caps.
+LEDGER_COLUMNS_V2 = (
     "customer_id, seq, kind, credits_delta, balance_after, created_ms, feature, quantity, dimensions,"
     " free_units_used, overage_credits, bucket_id, request_id, reason, price, bucket_priority, bucket_expires_ms,"
     " reserved_delta, reservation_id, takes"
 )
+LEDGER_COLUMNS = LEDGER_COLUMNS_V2 + ", bucket_rollover_cap"
 EVENT_COLUMNS = "event_id, customer_id, type, entry_id, created_ms, payload"
 DELIVERY_COLUMNS = "d.event_id, d.url, d.status, d.attempts, d.next_attempt_ms, d.last_error"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The page cache (KiB) and the WAL's size in pages before it is checkpointed (see open).
 CACHE_KIB = 65536
 WAL_CHECKPOINT_PAGES = 10000
-INSERT_LEDGER = f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+INSERT_LEDGER = f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 21)})"
 
 
 class SqliteStore:
@@ -369,7 +371,8 @@ def _schema_version(db: sqlite3.Connection) -> int:
 
 
 def _create_schema(db: sqlite3.Connection, version: int) -> None:
-    """The schema of SCHEMA_VERSION; a version 1 file's ledger (keyed by customer and seq) is moved into it."""
+    """The schema of SCHEMA_VERSION: a version 1 file's ledger (keyed by customer and seq) is moved into it, a
+    version 2 file's ledger gains the rollover cap column (-1, carries nothing: version 2 kept no caps)."""
     schema = resources.files("creditgate.server.ledger").joinpath("sqlite_schema.sql").read_text()
     with _transaction(db):
         if version == 1:
@@ -377,10 +380,14 @@ def _create_schema(db: sqlite3.Connection, version: int) -> None:
             db.execute("DROP TRIGGER ledger_entries_no_update")
             db.execute("DROP TRIGGER ledger_entries_no_delete")
             db.execute("ALTER TABLE ledger_entries RENAME TO ledger_entries_v1")
+        if version == 2:
+            db.execute("ALTER TABLE ledger_entries ADD COLUMN bucket_rollover_cap INTEGER NOT NULL DEFAULT -1")
         for statement in _statements(schema):
             db.execute(statement)
         if version == 1:
-            db.execute(f"INSERT INTO ledger_entries ({LEDGER_COLUMNS}) SELECT {LEDGER_COLUMNS} FROM ledger_entries_v1")
+            db.execute(
+                f"INSERT INTO ledger_entries ({LEDGER_COLUMNS_V2}) SELECT {LEDGER_COLUMNS_V2} FROM ledger_entries_v1"
+            )
             db.execute("DROP TABLE ledger_entries_v1")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
