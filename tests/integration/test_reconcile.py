@@ -161,6 +161,30 @@ def test_a_grant_that_rolls_over_is_reconciled_and_restored_with_its_cap(
         ]
 
 
+def test_restore_puts_back_a_customers_own_threshold_and_auto_top_up(server: RunningServer) -> None:
+    server.create_customer("acme", plan="basic")  # 2,500 credits; Basic's own low-balance threshold is 250
+    server.admin.SetLowBalanceThreshold(
+        admin_pb2.SetLowBalanceThresholdRequest(customer_id="acme", threshold_credits=1)
+    )
+    server.admin.SetLowBalanceThreshold(
+        admin_pb2.SetLowBalanceThresholdRequest(customer_id="acme", threshold_credits=2_000)
+    )
+    server.admin.SetAutoTopUp(
+        admin_pb2.SetAutoTopUpRequest(customer_id="acme", package="starter", threshold_credits=1_000)
+    )
+    server.flush()
+    server.call(awaited(server.app.redis.flushall()))
+    assert run_restore(server) == RestoreReport(customers=1, buckets=1, credits=2_500)
+    assert run_reconcile(server).drifts == []
+
+    # Below its own 2,000 (the last of its two thresholds), then below 1,000: the Starter pack (1,000) is bought.
+    assert server.debit("acme", "email_unlock", 600).balance_after == 1_900
+    assert server.debit("acme", "email_unlock", 1_000).balance_after == 1_900
+    server.flush()
+    events = server.admin.ListEvents(admin_pb2.ListEventsRequest(customer_id="acme")).events
+    assert [event.type for event in reversed(events)] == ["grant_issued", "low_balance", "auto_topup"]
+
+
 def test_the_reconcile_command_exits_with_the_drift(server: RunningServer) -> None:
     server.create_customer("acme", plan="basic")
     server.flush()

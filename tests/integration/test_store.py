@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from billing import FIXTURES
 from creditgate.server.errors import FailedPrecondition, InternalError, InvalidArgument
-from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, SubscriptionRecord
+from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, SettingsRecord, SubscriptionRecord
 from creditgate.server.ledger.sqlite_store import SCHEMA_VERSION
 from creditgate.server.ledger.store import ParkedEntry, open_store
 from harness import OWNER_ROLE, PostgresServer, StoreUnderTest
@@ -119,6 +119,14 @@ def test_the_latest_catalog_wins(store: StoreUnderTest) -> None:
     store.run(store.store.save_catalog("v1", "currency: USD", 1))
     store.run(store.store.save_catalog("v2", "currency: EUR", 2))
     assert store.run(store.store.latest_catalog()) == ("v2", "currency: EUR")
+
+
+def test_settings_changes_are_kept_once_each(store: StoreUnderTest) -> None:
+    first = SettingsRecord("cg:{s1}:outbox/9-0", "a", {"low_threshold": "2000"}, 900)
+    second = SettingsRecord("cg:{s1}:outbox/10-0", "a", {"low_threshold": "", "auto_package": "starter"}, 1000)
+    store.write(first, second)
+    store.write(second)  # a replayed batch
+    assert store.run(store.store.settings_changes()) == [first, second]
 
 
 def test_parked_entries_are_kept_once(store: StoreUnderTest) -> None:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from creditgate.server.ledger.records import LedgerRecord, ledger_events, parse_record
+from creditgate.server.ledger.records import LedgerRecord, SettingsRecord, ledger_events, parse_record
 
 # Every field a distinct value, so that a field read into the wrong place shows.
 FULL_COMMIT = {
@@ -112,3 +112,11 @@ def test_the_events_of_an_entry(record: LedgerRecord, types: list[str]) -> None:
     events = ledger_events(record)
     assert [event.type for event in events] == types
     assert [event.event_id for event in events] == [f"acme/{record.seq}:{name}" for name in types]
+
+
+def test_a_settings_change_is_parsed_with_its_outbox_id() -> None:
+    body = {"c": "acme", "s": {"low_threshold": "2000", "auto_package": ""}, "t": 1_798_000_000_123}
+    record = parse_record("cg:{s3}:outbox", "17-2", {"type": "settings", "e": json.dumps(body)})
+    assert record == SettingsRecord(
+        "cg:{s3}:outbox/17-2", "acme", {"low_threshold": "2000", "auto_package": ""}, 1_798_000_000_123
+    )

@@ -459,7 +459,8 @@ class CreditEngine:
     async def _set_fields(self, customer_id: str, fields: dict[str, str]) -> None:
         keys = self._keys.for_customer(customer_id)
         pairs = [part for item in fields.items() for part in item]
-        result = await self._scripts.run("customer_settings", [keys.customer], pairs)
+        args = [self._clock.now_ms(), customer_id, *pairs]
+        result = await self._scripts.run("customer_settings", [keys.customer, keys.outbox], args)
         if result[0] == "not_found":
             raise customer_not_found(customer_id)
 

@@ -17,6 +17,7 @@ from creditgate.server.ledger.records import (
     LedgerRecord,
     PeriodRecord,
     Record,
+    SettingsRecord,
     SubscriptionRecord,
     ledger_events,
     ledger_record_from_row,
@@ -38,6 +39,7 @@ TABLES = (
     "catalog_applications",
     "customers",
     "subscription_changes",
+    "settings_changes",
     "ledger_entries",
     "parked_entries",
     "periods",
@@ -62,6 +64,7 @@ INSERT_CUSTOMER = "INSERT INTO customers VALUES (%s, %s, %s, %s) ON CONFLICT (cu
 INSERT_SUBSCRIPTION = (
     "INSERT INTO subscription_changes VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (source_id) DO NOTHING"
 )
+INSERT_SETTINGS = "INSERT INTO settings_changes VALUES (%s, %s, %s, %s) ON CONFLICT (source_id) DO NOTHING"
 INSERT_PARKED = "INSERT INTO parked_entries VALUES (%s, %s, %s) ON CONFLICT (source_id) DO NOTHING"
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -131,10 +134,16 @@ class PostgresStore:
         periods = [
             (r.customer_id, r.start_ms, r.plan, r.index, r.end_ms) for r in records if isinstance(r, PeriodRecord)
         ]
+        settings = [
+            (r.source_id, r.customer_id, Jsonb(r.fields), r.changed_ms)
+            for r in records
+            if isinstance(r, SettingsRecord)
+        ]
         async with self._connection() as conn, conn.cursor() as cursor:
             for query, rows in (
                 (INSERT_CUSTOMER, customers),
                 (INSERT_SUBSCRIPTION, subscriptions),
+                (INSERT_SETTINGS, settings),
                 (INSERT_LEDGER, ledger),
                 (INSERT_EVENT, events),
                 (INSERT_PERIOD, periods),
@@ -168,6 +177,12 @@ class PostgresStore:
             " ORDER BY customer_id, changed_ms, source_id"
         )
         return [SubscriptionRecord(*row) for row in rows]
+
+    async def settings_changes(self) -> list[SettingsRecord]:
+        rows = await self._fetch(
+            "SELECT source_id, customer_id, fields, changed_ms FROM settings_changes ORDER BY customer_id, changed_ms"
+        )
+        return [SettingsRecord(row[0], row[1], dict(row[2]), row[3]) for row in rows]
 
     async def save_catalog(self, version: str, source: str, applied_ms: int) -> None:
         async with self._connection() as conn:

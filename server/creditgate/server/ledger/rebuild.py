@@ -11,7 +11,14 @@ from typing import Any
 from creditgate.server.billing.periods import DAY_MS, Period, period
 from creditgate.server.catalog.rules import RuleBook
 from creditgate.server.errors import CreditgateError
-from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, Record, SubscriptionRecord, parse_record
+from creditgate.server.ledger.records import (
+    CustomerRecord,
+    LedgerRecord,
+    Record,
+    SettingsRecord,
+    SubscriptionRecord,
+    parse_record,
+)
 from creditgate.server.ledger.store import Store
 
 # Ledger kinds that create a bucket, and the bucket source the engine gives it.
@@ -44,6 +51,7 @@ class DurableView:
     customers: dict[str, CustomerRecord] = field(default_factory=dict)
     subscriptions: dict[str, list[SubscriptionRecord]] = field(default_factory=lambda: defaultdict(list))
     ledger: dict[str, dict[int, LedgerRecord]] = field(default_factory=lambda: defaultdict(dict))
+    settings: dict[str, list[SettingsRecord]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, record: Record) -> None:
         if isinstance(record, CustomerRecord):
@@ -53,6 +61,10 @@ class DurableView:
                 self.subscriptions[record.customer_id].append(record)
         elif isinstance(record, LedgerRecord):
             self.ledger[record.customer_id].setdefault(record.seq, record)
+        elif isinstance(record, SettingsRecord) and all(
+            known.source_id != record.source_id for known in self.settings[record.customer_id]
+        ):
+            self.settings[record.customer_id].append(record)
 
 
 async def read_durable(store: Store, outbox: list[tuple[str, str, dict[str, str]]]) -> DurableView:
@@ -62,6 +74,8 @@ async def read_durable(store: Store, outbox: list[tuple[str, str, dict[str, str]
         view.add(customer)
     for change in await store.subscription_changes():
         view.add(change)
+    for settings in await store.settings_changes():
+        view.add(settings)
     for customer_id in list(view.customers):
         after = 0
         while True:
@@ -111,6 +125,7 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
     customer["bucket_seq"] = str(bucket_seq)
     if reserved:
         customer["reserved"] = str(reserved)
+    _own_settings(customer, view.settings.get(customer_id, []))
     current = _subscription(customer, view.subscriptions.get(customer_id, []), entries)
     usage = _usage(entries, current, rules, customer.get("plan", ""), now_ms) if current else {}
     return CustomerState(
@@ -120,6 +135,16 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
         usage,
         sum(entry.credits_delta for entry in entries),
     )
+
+
+def _own_settings(customer: dict[str, str], changes: list[SettingsRecord]) -> None:
+    """The customer's own settings as its changes left them, applied in the order they were made."""
+    for change in sorted(changes, key=lambda change: (change.changed_ms, _stream_order(change.source_id))):
+        for name, value in change.fields.items():
+            if value:
+                customer[name] = value
+            else:
+                customer.pop(name, None)
 
 
 def _hold_takes(entries: list[LedgerRecord], reservation_id: str) -> list[list[Any]]:

@@ -139,7 +139,17 @@ class SubscriptionRecord:
     changed_ms: int
 
 
-Record = LedgerRecord | CustomerRecord | SubscriptionRecord | PeriodRecord
+@dataclass(frozen=True, slots=True)
+class SettingsRecord:
+    """A change to a customer's own settings (low-balance threshold, auto top-up): field -> value, '' removes it."""
+
+    source_id: str
+    customer_id: str
+    fields: dict[str, str]
+    changed_ms: int
+
+
+Record = LedgerRecord | CustomerRecord | SubscriptionRecord | PeriodRecord | SettingsRecord
 
 
 def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:
@@ -161,6 +171,8 @@ def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:
         )
     if kind == "period":
         return PeriodRecord(body["c"], body["plan"], int(body["index"]), int(body["start"]), int(body["end"]))
+    if kind == "settings":
+        return SettingsRecord(f"{stream}/{stream_id}", body["c"], _str_map(body.get("s")), int(body["t"]))
     raise ValueError(f"unknown outbox entry type {kind!r}")
 
 

@@ -19,6 +19,13 @@ CREATE TABLE IF NOT EXISTS subscription_changes (
   anchor_ms INTEGER NOT NULL,
   changed_ms INTEGER NOT NULL
 );
+-- A customer's own settings (low-balance threshold, auto top-up) as they were changed: restore replays them.
+CREATE TABLE IF NOT EXISTS settings_changes (
+  source_id TEXT PRIMARY KEY,
+  customer_id TEXT NOT NULL,
+  fields TEXT NOT NULL,
+  changed_ms INTEGER NOT NULL
+);
 -- The invoicer asks whether a customer canceled after a period ended (then that period is complete).
 CREATE INDEX IF NOT EXISTS subscription_changes_by_customer ON subscription_changes (customer_id, changed_ms);
 CREATE TABLE IF NOT EXISTS ledger_entries (

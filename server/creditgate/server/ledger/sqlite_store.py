@@ -19,6 +19,7 @@ from creditgate.server.ledger.records import (
     LedgerRecord,
     PeriodRecord,
     Record,
+    SettingsRecord,
     SubscriptionRecord,
     ledger_events,
     ledger_record_from_row,
@@ -149,6 +150,15 @@ class SqliteStore:
                 " ORDER BY customer_id, changed_ms, source_id"
             )
             return [SubscriptionRecord(*row) for row in rows.fetchall()]
+
+        return await self._run(work)
+
+    async def settings_changes(self) -> list[SettingsRecord]:
+        def work(db: sqlite3.Connection) -> list[SettingsRecord]:
+            rows = db.execute(
+                "SELECT source_id, customer_id, fields, changed_ms FROM settings_changes ORDER BY customer_id, rowid"
+            )
+            return [SettingsRecord(row[0], row[1], json.loads(row[2]), row[3]) for row in rows.fetchall()]
 
         return await self._run(work)
 
@@ -432,6 +442,11 @@ def _insert(db: sqlite3.Connection, record: Record) -> None:
             "INSERT INTO periods VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (customer_id, start_ms) DO UPDATE SET end_ms = MIN(end_ms, excluded.end_ms)",
             (record.customer_id, record.start_ms, record.plan, record.index, record.end_ms),
+        )
+    elif isinstance(record, SettingsRecord):
+        db.execute(
+            "INSERT OR IGNORE INTO settings_changes VALUES (?, ?, ?, ?)",
+            (record.source_id, record.customer_id, json.dumps(record.fields), record.changed_ms),
         )
     elif isinstance(record, SubscriptionRecord):
         db.execute(

@@ -12,6 +12,7 @@ from creditgate.server.ledger.records import (
     LedgerRecord,
     PeriodRecord,
     Record,
+    SettingsRecord,
     SubscriptionRecord,
 )
 
@@ -73,6 +74,10 @@ class Store(Protocol):
 
     async def subscription_changes(self) -> list[SubscriptionRecord]:
         """Every subscription change, by customer, then in the order they happened."""
+        ...
+
+    async def settings_changes(self) -> list[SettingsRecord]:
+        """Every change to a customer's own settings, by customer (rebuild orders them by their outbox ids)."""
         ...
 
     async def save_catalog(self, version: str, source: str, applied_ms: int) -> None: ...
