@@ -23,6 +23,8 @@ class CatalogHolder:
         self._rules: RuleBook | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # A refresh that read the store before an apply saved must not swap its older catalog in after it.
+        self._swapping = asyncio.Lock()
 
     @property
     def rules(self) -> RuleBook:
@@ -43,16 +45,18 @@ class CatalogHolder:
         if self._rules is not None and self._rules.version == loaded.version:
             return loaded.version, False
         rules = RuleBook(loaded)
-        await self._store.save_catalog(loaded.version, source, self._clock.now_ms())
-        self._rules = rules
+        async with self._swapping:
+            await self._store.save_catalog(loaded.version, source, self._clock.now_ms())
+            self._rules = rules
         return loaded.version, True
 
     async def refresh(self) -> bool:
         """Run the store's latest catalog when it is not the one running (another replica applied it); True then."""
-        saved = await self._store.latest_catalog()
-        if saved is None or (self._rules is not None and saved[0] == self._rules.version):
-            return False
-        self._rules = RuleBook(load_catalog(saved[1]))
+        async with self._swapping:
+            saved = await self._store.latest_catalog()
+            if saved is None or (self._rules is not None and saved[0] == self._rules.version):
+                return False
+            self._rules = RuleBook(load_catalog(saved[1]))
         log.info("catalog_followed", version=saved[0])
         return True
 
