@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from billing import FIXTURES, billing_server
+import grpc
+import pytest
+from billing import FIXTURES, billing_server, error_reason
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
 from creditgate.server.ledger.restore import RestoreReport, restore
@@ -183,6 +185,31 @@ def test_restore_puts_back_a_customers_own_threshold_and_auto_top_up(server: Run
     server.flush()
     events = server.admin.ListEvents(admin_pb2.ListEventsRequest(customer_id="acme")).events
     assert [event.type for event in reversed(events)] == ["grant_issued", "low_balance", "auto_topup"]
+
+
+def test_restore_expires_the_holds_it_finds_open_and_numbers_new_ones_after_them(server: RunningServer) -> None:
+    server.create_customer("acme", plan="basic")  # 2,500 credits
+    placed = [
+        server.metering.Reserve(metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock", quantity=100))
+        for _ in range(2)
+    ]
+    server.metering.Commit(metering_pb2.CommitRequest(reservation_id=placed[0].reservation_id, quantity=40))
+    server.flush()
+    server.call(awaited(server.app.redis.flushall()))
+
+    # 40 charged, 100 still held by acme/h2: the restore puts it back due at once.
+    assert run_restore(server) == RestoreReport(customers=1, buckets=1, credits=2_360, holds=1)
+    assert server.reserved_in_redis("acme") == 100
+    with pytest.raises(grpc.RpcError) as raised:
+        server.metering.Commit(metering_pb2.CommitRequest(reservation_id=placed[1].reservation_id, quantity=10))
+    assert error_reason(raised.value) == (grpc.StatusCode.FAILED_PRECONDITION, "RESERVATION_EXPIRED")
+    assert (server.available("acme"), server.reserved_in_redis("acme")) == (2_460, 0)
+    again = server.metering.Reserve(metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock"))
+    assert again.reservation_id == "acme/h3"  # not acme/h1 again
+    server.flush()
+    assert run_reconcile(server).drifts == []
+    expired = [e for e in server.ledger("acme") if e.kind == admin_pb2.LEDGER_ENTRY_KIND_RESERVATION_EXPIRY]
+    assert [(e.credits_delta, e.reservation_id) for e in expired] == [(100, placed[1].reservation_id)]
 
 
 def test_the_reconcile_command_exits_with_the_drift(server: RunningServer) -> None:

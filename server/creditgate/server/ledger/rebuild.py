@@ -42,6 +42,9 @@ class CustomerState:
     usage: dict[str, str]
     # The credits the ledger says the customer has (its entries' deltas summed).
     ledger_balance: int = 0
+    # Holds the ledger shows placed and not settled: hold id -> the hold's record as reserve.lua writes it, due
+    # at once (the ledger does not keep a hold's ttl), so the sweeper returns their credits.
+    open_holds: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,13 +131,59 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
     _own_settings(customer, view.settings.get(customer_id, []))
     current = _subscription(customer, view.subscriptions.get(customer_id, []), entries)
     usage = _usage(entries, current, rules, customer.get("plan", ""), now_ms) if current else {}
+    holds = [entry for entry in entries if entry.kind == "reserve"]
+    if holds:
+        # Hold ids are numbered per customer: a new hold must not take the id of one placed before the loss.
+        customer["hold_seq"] = str(max(_hold_number(entry.reservation_id) for entry in holds))
     return CustomerState(
         customer_id,
         customer,
         {bucket_id: "|".join(str(part) for part in value) for bucket_id, value in buckets.items() if value[0] > 0},
         usage,
         sum(entry.credits_delta for entry in entries),
+        _open_holds(entries, holds, customer, rules, now_ms),
     )
+
+
+def _hold_number(reservation_id: str) -> int:
+    """'<customer_id>/h<n>' -> n."""
+    return int(reservation_id.rpartition("/h")[2])
+
+
+def _open_holds(
+    entries: list[LedgerRecord],
+    holds: list[LedgerRecord],
+    customer: dict[str, str],
+    rules: RuleBook | None,
+    now_ms: int,
+) -> dict[str, str]:
+    """The unsettled holds' records, with what settling them needs (expiring with nothing used returns the
+    credits and uncounts the units in the hold's own period); due now."""
+    settled = {entry.reservation_id for entry in entries if entry.kind in SETTLE_KINDS}
+    anchor = int(customer.get("anchor", "0"))
+    records = {}
+    for hold in holds:
+        if hold.reservation_id in settled:
+            continue
+        cap = _cap(rules, customer.get("plan", ""), hold)
+        window = "" if cap is None else (str(hold.created_ms // DAY_MS) if cap[1] == "day" else "p")
+        record = {
+            "st": "open",
+            "f": hold.feature,
+            "q": hold.quantity,
+            "u": 0,  # only what a commit charges needs it; a restored hold is expired, not committed
+            "fu": hold.free_units_used,
+            "b": hold.reserved_delta,
+            "o": hold.overage_credits,
+            "pf": f"p|{hold.feature}",
+            "cf": "" if cap is None else f"c|{hold.feature}|{cap[0]}|{window}",
+            "pi": _period_at(anchor, hold.created_ms).index if anchor else -1,
+            "takes": hold.takes,
+            "x": now_ms,
+            "dim": hold.dimensions,
+        }
+        records[hold.reservation_id.rpartition("/")[2]] = json.dumps(record)
+    return records
 
 
 def _own_settings(customer: dict[str, str], changes: list[SettingsRecord]) -> None:

@@ -20,12 +20,14 @@ class RestoreReport:
     buckets: int
     # Available credits written, over all customers.
     credits: int
+    # Holds placed and never settled, put back due at once (the sweeper returns their credits).
+    holds: int = 0
 
 
 async def restore(redis: Redis, store: Store, keys: KeySpace, now_ms: int) -> RestoreReport:
     rules = await load_rules(store)
     view = await read_durable(store, await read_outbox(redis, keys))
-    customers = buckets = credits = 0
+    customers = buckets = credits = holds = 0
     for customer_id in sorted(set(view.customers) | set(view.ledger)):
         state = expected_state(view, customer_id, rules, now_ms)
         customer_keys = keys.for_customer(customer_id)
@@ -38,10 +40,18 @@ async def restore(redis: Redis, store: Store, keys: KeySpace, now_ms: int) -> Re
                     pipe.hset(customer_keys.buckets, mapping=state.buckets)  # type: ignore[arg-type]
                 if state.usage:
                     pipe.hset(customer_keys.usage, mapping=state.usage)  # type: ignore[arg-type]
+                if state.open_holds:
+                    # Due at once: the sweeper expires them, returning their credits through the ledger.
+                    pipe.hset(customer_keys.holds, mapping=state.open_holds)  # type: ignore[arg-type]
+                    pipe.zadd(customer_keys.holds_open, dict.fromkeys(state.open_holds, now_ms))
+                    pipe.zadd(
+                        customer_keys.holds_due, {f"{customer_id}/{hold_id}": now_ms for hold_id in state.open_holds}
+                    )
                 await pipe.execute()
         except RedisError as exc:
             raise Unavailable(f"Redis: {exc}") from exc
         customers += 1
+        holds += len(state.open_holds)
         buckets += len(state.buckets)
         credits += sum(int(value.split("|")[0]) for value in state.buckets.values())
-    return RestoreReport(customers, buckets, credits)
+    return RestoreReport(customers, buckets, credits, holds)
