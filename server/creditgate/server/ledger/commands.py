@@ -32,7 +32,8 @@ def run_reconcile(settings: Settings, console: Console) -> int:
 def run_restore(settings: Settings, console: Console) -> int:
     report = asyncio.run(_with_connections(settings, _restore))
     console.print(
-        f"restored {report.customers:,} customers: {report.buckets:,} buckets, {report.credits:,} credits available"
+        f"restored {report.customers:,} customers: {report.buckets:,} buckets, {report.credits:,} credits available,"
+        f" {report.holds:,} open holds due at once"
     )
     return 0
 
