@@ -212,6 +212,17 @@ def test_restore_expires_the_holds_it_finds_open_and_numbers_new_ones_after_them
     assert [(e.credits_delta, e.reservation_id) for e in expired] == [(100, placed[1].reservation_id)]
 
 
+def test_restore_keeps_a_hold_redis_still_has(server: RunningServer) -> None:
+    server.create_customer("acme", plan="basic")
+    hold = server.metering.Reserve(
+        metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock", quantity=100)
+    )
+    server.flush()
+    assert run_restore(server).holds == 1  # nothing was lost: the hold keeps its record and expiry
+    settled = server.metering.Commit(metering_pb2.CommitRequest(reservation_id=hold.reservation_id, quantity=40))
+    assert (settled.credits_charged, settled.credits_released, settled.balance_after) == (40, 60, 2_460)
+
+
 def test_the_reconcile_command_exits_with_the_drift(server: RunningServer) -> None:
     server.create_customer("acme", plan="basic")
     server.flush()

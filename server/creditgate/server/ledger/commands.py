@@ -33,7 +33,7 @@ def run_restore(settings: Settings, console: Console) -> int:
     report = asyncio.run(_with_connections(settings, _restore))
     console.print(
         f"restored {report.customers:,} customers: {report.buckets:,} buckets, {report.credits:,} credits available,"
-        f" {report.holds:,} open holds due at once"
+        f" {report.holds:,} open holds (those Redis lost are due at once)"
     )
     return 0
 

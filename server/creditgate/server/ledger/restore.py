@@ -20,7 +20,7 @@ class RestoreReport:
     buckets: int
     # Available credits written, over all customers.
     credits: int
-    # Holds placed and never settled, put back due at once (the sweeper returns their credits).
+    # Holds placed and never settled; those Redis lost are put back due at once (the sweeper returns their credits).
     holds: int = 0
 
 
@@ -41,12 +41,13 @@ async def restore(redis: Redis, store: Store, keys: KeySpace, now_ms: int) -> Re
                 if state.usage:
                     pipe.hset(customer_keys.usage, mapping=state.usage)  # type: ignore[arg-type]
                 if state.open_holds:
-                    # Due at once: the sweeper expires them, returning their credits through the ledger.
-                    pipe.hset(customer_keys.holds, mapping=state.open_holds)  # type: ignore[arg-type]
-                    pipe.zadd(customer_keys.holds_open, dict.fromkeys(state.open_holds, now_ms))
-                    pipe.zadd(
-                        customer_keys.holds_due, {f"{customer_id}/{hold_id}": now_ms for hold_id in state.open_holds}
-                    )
+                    # Due at once: the sweeper expires them, returning their credits through the ledger. A hold
+                    # Redis still has (a partial loss) keeps its own record and expiry.
+                    for hold_id, record in state.open_holds.items():
+                        pipe.hsetnx(customer_keys.holds, hold_id, record)
+                    pipe.zadd(customer_keys.holds_open, dict.fromkeys(state.open_holds, now_ms), nx=True)
+                    due = {f"{customer_id}/{hold_id}": now_ms for hold_id in state.open_holds}
+                    pipe.zadd(customer_keys.holds_due, due, nx=True)
                 await pipe.execute()
         except RedisError as exc:
             raise Unavailable(f"Redis: {exc}") from exc
