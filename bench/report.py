@@ -164,7 +164,13 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         ),
         "",
         f"Memory per customer (MEMORY USAGE, bytes): {json.dumps(memory['keys'])}. Idempotency keys (one per"
-        " request_id, 24 h) are not counted: they are per request, not per customer.",
+        " request_id, 24 h) are not counted: they are per request, not per customer"
+        + (
+            f"; one takes {memory['request_answer_bytes']} bytes (MEMORY USAGE of an answer remembered under a"
+            " UUID request_id) for as long as it is kept."
+            if "request_answer_bytes" in memory
+            else "."
+        ),
         "",
         f"One-time setup through AdminService (seconds): {json.dumps(results['setup_s'])}.",
         "",

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -675,13 +676,20 @@ def memory_per_customer(redis_url: str, target: str) -> dict[str, Any]:
             metering.CheckAndDebit(
                 metering_pb2.CheckAndDebitRequest(customer_id="mem-1", feature=feature, dimensions=dims)
             )
+        # One remembered answer, with a request_id as the clients make them (a UUID).
+        request_id = str(uuid.uuid4())
+        metering.CheckAndDebit(
+            metering_pb2.CheckAndDebitRequest(customer_id="mem-1", feature="email_unlock", request_id=request_id)
+        )
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = sorted(k for k in client.scan_iter(match="cg:*:c:mem-1*") if ":req:" not in k)
     usage = {key: int(client.memory_usage(key, samples=0) or 0) for key in keys}
+    answer_key = next(client.scan_iter(match=f"cg:*:c:mem-1:req:{request_id}"))
     return {
         "keys": usage,
         "total_bytes": sum(usage.values()),
         "buckets": client.hlen(next(k for k in keys if k.endswith(":buckets"))),
+        "request_answer_bytes": int(client.memory_usage(answer_key, samples=0) or 0),
     }
 
 
