@@ -605,9 +605,9 @@ def _pct(values: list[int], percentile: float) -> int:
 
 
 def store_throughput(workdir: Path, customers: int) -> dict[str, float]:
-    """Ledger records per second the SQLite store absorbs in the flusher's batch size, as the flusher hands them
-    over while it drains a backlog: each batch spread over `customers` customers, into a ledger that already holds
-    STORE_PREFILL entries."""
+    """Ledger records per second the SQLite store absorbs in the transactions the flusher writes while it drains a
+    backlog (one per round: a batch from every shard's stream), each spread over `customers` customers, into a
+    ledger that already holds STORE_PREFILL entries."""
     import asyncio
     import random
 
@@ -615,7 +615,9 @@ def store_throughput(workdir: Path, customers: int) -> dict[str, float]:
     from creditgate.server.ledger.sqlite_store import SqliteStore
     from creditgate.server.settings import Settings
 
-    size = Settings.model_fields["flush_batch_size"].default
+    per_stream = Settings.model_fields["flush_batch_size"].default
+    streams = Settings.model_fields["shards"].default
+    size = per_stream * streams
     picker = random.Random(6)
     seqs: dict[str, int] = {}
 
@@ -645,17 +647,19 @@ def store_throughput(workdir: Path, customers: int) -> dict[str, float]:
         await store.open()
         for _ in range(STORE_PREFILL // size):
             await store.write(batch(), [])
-        batches = [batch() for _ in range(STORE_MEASURED // size)]
+        batches = [batch() for _ in range(max(1, STORE_MEASURED // size))]
         started = time.perf_counter()
         for records in batches:
             await store.write(records, [])
         elapsed = time.perf_counter() - started
         await store.close()
-        return STORE_MEASURED / elapsed
+        return len(batches) * size / elapsed
 
     return {
         "records_per_s": round(asyncio.run(write())),
         "batch": size,
+        "per_stream": per_stream,
+        "streams": streams,
         "customers": customers,
         "prefill": STORE_PREFILL,
     }
