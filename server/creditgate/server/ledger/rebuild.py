@@ -10,6 +10,7 @@ from typing import Any
 
 from creditgate.server.billing.periods import DAY_MS, Period, period
 from creditgate.server.catalog.rules import RuleBook
+from creditgate.server.engine.holds import split_reservation_id
 from creditgate.server.errors import CreditgateError
 from creditgate.server.ledger.records import (
     CustomerRecord,
@@ -147,7 +148,7 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
 
 def _hold_number(reservation_id: str) -> int:
     """'<customer_id>/h<n>' -> n."""
-    return int(reservation_id.rpartition("/h")[2])
+    return int(split_reservation_id(reservation_id)[1].removeprefix("h"))
 
 
 def _open_holds(
@@ -182,7 +183,7 @@ def _open_holds(
             "x": now_ms,
             "dim": hold.dimensions,
         }
-        records[hold.reservation_id.rpartition("/")[2]] = json.dumps(record)
+        records[split_reservation_id(hold.reservation_id)[1]] = json.dumps(record)
     return records
 
 
