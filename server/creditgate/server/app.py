@@ -22,11 +22,13 @@ from creditgate.server.embedded_redis import EmbeddedRedis
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
+from creditgate.server.engine.migrate import migrate
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.engine.wire import RedisWire
 from creditgate.server.errors import CreditgateError, Unavailable
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.flusher_process import new_flusher, start_flusher_process, stop_flusher_process
+from creditgate.server.ledger.heal import Healer
 from creditgate.server.ledger.store import Store, open_store
 from creditgate.server.ops.metrics import Metrics
 from creditgate.server.ops.probe import HealthProbe
@@ -78,6 +80,8 @@ class App:
         except RedisError as exc:
             raise Unavailable(f"cannot reach Redis: {exc}") from exc
         await self.scripts.load()
+        # Keys of the layout before this one are renamed into it before anything reads them.
+        await migrate(self.redis, KeySpace(self.settings.shards), self.settings.shards)
         await self.flusher.setup()
         await self.catalog.load_saved()
         if self.settings.catalog is not None:
@@ -154,10 +158,11 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     catalog = CatalogHolder(store, clock)
     scripts = Scripts(redis, RedisWire(redis_url, settings.redis_timeout_seconds))
-    engine = CreditEngine(redis, scripts, keys, catalog, clock, settings)
+    metrics = Metrics()
+    healer = Healer(redis, scripts, keys, store, catalog, clock, metrics)
+    engine = CreditEngine(redis, scripts, keys, catalog, clock, settings, healer)
     flusher = new_flusher(redis, redis_url, store, settings)
     holds = Holds(redis, scripts, keys, catalog, clock, settings, engine)
-    metrics = Metrics()
     envelope = CallEnvelope(metrics, log_successes=settings.log_calls == "all")
 
     def refused(method: str, error: CreditgateError, metadata: Any) -> None:

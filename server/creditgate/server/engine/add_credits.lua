@@ -9,6 +9,7 @@ local replayed = replay(request_key, request_id, fingerprint)
 if replayed then return replayed end
 local sub = redis.call('HMGET', customer_key, 'id', 'status', 'period_end')
 if not sub[1] then return {'not_found'} end
+if unverified(customer_key) then return {'verify'} end
 local work = pending_work(sub[2], sub[3], holds_open_key, now)
 if work then return {work} end
 

@@ -4,7 +4,7 @@ local customer_id, name, metadata, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARG
 
 if redis.call('HSETNX', customer_key, 'id', customer_id) == 0 then return {'exists'} end
 redis.call('HSET', customer_key, 'name', name, 'metadata', metadata, 'created_at', int(now),
-  'status', 'none', 'seq', 0, 'bucket_seq', 0)
+  'status', 'none', 'seq', 0, 'bucket_seq', 0, 'ep', EPOCH)
 redis.call('XADD', outbox_key, '*', 'type', 'customer', 'e', cjson.encode(
   {c = customer_id, name = name, metadata = cjson.decode(metadata), t = now}))
 return {'ok'}

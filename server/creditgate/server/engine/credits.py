@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from creditgate.server.billing.periods import DAY_MS, NEVER, periods_started
 from creditgate.server.catalog.holder import CatalogHolder
@@ -79,6 +79,15 @@ def _decided(answer: list[Any]) -> list[Any] | CreditgateError:
     return answer
 
 
+class Verifier(Protocol):
+    """Brings a customer whose Redis state may be older than the durable ledger up to it (ledger/heal.py)."""
+
+    async def verify(self, customer_id: str) -> bool:
+        """True once the customer's state is at least as new as the ledger and stamped with the current epoch;
+        False when neither Redis nor the ledger knows the customer."""
+        ...
+
+
 def customer_not_found(customer_id: str) -> NotFound:
     return NotFound(f"customer {customer_id!r} does not exist", field="customer_id", reason="CUSTOMER_NOT_FOUND")
 
@@ -92,8 +101,10 @@ class CreditEngine:
         catalog: CatalogHolder,
         clock: Clock,
         settings: Settings,
+        verifier: Verifier,
     ) -> None:
         self._redis = redis
+        self._verifier = verifier
         self._scripts = scripts
         self._keys = keys
         self._catalog = catalog
@@ -128,8 +139,9 @@ class CreditEngine:
             try:
                 if isinstance(reply, CreditgateError):
                     raise reply
-                if reply[0] in ("rollover", "expire_holds"):
-                    # Rare (a new period, a due hold): this one goes the long way, after the batch has run.
+                if reply[0] in ("rollover", "expire_holds", "verify", "not_found"):
+                    # Rare (a new period, a due hold, a customer to verify): this one goes the long way, after the
+                    # batch has run.
                     outcomes.append(await self.check_and_debit(request))
                     continue
                 outcomes.append(self._explained(request, self._decision(request.customer_id, reply), rules))
@@ -232,7 +244,7 @@ class CreditEngine:
     async def run_touching(self, script: str, customer_id: str, keys: list[str], args: list[Any], now: int) -> Any:
         """Run a script that changes a customer; first open new periods or expire due holds when it asks."""
         for _ in range(MAX_ROLLOVER_ROUNDS):
-            result = await self._scripts.run(script, keys, args)
+            result = await self.run_verified(script, customer_id, keys, args)
             if result[0] == "rollover":
                 await self.open_periods(customer_id, self._keys.for_customer(customer_id), now)
             elif result[0] == "expire_holds":
@@ -241,13 +253,25 @@ class CreditEngine:
                 return result
         raise InternalError(f"{script} kept asking for periods or holds to be settled")
 
+    async def run_verified(self, script: str, customer_id: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script that changes a customer; one Redis may hold older than the durable ledger (it answers
+        'verify'), or may have lost ('not_found'), is first verified and if need be rebuilt from the ledger."""
+        result = await self._scripts.run(script, keys, args)
+        if result[0] in ("verify", "not_found") and await self._verifier.verify(customer_id):
+            result = await self._scripts.run(script, keys, args)
+        if result[0] == "verify":
+            # Redis changed again (another restart or failover) between verifying and the call: a retry is safe.
+            raise Unavailable("Redis restarted while the customer was being verified", reason="REDIS_EPOCH_CHANGED")
+        return result
+
     async def expire_holds(self, customer_id: str, now: int) -> int:
         """Return the credits of the customer's holds past their ttl; returns how many expired."""
         keys = self._keys.for_customer(customer_id)
         expired = 0
         while True:
-            result = await self._scripts.run(
-                "expire_holds", keys.hold_keys, [now, customer_id, self._settings.idempotency_ttl_seconds * 1000]
+            retention_ms = self._settings.idempotency_ttl_seconds * 1000
+            result = await self.run_verified(
+                "expire_holds", customer_id, keys.hold_keys, [now, customer_id, retention_ms]
             )
             expired += int(result[1])
             if int(result[1]) < HOLDS_EXPIRED_PER_CALL:
@@ -271,8 +295,9 @@ class CreditEngine:
         if not periods:
             return
         encoded = json.dumps([[p.index, p.start_ms, p.end_ms, p.grants(plan)] for p in periods])
-        await self._scripts.run(
+        await self.run_verified(
             "rollover",
+            customer_id,
             [keys.customer, keys.buckets, keys.usage, keys.outbox],
             [now, customer_id, period_end, plan_key, encoded, plan.low_balance_threshold],
         )
@@ -303,8 +328,14 @@ class CreditEngine:
         now = self._clock.now_ms()
         for _ in range(MAX_ROLLOVER_ROUNDS):
             customer, buckets, usage = await self._read_customer(keys)
-            if not customer:
-                raise customer_not_found(customer_id)
+            if not customer or customer.get("ep") != self._scripts.epoch:
+                # Lost, or perhaps older than the ledger (Redis restarted, failed over, was restored since it was
+                # last verified): shown only once verified, as it would be changed.
+                if not await self._verifier.verify(customer_id):
+                    raise customer_not_found(customer_id)
+                customer, buckets, usage = await self._read_customer(keys)
+                if not customer:
+                    raise customer_not_found(customer_id)
             period_due = customer.get("status") in ("active", "pending") and now >= int(customer["period_end"])
             hold_due = int(customer.get("_next_hold_expiry", now + 1)) <= now
             bucket_due = any(_bucket(id_, value).due(now) for id_, value in buckets.items())
@@ -314,8 +345,8 @@ class CreditEngine:
                 await self.expire_holds(customer_id, now)
             elif bucket_due:
                 # Expired credits leave the ledger when they leave the balance, even if only a read saw it.
-                await self._scripts.run(
-                    "expire_buckets", [keys.customer, keys.buckets, keys.outbox], [now, customer_id]
+                await self.run_verified(
+                    "expire_buckets", customer_id, [keys.customer, keys.buckets, keys.outbox], [now, customer_id]
                 )
             else:
                 return customer, buckets, usage
@@ -373,6 +404,9 @@ class CreditEngine:
 
     async def create_customer(self, customer_id: str, name: str, metadata: dict[str, str]) -> CustomerView:
         keys = self._keys.for_customer(customer_id)
+        # A customer Redis lost but the ledger keeps is rebuilt first (and then exists): created again, its entry
+        # numbers would start over and collide with the ledger's.
+        await self._verifier.verify(customer_id)
         result = await self._scripts.run(
             "create_customer",
             [keys.customer, keys.outbox],
@@ -388,8 +422,9 @@ class CreditEngine:
         self._catalog.rules.plan(plan_key)
         keys = self._keys.for_customer(customer_id)
         anchor = start_ms if start_ms is not None else self._clock.now_ms()
-        result = await self._scripts.run(
+        result = await self.run_verified(
             "subscription",
+            customer_id,
             [keys.customer, keys.outbox],
             ["start", self._clock.now_ms(), customer_id, plan_key, anchor],
         )
@@ -410,8 +445,8 @@ class CreditEngine:
         self._catalog.rules.plan(plan_key)
         keys = self._keys.for_customer(customer_id)
         now = self._clock.now_ms()
-        result = await self._scripts.run(
-            "subscription", [keys.customer, keys.outbox], ["change", now, customer_id, plan_key, now]
+        result = await self.run_verified(
+            "subscription", customer_id, [keys.customer, keys.outbox], ["change", now, customer_id, plan_key, now]
         )
         if result[0] == "not_found":
             raise customer_not_found(customer_id)
@@ -460,15 +495,14 @@ class CreditEngine:
         keys = self._keys.for_customer(customer_id)
         pairs = [part for item in fields.items() for part in item]
         args = [self._clock.now_ms(), customer_id, *pairs]
-        result = await self._scripts.run("customer_settings", [keys.customer, keys.outbox], args)
+        result = await self.run_verified("customer_settings", customer_id, [keys.customer, keys.outbox], args)
         if result[0] == "not_found":
             raise customer_not_found(customer_id)
 
     async def cancel(self, customer_id: str) -> SubscriptionView:
         keys = self._keys.for_customer(customer_id)
-        result = await self._scripts.run(
-            "subscription", [keys.customer, keys.outbox], ["cancel", self._clock.now_ms(), customer_id, "", 0]
-        )
+        args = ["cancel", self._clock.now_ms(), customer_id, "", 0]
+        result = await self.run_verified("subscription", customer_id, [keys.customer, keys.outbox], args)
         if result[0] == "not_found":
             raise customer_not_found(customer_id)
         if result[0] == "not_subscribed":

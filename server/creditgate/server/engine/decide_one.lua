@@ -17,8 +17,9 @@ local function decide(keys, k, args, a, decode_rules)
   if replayed then return replayed end
   -- Also read now: the auto top-up threshold (sub[5]) and the balance-event state (sub[6..9], see balance_events).
   local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end', 'auto_threshold',
-    'low_threshold', 'plan_low_threshold', 'below', 'empty')
+    'low_threshold', 'plan_low_threshold', 'below', 'empty', 'ep')
   if not sub[1] then return {'not_found'} end
+  if sub[10] ~= EPOCH then return {'verify'} end
   local plan, status = sub[2], sub[3]
   local work = pending_work(status, sub[4], holds_open_key, now)
   if work then return {work} end

@@ -2,6 +2,7 @@
 local k = hold_keys()
 local now, customer_id, retention_ms = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 
+if redis.call('EXISTS', k.customer) == 1 and unverified(k.customer) then return {'verify'} end
 local due = redis.call('ZRANGEBYSCORE', k.open, '-inf', now, 'LIMIT', 0, 200)
 for _, hold_id in ipairs(due) do
   local hold = cjson.decode(redis.call('HGET', k.holds, hold_id))

@@ -1,4 +1,10 @@
-"""Every Redis key shape creditgate uses; all of a customer's keys share one {sN} hash slot."""
+"""Every Redis key shape creditgate uses; all of a customer's keys share one {sN} hash slot.
+
+Layout 2 (this one): a customer's id is the *last* part of each of its keys, after a kind that no other key
+shares (`c`, `b`, `u`, `h`, `ho`, `hd`), so no id can name another customer's key, whatever ':' it contains; the
+one key with a second free part, a remembered request_id answer, carries the id's length first. Layout 1 appended
+kinds after the id (`c:<id>:buckets`), so the customer `<victim>:buckets` *was* its victim's buckets;
+engine/migrate.py moves a layout-1 Redis to this one."""
 
 from __future__ import annotations
 
@@ -35,10 +41,18 @@ class CustomerKeys:
             self.outbox,
         ]
 
+    # `<prefix>:{sN}:r:<len(customer_id)>:<customer_id>:`, to which a request_id is appended.
+    request_prefix: str = ""
+
     def request(self, request_id: str) -> str:
         # An empty request_id still needs a key of the same slot to keep KEYS fixed in shape.
-        return f"{self.customer}:req:{request_id}"
+        return self.request_prefix + request_id
 
+
+# The key layout this code writes; a shard's meta hash records it (field `layout`) once its keys are in it.
+LAYOUT = 2
+# Per-customer key kinds, each followed by ":" and the customer's id.
+CUSTOMER, BUCKETS, USAGE, HOLDS, HOLDS_OPEN, HOLDS_DONE, REQUEST = "c", "b", "u", "h", "ho", "hd", "r"
 
 # Customers whose key names are kept (a few hundred bytes each); past it the cache starts over.
 KEY_CACHE_SIZE = 16_384
@@ -60,6 +74,13 @@ class KeySpace:
         """The ledger outbox stream of one shard."""
         return f"{self._prefix}:{self.shard_tag(shard)}:outbox"
 
+    def meta(self, shard: int) -> str:
+        """The shard's own facts: `layout` (the key layout its keys are in)."""
+        return f"{self._prefix}:{self.shard_tag(shard)}:meta"
+
+    def all_metas(self) -> list[str]:
+        return [self.meta(shard) for shard in range(self._shards)]
+
     def holds_due(self, shard: int) -> str:
         """Open holds of the shard's customers, scored by expiry, member "customer_id/h<seq>"."""
         return f"{self._prefix}:{self.shard_tag(shard)}:holds_due"
@@ -69,7 +90,11 @@ class KeySpace:
 
     def customer_scan_pattern(self) -> str:
         """A SCAN pattern that matches every customer hash (and more: callers check the hash's `id`)."""
-        return f"{self._prefix}:{{s*}}:c:*"
+        return f"{self._prefix}:{{s*}}:{CUSTOMER}:*"
+
+    def customer_id_of(self, customer_key: str) -> str:
+        """The id a customer hash's key names (the inverse of for_customer(id).customer)."""
+        return customer_key.split(":", 3)[3]
 
     def for_customer(self, customer_id: str) -> CustomerKeys:
         # Every decision needs them: built once per customer rather than eight f-strings and a crc32 per call.
@@ -82,14 +107,15 @@ class KeySpace:
 
     def _build(self, customer_id: str) -> CustomerKeys:
         shard = self.shard_of(customer_id)
-        base = f"{self._prefix}:{self.shard_tag(shard)}:c:{customer_id}"
+        base = f"{self._prefix}:{self.shard_tag(shard)}:"
         return CustomerKeys(
-            customer=base,
-            buckets=f"{base}:buckets",
-            usage=f"{base}:usage",
+            customer=f"{base}{CUSTOMER}:{customer_id}",
+            buckets=f"{base}{BUCKETS}:{customer_id}",
+            usage=f"{base}{USAGE}:{customer_id}",
             outbox=self.outbox(shard),
-            holds=f"{base}:holds",
-            holds_open=f"{base}:holds_open",
-            holds_done=f"{base}:holds_done",
+            holds=f"{base}{HOLDS}:{customer_id}",
+            holds_open=f"{base}{HOLDS_OPEN}:{customer_id}",
+            holds_done=f"{base}{HOLDS_DONE}:{customer_id}",
             holds_due=self.holds_due(shard),
+            request_prefix=f"{base}{REQUEST}:{len(customer_id)}:{customer_id}:",
         )

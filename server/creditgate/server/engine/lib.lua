@@ -6,6 +6,16 @@
 
 local function int(n) return string.format('%d', n) end
 
+-- Every script's last argument is its epoch: the run_id of the Redis the server sent it to (scripts.py adds it).
+-- A customer is stamped (field ep) with the epoch in which its state was last found at least as new as the durable
+-- ledger. Another epoch means Redis restarted, failed over or was restored since, and may hold an older state
+-- than the ledger: such a customer answers {'verify'} to any change until the server has verified (and if need be
+-- rebuilt) it from the ledger (ledger/heal.py), so no decision is made on a state the ledger has moved past.
+local EPOCH = ARGV[#ARGV]
+local function unverified(customer_key)
+  return redis.call('HGET', customer_key, 'ep') ~= EPOCH
+end
+
 local function parse_bucket(id, value)
   local remaining, priority, expires_at, source, cap = string.match(value, '^(%d+)|(%d+)|(%d+)|(%a+)|?(%d*)$')
   return {id = id, seq = tonumber(string.sub(id, 2)), remaining = tonumber(remaining),

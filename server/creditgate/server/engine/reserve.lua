@@ -10,6 +10,7 @@ local replayed = replay(request_key, request_id, fingerprint)
 if replayed then return replayed end
 local sub = redis.call('HMGET', k.customer, 'id', 'plan', 'status', 'period_end', 'period_index')
 if not sub[1] then return {'not_found'} end
+if unverified(k.customer) then return {'verify'} end
 local plan, status = sub[2], sub[3]
 local work = pending_work(status, sub[4], k.open, now)
 if work then return {work} end

@@ -9,6 +9,7 @@ local plan_low_threshold = ARGV[6]
 
 local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end')
 if not sub[1] then return {'not_found'} end
+if unverified(customer_key) then return {'verify'} end
 if sub[2] ~= plan or sub[4] ~= expected_end or (sub[3] ~= 'active' and sub[3] ~= 'pending') then
   return {'stale'}
 end

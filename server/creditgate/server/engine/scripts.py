@@ -28,6 +28,8 @@ SCRIPT_PARTS: dict[str, tuple[str, ...]] = {
             "expire_holds",
             "expire_buckets",
             "customer_settings",
+            "verify",
+            "heal",
         )
     },
 }
@@ -58,15 +60,25 @@ class Scripts:
     async def close(self) -> None:
         await self._wire.close()
 
+    @property
+    def epoch(self) -> str:
+        """The run_id of the Redis the scripts are sent to now (lib.lua's EPOCH); empty before the first call."""
+        return self._wire.run_id
+
     async def run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
-        packed = pack_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        sha = self._shas[name]
+
+        def packed(epoch: str) -> bytes:
+            # The epoch goes last: the run_id of the very connection the call goes out on (lib.lua).
+            return pack_command("EVALSHA", sha, len(keys), *keys, *args, epoch)
+
         try:
             try:
-                result: list[Any] = await self._wire.call(packed)
+                result: list[Any] = await self._wire.call_for_connection(packed)
             except NoScriptError:
                 # Redis lost its script cache (restart, SCRIPT FLUSH); the call did not run, so it runs again.
                 await self._redis.script_load(self._sources[name])
-                result = await self._wire.call(packed)
+                result = await self._wire.call_for_connection(packed)
         except RedisError as exc:
             raise _ours(name, exc) from exc
         return result
@@ -75,8 +87,8 @@ class Scripts:
         """Each call's answer or error, in order; the calls go to Redis together and run there in this order."""
         sha = self._shas[name]
         try:
-            futures = await self._wire.call_many(
-                [pack_command("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+            futures = await self._wire.call_many_for_connection(
+                lambda epoch: [pack_command("EVALSHA", sha, len(keys), *keys, *args, epoch) for keys, args in calls]
             )
         except RedisError as exc:
             raise _ours(name, exc) from exc

@@ -8,6 +8,7 @@ local request_id, fingerprint, ttl, retention_ms = ARGV[6], ARGV[7], tonumber(AR
 local replayed = replay(request_key, request_id, fingerprint)
 if replayed then return replayed end
 if redis.call('HEXISTS', k.customer, 'id') == 0 then return {'not_found'} end
+if unverified(k.customer) then return {'verify'} end
 local raw = redis.call('HGET', k.holds, hold_id)
 if not raw then return {'hold_not_found'} end
 local hold = cjson.decode(raw)

@@ -5,6 +5,7 @@ local action, now, customer_id, plan, anchor = ARGV[1], tonumber(ARGV[2]), ARGV[
 
 local sub = redis.call('HMGET', customer_key, 'id', 'status', 'plan', 'anchor', 'period_index', 'period_start')
 if not sub[1] then return {'not_found'} end
+if unverified(customer_key) then return {'verify'} end
 local running = sub[2] == 'active' or sub[2] == 'pending'
 local status = 'pending'
 -- The running period ends now: its invoice covers up to here (the store keeps the earlier of two ends).

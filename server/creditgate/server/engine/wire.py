@@ -14,6 +14,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -47,6 +48,8 @@ class _Protocol(asyncio.Protocol):
         self._outgoing: list[bytes] = []
         self._unanswered = 0
         self._flush_scheduled = False
+        # The run_id of the Redis this connection reached (INFO server, asked in the handshake).
+        self.run_id = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport, as asked for
@@ -128,6 +131,22 @@ class RedisWire:
         # Not held back for the batch in flight: many commands already share this write, and holding them would
         # leave Redis idle while the server reads the last batch's replies.
         return [self._send(protocol, packed, now=True) for packed in commands]
+
+    async def call_for_connection(self, pack: Callable[[str], bytes]) -> Any:
+        """Like call, for a command that names the Redis it is meant for: `pack(run_id)` gets the run_id of the
+        connection it goes out on, and it goes out on no other (a lost connection fails it)."""
+        protocol = self._protocol or await self._connect()
+        return await self._send(protocol, pack(protocol.run_id))
+
+    async def call_many_for_connection(self, pack: Callable[[str], list[bytes]]) -> list[asyncio.Future[Any]]:
+        """call_many for commands packed as call_for_connection packs its one."""
+        protocol = self._protocol or await self._connect()
+        return [self._send(protocol, packed, now=True) for packed in pack(protocol.run_id)]
+
+    @property
+    def run_id(self) -> str:
+        """The run_id of the Redis the current connection reached; empty while there is none."""
+        return self._protocol.run_id if self._protocol is not None else ""
 
     def _send(self, protocol: _Protocol, packed: bytes, now: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -216,6 +235,8 @@ class RedisWire:
             commands.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
         if int(options.get("db") or 0):
             commands.append(("SELECT", int(options["db"])))
+        # Which Redis this is: a new run_id means it restarted or another took its place (scripts' epoch).
+        commands.append(("INFO", "server"))
         loop = asyncio.get_running_loop()
         futures = []
         for command in commands:
@@ -227,6 +248,12 @@ class RedisWire:
                 await future
             except ResponseError as exc:
                 raise RedisConnectionError(f"Redis refused the connection: {exc}") from exc
+        info = futures[-1].result()
+        protocol.run_id = next(
+            (line.partition(":")[2].strip() for line in str(info).splitlines() if line.startswith("run_id:")), ""
+        )
+        if not protocol.run_id:
+            raise RedisConnectionError("Redis did not tell its run_id (INFO server)")
 
 
 def _ssl_context(options: Any) -> ssl.SSLContext:

@@ -130,7 +130,7 @@ class PostgresStore:
             for record in records
             if isinstance(record, LedgerRecord)
             for event in ledger_events(record)
-        ]
+        ] + [_event_row(record) for record in records if isinstance(record, EventRecord)]
         periods = [
             (r.customer_id, r.start_ms, r.plan, r.index, r.end_ms) for r in records if isinstance(r, PeriodRecord)
         ]
@@ -167,20 +167,27 @@ class PostgresStore:
         )
         return [ledger_record_from_row(row, _as_stored) for row in rows]
 
-    async def customers(self) -> list[CustomerRecord]:
-        rows = await self._fetch("SELECT customer_id, name, metadata, created_ms FROM customers ORDER BY customer_id")
+    async def customers(self, customer_id: str | None = None) -> list[CustomerRecord]:
+        rows = await self._fetch(
+            "SELECT customer_id, name, metadata, created_ms FROM customers"
+            " WHERE %s::text IS NULL OR customer_id = %s ORDER BY customer_id",
+            (customer_id, customer_id),
+        )
         return [CustomerRecord(row[0], row[1], dict(row[2]), row[3]) for row in rows]
 
-    async def subscription_changes(self) -> list[SubscriptionRecord]:
+    async def subscription_changes(self, customer_id: str | None = None) -> list[SubscriptionRecord]:
         rows = await self._fetch(
             "SELECT source_id, customer_id, plan, status, anchor_ms, changed_ms FROM subscription_changes"
-            " ORDER BY customer_id, changed_ms, source_id"
+            " WHERE %s::text IS NULL OR customer_id = %s ORDER BY customer_id, changed_ms, source_id",
+            (customer_id, customer_id),
         )
         return [SubscriptionRecord(*row) for row in rows]
 
-    async def settings_changes(self) -> list[SettingsRecord]:
+    async def settings_changes(self, customer_id: str | None = None) -> list[SettingsRecord]:
         rows = await self._fetch(
-            "SELECT source_id, customer_id, fields, changed_ms FROM settings_changes ORDER BY customer_id, changed_ms"
+            "SELECT source_id, customer_id, fields, changed_ms FROM settings_changes"
+            " WHERE %s::text IS NULL OR customer_id = %s ORDER BY customer_id, changed_ms",
+            (customer_id, customer_id),
         )
         return [SettingsRecord(row[0], row[1], dict(row[2]), row[3]) for row in rows]
 

@@ -71,19 +71,22 @@ class DurableView:
             self.settings[record.customer_id].append(record)
 
 
-async def read_durable(store: Store, outbox: list[tuple[str, str, dict[str, str]]]) -> DurableView:
-    """The store's records, then the outbox entries (stream, entry id, fields) not flushed yet."""
+async def read_durable(
+    store: Store, outbox: list[tuple[str, str, dict[str, str]]], customer_id: str | None = None
+) -> DurableView:
+    """The store's records (of every customer, or of the one named), then the outbox entries (stream, entry id,
+    fields) not flushed yet."""
     view = DurableView()
-    for customer in await store.customers():
+    for customer in await store.customers(customer_id):
         view.add(customer)
-    for change in await store.subscription_changes():
+    for change in await store.subscription_changes(customer_id):
         view.add(change)
-    for settings in await store.settings_changes():
+    for settings in await store.settings_changes(customer_id):
         view.add(settings)
-    for customer_id in list(view.customers):
+    for known in [customer_id] if customer_id is not None else list(view.customers):
         after = 0
         while True:
-            page = await store.ledger_since(customer_id, after, PAGE)
+            page = await store.ledger_since(known, after, PAGE)
             for record in page:
                 view.add(record)
             if len(page) < PAGE:

@@ -149,7 +149,8 @@ class SettingsRecord:
     changed_ms: int
 
 
-Record = LedgerRecord | CustomerRecord | SubscriptionRecord | PeriodRecord | SettingsRecord
+# An EventRecord is written as it is: events of the server's own making (ledger/heal.py), not of an entry.
+Record = LedgerRecord | CustomerRecord | SubscriptionRecord | PeriodRecord | SettingsRecord | EventRecord
 
 
 def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:

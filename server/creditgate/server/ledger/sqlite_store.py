@@ -136,27 +136,34 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def customers(self) -> list[CustomerRecord]:
+    async def customers(self, customer_id: str | None = None) -> list[CustomerRecord]:
         def work(db: sqlite3.Connection) -> list[CustomerRecord]:
-            rows = db.execute("SELECT customer_id, name, metadata, created_ms FROM customers ORDER BY customer_id")
+            rows = db.execute(
+                "SELECT customer_id, name, metadata, created_ms FROM customers"
+                " WHERE ? IS NULL OR customer_id = ? ORDER BY customer_id",
+                (customer_id, customer_id),
+            )
             return [CustomerRecord(row[0], row[1], json.loads(row[2]), row[3]) for row in rows.fetchall()]
 
         return await self._run(work)
 
-    async def subscription_changes(self) -> list[SubscriptionRecord]:
+    async def subscription_changes(self, customer_id: str | None = None) -> list[SubscriptionRecord]:
         def work(db: sqlite3.Connection) -> list[SubscriptionRecord]:
             rows = db.execute(
                 "SELECT source_id, customer_id, plan, status, anchor_ms, changed_ms FROM subscription_changes"
-                " ORDER BY customer_id, changed_ms, source_id"
+                " WHERE ? IS NULL OR customer_id = ? ORDER BY customer_id, changed_ms, source_id",
+                (customer_id, customer_id),
             )
             return [SubscriptionRecord(*row) for row in rows.fetchall()]
 
         return await self._run(work)
 
-    async def settings_changes(self) -> list[SettingsRecord]:
+    async def settings_changes(self, customer_id: str | None = None) -> list[SettingsRecord]:
         def work(db: sqlite3.Connection) -> list[SettingsRecord]:
             rows = db.execute(
-                "SELECT source_id, customer_id, fields, changed_ms FROM settings_changes ORDER BY customer_id, rowid"
+                "SELECT source_id, customer_id, fields, changed_ms FROM settings_changes"
+                " WHERE ? IS NULL OR customer_id = ? ORDER BY customer_id, rowid",
+                (customer_id, customer_id),
             )
             return [SettingsRecord(row[0], row[1], json.loads(row[2]), row[3]) for row in rows.fetchall()]
 
@@ -431,7 +438,9 @@ class _transaction:
 
 
 def _insert(db: sqlite3.Connection, record: Record) -> None:
-    if isinstance(record, CustomerRecord):
+    if isinstance(record, EventRecord):
+        _insert_event(db, record)
+    elif isinstance(record, CustomerRecord):
         db.execute(
             "INSERT OR IGNORE INTO customers VALUES (?, ?, ?, ?)",
             (record.customer_id, record.name, json.dumps(record.metadata), record.created_ms),

@@ -68,15 +68,15 @@ class Store(Protocol):
         """A customer's entries with seq > after_seq, oldest first (reconcile, restore)."""
         ...
 
-    async def customers(self) -> list[CustomerRecord]:
-        """Every customer, by id."""
+    async def customers(self, customer_id: str | None = None) -> list[CustomerRecord]:
+        """Every customer (or the one named), by id."""
         ...
 
-    async def subscription_changes(self) -> list[SubscriptionRecord]:
+    async def subscription_changes(self, customer_id: str | None = None) -> list[SubscriptionRecord]:
         """Every subscription change, by customer, then in the order they happened."""
         ...
 
-    async def settings_changes(self) -> list[SettingsRecord]:
+    async def settings_changes(self, customer_id: str | None = None) -> list[SettingsRecord]:
         """Every change to a customer's own settings, by customer (rebuild orders them by their outbox ids)."""
         ...
 

@@ -38,6 +38,19 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.customers_verified = Counter(
+            "creditgate_customers_verified",
+            "Customers verified against the durable ledger after Redis restarted, failed over or lost data, by"
+            " result: current (Redis was at least as new) or rebuilt (Redis was behind or had lost it).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.overspent_credits = Counter(
+            "creditgate_overspent_credits",
+            "Credits spent beyond a balance, found when a customer was rebuilt from the ledger (decisions made on a"
+            " Redis older than the ledger).",
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "creditgate_auth_failures",
             "Calls refused for their credentials: api_key_missing, api_key_invalid or api_key_scope.",

@@ -1,0 +1,95 @@
+"""Moves a Redis written in key layout 1 (`c:<id>:buckets`, `c:<id>:req:<request_id>` …) to layout 2 (keys.py).
+
+Run at every start (a shard whose meta hash says `layout 2` costs one HGET) and by `creditgate migrate`. Every key
+of a customer shares its shard's slot, so each one moves with RENAME (atomic, no copy), under its new name.
+Layout 1 let a crafted id name another customer's key; a key that cannot be told apart (it could belong to two
+customers) is left where it is and reported, never guessed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+from creditgate.server.engine.keys import LAYOUT, KeySpace
+from creditgate.server.errors import Unavailable
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = structlog.get_logger(__name__)
+# Layout 1's per-customer keys: the suffix after `c:<id>` and the CustomerKeys field it becomes.
+SUFFIXES = {
+    ":buckets": "buckets",
+    ":usage": "usage",
+    ":holds": "holds",
+    ":holds_open": "holds_open",
+    ":holds_done": "holds_done",
+}
+REQUEST_MARK = ":req:"
+SCAN_COUNT = 1000
+
+
+@dataclass
+class MigrationReport:
+    shards_migrated: int = 0
+    keys_moved: int = 0
+    # Layout-1 keys left in place: no customer, or more than one, could own them.
+    keys_left: list[str] = field(default_factory=list)
+
+
+async def migrate(redis: Redis, keys: KeySpace, shards: int) -> MigrationReport:
+    report = MigrationReport()
+    try:
+        for shard in range(shards):
+            if await redis.hget(keys.meta(shard), "layout") == str(LAYOUT):
+                continue
+            await _migrate_shard(redis, keys, shard, report)
+            await redis.hset(keys.meta(shard), "layout", str(LAYOUT))
+            report.shards_migrated += 1
+    except RedisError as exc:
+        raise Unavailable(f"Redis: {exc}") from exc
+    if report.keys_moved or report.keys_left:
+        log.warning("redis_layout_migrated", moved=report.keys_moved, left=report.keys_left[:20])
+    return report
+
+
+async def _migrate_shard(redis: Redis, keys: KeySpace, shard: int, report: MigrationReport) -> None:
+    prefix = keys.outbox(shard).rpartition(":")[0] + ":c:"
+    found = [str(key) async for key in redis.scan_iter(match=_glob_escape(prefix) + "*", count=SCAN_COUNT)]
+    tails = {key: key[len(prefix) :] for key in found}
+    customers: set[str] = set()
+    for key, tail in tails.items():
+        if await redis.type(key) == "hash" and await redis.hget(key, "id") == tail:
+            customers.add(tail)
+    for key, tail in tails.items():
+        if tail in customers:
+            continue  # a customer hash: layout 2 names it the same
+        owners = [
+            (base, kind)
+            for suffix, kind in SUFFIXES.items()
+            if tail.endswith(suffix) and (base := tail[: -len(suffix)]) in customers
+        ]
+        start = 0
+        while (at := tail.find(REQUEST_MARK, start)) >= 0:
+            if tail[:at] in customers:
+                owners.append((tail[:at], "request:" + tail[at + len(REQUEST_MARK) :]))
+            start = at + 1
+        owners = [(base, kind) for base, kind in owners if keys.shard_of(base) == shard]
+        if len(owners) != 1:
+            report.keys_left.append(key)
+            continue
+        base, kind = owners[0]
+        customer_keys = keys.for_customer(base)
+        target = (
+            customer_keys.request(kind.removeprefix("request:"))
+            if kind.startswith("request:")
+            else getattr(customer_keys, kind)
+        )
+        if await redis.renamenx(key, target):
+            report.keys_moved += 1
+        else:
+            report.keys_left.append(key)
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally by SCAN's MATCH."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

@@ -1,0 +1,12 @@
+-- verify.lua: stamps a customer with this epoch (lib.lua) once its state is known to be at least as new as the
+-- durable ledger: its entry sequence has reached the ledger's last entry of it.
+-- KEYS: customer. ARGV: ledger_seq (the customer's last entry in the durable ledger; 0: none), epoch.
+local customer_key = KEYS[1]
+local ledger_seq = tonumber(ARGV[1])
+
+local state = redis.call('HMGET', customer_key, 'id', 'seq')
+if not state[1] then return {'missing'} end
+local seq = tonumber(state[2] or '0')
+if seq < ledger_seq then return {'behind', seq} end
+redis.call('HSET', customer_key, 'ep', EPOCH)
+return {'ok', seq}
