@@ -22,9 +22,10 @@ from creditgate.server.embedded_redis import EmbeddedRedis
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
+from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.engine.wire import RedisWire
-from creditgate.server.errors import CreditgateError, Unavailable
+from creditgate.server.errors import CreditgateError
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.flusher_process import new_flusher, start_flusher_process, stop_flusher_process
 from creditgate.server.ledger.store import Store, open_store
@@ -76,7 +77,7 @@ class App:
         try:
             await self.redis.ping()
         except RedisError as exc:
-            raise Unavailable(f"cannot reach Redis: {exc}") from exc
+            raise redis_error(exc, "reaching Redis") from exc
         await self.scripts.load()
         await self.flusher.setup()
         await self.catalog.load_saved()
