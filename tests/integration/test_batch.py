@@ -148,7 +148,8 @@ def test_a_failed_decision_in_decide_many_answers_an_error_and_the_next_ones_sti
 ) -> None:
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     client.delete("dm:c", "dm:b", "dm:u", "dm:o", "dm:wrong")
-    client.hset("dm:c", mapping={"id": "dm", "plan": "basic", "status": "active", "period_end": 2**50})
+    # Verified in the epoch the calls name (lib.lua): the last argument of every script call.
+    client.hset("dm:c", mapping={"id": "dm", "plan": "basic", "status": "active", "period_end": 2**50, "ep": "e1"})
     client.hset("dm:b", "b1", "100|10|0|grant")
     client.set("dm:wrong", "a string where a hash of buckets belongs")
     keys = ["dm:c", "dm:b", "dm:u", "dm:r", "dm:o", "dm:h"]
@@ -158,12 +159,14 @@ def test_a_failed_decision_in_decide_many_answers_an_error_and_the_next_ones_sti
         return [1_000, "dm", "email_unlock", 1, rules, "", "0", "", "", 60, "{}"]
 
     sha = client.script_load(script_source("decide_many"))
-    answers = client.evalsha(sha, 24, *keys, *keys, *wrong_type, *keys, *args(), *args("{not json"), *args(), *args())
+    answers = client.evalsha(
+        sha, 24, *keys, *keys, *wrong_type, *keys, *args(), *args("{not json"), *args(), *args(), "e1"
+    )
     assert [answer[0] for answer in answers] == ["ok", "error", "error", "ok"]
     assert answers[1][1].endswith("Expected object key string but found invalid token at character 2")
     assert "WRONGTYPE" in answers[2][1]
     assert [answers[0][7], answers[3][7]] == [99, 98]  # balance_after
     assert client.hget("dm:b", "b1") == "98|10|0|grant"
     with pytest.raises(redis.ResponseError, match="6 keys and 11 arguments per decision"):
-        client.evalsha(sha, 6, *keys, *args()[:10])
+        client.evalsha(sha, 6, *keys, *args()[:10], "e1")
     assert client.hget("dm:b", "b1") == "98|10|0|grant"

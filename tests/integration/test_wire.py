@@ -17,8 +17,8 @@ import pytest
 import redis
 from creditgate.server.engine.wire import RedisWire, pack_command, response_error
 from creditgate.v1 import metering_pb2
-from harness import RedisServer, RunningServer
-from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
+from harness import RedisServer, RunningServer, free_port
+from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -247,3 +247,87 @@ def test_scripts_lost_by_redis_are_loaded_again_and_the_call_runs_once(
     assert (decision.allowed, decision.credits_charged, decision.balance_after) == (True, 1, 2499)
     server.flush()
     assert [entry.credits_delta for entry in server.ledger("acme")] == [2500, -1]
+
+
+def test_a_call_given_up_keeps_its_place_until_its_reply_arrives(redis_server: RedisServer) -> None:
+    # The watchdog looks at the queue while Redis is paused and a given-up call is at its head: that call's reply
+    # is still to come and must not be handed to the call behind it.
+    admin = redis.Redis.from_url(redis_server.url)
+
+    async def main() -> object:
+        wire = RedisWire(redis_server.url, timeout_seconds=0.6)
+        try:
+            assert await wire.call(pack_command("PING")) == "PONG"  # t=0: the watchdog looks again at t=0.6
+            await asyncio.sleep(0.2)
+            admin.client_pause(500, all=True)  # Redis answers nothing from t=0.2 to t=0.7
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(wire.call(pack_command("ECHO", "given-up")), 0.01)
+            return await wire.call(pack_command("ECHO", "mine"))  # answered at t=0.7, before its deadline
+        finally:
+            await wire.close()
+
+    try:
+        assert run(main()) == "mine"
+    finally:
+        admin.client_unpause()
+
+
+def test_a_connection_whose_oldest_call_was_given_up_is_still_timed_out(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "data")
+    server.start()
+    assert server.process is not None
+    try:
+
+        async def main() -> tuple[bool, object]:
+            wire = RedisWire(server.url, timeout_seconds=0.3)
+            try:
+                assert await wire.call(pack_command("PING")) == "PONG"
+                os.kill(server.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(wire.call(pack_command("ECHO", "given-up")), 0.01)
+                await asyncio.sleep(0.6)
+                dropped = wire._protocol is None
+                os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+                return dropped, await wire.call(pack_command("ECHO", "after"))
+            finally:
+                await wire.close()
+
+        assert run(main()) == (True, "after")
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+def test_a_read_only_answer_retires_the_connection_after_its_calls_are_answered(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "data")
+    server.start()
+    admin = redis.Redis(port=server.port)
+    try:
+
+        async def main() -> tuple[list[object], bool, int, int]:
+            wire = RedisWire(server.url, timeout_seconds=5)
+            try:
+                assert await wire.call(pack_command("SET", "wire:role", "primary")) == "OK"
+                first_id = int(await wire.call(pack_command("CLIENT", "ID")))
+                admin.replicaof("127.0.0.1", str(free_port()))  # a replica of a primary that is not there
+                futures = await wire.call_many(
+                    [pack_command("GET", "wire:role"), pack_command("SET", "wire:role", "x"), pack_command("ECHO", "e")]
+                )
+                replies = list(await asyncio.gather(*futures, return_exceptions=True))
+                retired = wire._protocol is None
+                admin.replicaof("NO", "ONE")
+                assert await wire.call(pack_command("SET", "wire:role", "primary again")) == "OK"
+                return replies, retired, first_id, int(await wire.call(pack_command("CLIENT", "ID")))
+            finally:
+                await wire.close()
+
+        replies, retired, first_id, second_id = run(main())
+        value, refused, echoed = replies
+        assert (value, echoed) == ("primary", "e")
+        assert type(refused) is ReadOnlyError
+        assert retired
+        assert second_id != first_id  # a new connection
+        assert [client["id"] for client in admin.client_list() if int(client["id"]) == first_id] == []
+    finally:
+        admin.replicaof("NO", "ONE")
+        server.stop()

@@ -23,9 +23,10 @@ from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.migrate import migrate
+from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.engine.wire import RedisWire
-from creditgate.server.errors import CreditgateError, Unavailable
+from creditgate.server.errors import CreditgateError
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.flusher_process import new_flusher, start_flusher_process, stop_flusher_process
 from creditgate.server.ledger.heal import Healer
@@ -78,7 +79,7 @@ class App:
         try:
             await self.redis.ping()
         except RedisError as exc:
-            raise Unavailable(f"cannot reach Redis: {exc}") from exc
+            raise redis_error(exc, "reaching Redis") from exc
         await self.scripts.load()
         # Keys of the layout before this one are renamed into it before anything reads them.
         await migrate(self.redis, KeySpace(self.settings.shards), self.settings.shards)

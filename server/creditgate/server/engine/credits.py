@@ -25,6 +25,7 @@ from creditgate.server.engine.model import (
     FeatureUsageView,
     SubscriptionView,
 )
+from creditgate.server.engine.redis_errors import READONLY_REASON, redis_error
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.errors import (
     AlreadyExists,
@@ -75,7 +76,7 @@ def fingerprint(*parts: Any) -> str:
 def _decided(answer: list[Any]) -> list[Any] | CreditgateError:
     """One decision's answer from decide_many: a failed one answers ['error', message]."""
     if answer[0] == "error":
-        return InternalError(f"script decide failed: {answer[1]}")
+        return redis_error(str(answer[1]), "script decide")
     return answer
 
 
@@ -168,6 +169,8 @@ class CreditEngine:
         for chunk, answers in zip(chunks, await self._scripts.run_many("decide_many", sent), strict=True):
             for position, index in enumerate(chunk):
                 replies[index] = answers if isinstance(answers, CreditgateError) else _decided(answers[position])
+        if any(isinstance(reply, Unavailable) and reply.reason == READONLY_REASON for reply in replies):
+            self._scripts.reconnect()  # the wire saw a normal reply; the decisions inside it saw a replica
         return replies
 
     def _decide_call(self, request: DebitRequest, rules: RuleBook, now: int) -> DecideCall:
@@ -306,7 +309,7 @@ class CreditEngine:
         try:
             return list(await self._redis.hmget(key, list(fields)))
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
+            raise redis_error(exc, "reading the customer") from exc
 
     async def _read_customer(self, keys: CustomerKeys) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         try:
@@ -317,7 +320,7 @@ class CreditEngine:
                 pipe.zrange(keys.holds_open, 0, 0, withscores=True)
                 customer, buckets, usage, first_hold = await pipe.execute()
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
+            raise redis_error(exc, "reading the customer") from exc
         if first_hold:
             customer["_next_hold_expiry"] = str(int(first_hold[0][1]))
         return customer, buckets, usage

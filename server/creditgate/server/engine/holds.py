@@ -14,6 +14,7 @@ from creditgate.server.engine.credits import CreditEngine, customer_not_found, f
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.messages import explain
 from creditgate.server.engine.model import DebitRequest, Decision
+from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.errors import (
     CreditgateError,
@@ -21,7 +22,6 @@ from creditgate.server.errors import (
     InternalError,
     NotFound,
     RequestIdReused,
-    Unavailable,
 )
 from creditgate.server.settings import Settings
 from redis.asyncio import Redis
@@ -187,7 +187,7 @@ class Holds:
                     pipe.zrangebyscore(self._keys.holds_due(shard), "-inf", now, start=0, num=500)
                 due_by_shard = await pipe.execute()
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
+            raise redis_error(exc, "reading the holds due") from exc
         for due in due_by_shard:
             for customer_id in sorted({split_reservation_id(str(member))[0] for member in due}):
                 expired += await self._engine.expire_holds(customer_id, now)

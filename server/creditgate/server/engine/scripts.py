@@ -6,10 +6,11 @@ import asyncio
 from importlib import resources
 from typing import Any
 
+from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.wire import RedisWire, pack_command
-from creditgate.server.errors import CreditgateError, InternalError, Unavailable
+from creditgate.server.errors import CreditgateError
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 # Each script is lib.lua followed by its parts; both decide scripts call the function in decide_one.lua.
 SCRIPT_PARTS: dict[str, tuple[str, ...]] = {
@@ -55,7 +56,7 @@ class Scripts:
             try:
                 await self._redis.script_load(source)
             except RedisError as exc:
-                raise Unavailable(f"Redis: {exc}") from exc
+                raise redis_error(exc, "loading the scripts") from exc
 
     async def close(self) -> None:
         await self._wire.close()
@@ -64,6 +65,10 @@ class Scripts:
     def epoch(self) -> str:
         """The run_id of the Redis the scripts are sent to now (lib.lua's EPOCH); empty before the first call."""
         return self._wire.run_id
+
+    def reconnect(self) -> None:
+        """The next call connects again (a script answered READONLY from inside: this Redis is a replica now)."""
+        self._wire.drop_connection()
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
         sha = self._shas[name]
@@ -80,7 +85,7 @@ class Scripts:
                 await self._redis.script_load(self._sources[name])
                 result = await self._wire.call_for_connection(packed)
         except RedisError as exc:
-            raise _ours(name, exc) from exc
+            raise redis_error(exc, f"script {name}") from exc
         return result
 
     async def run_many(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any] | CreditgateError]:
@@ -91,7 +96,7 @@ class Scripts:
                 lambda epoch: [pack_command("EVALSHA", sha, len(keys), *keys, *args, epoch) for keys, args in calls]
             )
         except RedisError as exc:
-            raise _ours(name, exc) from exc
+            raise redis_error(exc, f"script {name}") from exc
         if futures:
             # Replies arrive in order (and a lost connection fails them in order): the last one settles last.
             await asyncio.wait((futures[-1],))
@@ -105,16 +110,10 @@ class Scripts:
                 except CreditgateError as exc:
                     reply = exc
             if isinstance(reply, RedisError):
-                error = _ours(name, reply)
+                error = redis_error(reply, f"script {name}")
                 error.__cause__ = reply
                 reply = error
             elif isinstance(reply, BaseException) and not isinstance(reply, CreditgateError):
                 raise reply
             outcomes.append(reply)
         return outcomes
-
-
-def _ours(name: str, exc: RedisError) -> CreditgateError:
-    if isinstance(exc, ResponseError):
-        return InternalError(f"script {name} failed: {exc}")
-    return Unavailable(f"Redis: {exc}")

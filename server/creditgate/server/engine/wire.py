@@ -6,7 +6,13 @@ CPU than the scripts cost Redis. Here the commands made while the previous batch
 together (each stays its own EVALSHA, atomic on its own), replies are parsed by hiredis and handed back in
 order, and one timer watches the oldest call. A call that times out is failed, never retried (it may have run: only the
 caller's retry with the same request_id is safe), and the connection is dropped so that no later reply can be
-taken for another call's; the next call connects again."""
+taken for another call's; the next call connects again.
+
+Replies carry no tag: the n-th reply answers the n-th command. So a call whose caller gives up (a cancelled RPC,
+a client deadline) keeps its place in the queue until its reply comes, and that reply is read and dropped; only
+dropping the connection (and failing every call on it) lets the queue forget a call. A connection that is
+answered READONLY (the Redis behind the address became a replica) is given no new commands: it is closed once
+its calls are answered, and the next call connects again, to whatever primary the address now leads to."""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import hiredis
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -44,12 +50,17 @@ class _Protocol(asyncio.Protocol):
         self._reader = hiredis.Reader(encoding="utf-8")
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
+        # Every call sent or about to be, oldest first, until its reply is in: a cancelled one too (see above).
         self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._outgoing: list[bytes] = []
         self._unanswered = 0
         self._flush_scheduled = False
         # The run_id of the Redis this connection reached (INFO server, asked in the handshake).
         self.run_id = ""
+        # Answered READONLY: no new calls; closed when the last one is answered.
+        self.retired = False
+        # The timer of RedisWire._check_oldest for this connection, while one is set.
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport, as asked for
@@ -80,15 +91,22 @@ class _Protocol(asyncio.Protocol):
         while (reply := self._reader.gets()) is not False:
             self._unanswered -= 1
             if not waiting:
-                continue  # a reply to a call already failed and forgotten by fail_all
+                # More replies than calls: positions no longer say whose reply is whose. Never guess.
+                self.drop(RedisConnectionError("Redis sent a reply no call was waiting for"))
+                return
             future = waiting.popleft()[0]
-            if future.done():
-                continue
             if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(response_error(str(reply)))
-            else:
+                error = response_error(str(reply))
+                if isinstance(error, ReadOnlyError) and not self.retired:
+                    self.retired = True
+                    self._on_lost(self)
+                if not future.done():
+                    future.set_exception(error)
+            elif not future.done():  # done: its caller gave up; the reply was its own, and is dropped
                 future.set_result(reply)
-        if not self._unanswered and self._outgoing and not self._flush_scheduled:
+        if self.retired and not waiting:
+            self.drop(RedisConnectionError("connection to a read-only Redis closed"))
+        elif not self._unanswered and self._outgoing and not self._flush_scheduled:
             self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -101,6 +119,13 @@ class _Protocol(asyncio.Protocol):
             future = self.waiting.popleft()[0]
             if not future.done():
                 future.set_exception(error)
+
+    def drop(self, error: Exception) -> None:
+        """Fail every call on this connection and close it at once: no reply is read from it again."""
+        self.fail_all(error)
+        self._on_lost(self)
+        if self.transport is not None:
+            self.transport.abort()
 
 
 def response_error(message: str) -> Exception:
@@ -118,7 +143,8 @@ class RedisWire:
         self._timeout = timeout_seconds
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
+        # Connections answered READONLY that still wait for replies (closed by themselves when answered).
+        self._retired: set[_Protocol] = set()
 
     async def call(self, packed: bytes) -> Any:
         """The reply; raises redis-py's ResponseError / NoScriptError / ConnectionError / TimeoutError."""
@@ -152,38 +178,49 @@ class RedisWire:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         protocol.send(future, packed, time.monotonic() + self._timeout, now)
-        if self._watchdog is None:
-            self._watchdog = loop.call_later(self._timeout, self._check_oldest)
+        if protocol.watchdog is None:
+            protocol.watchdog = loop.call_later(self._timeout, self._check_oldest, protocol)
         return future
 
     async def close(self) -> None:
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
+        for protocol in (self._protocol, *self._retired):
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.close()
         self._protocol = None
+        self._retired.clear()
 
-    def _check_oldest(self) -> None:
-        self._watchdog = None
-        protocol = self._protocol
-        if protocol is None:
-            return  # the connection was lost and its calls failed with it
+    def _check_oldest(self, protocol: _Protocol) -> None:
+        """Times the connection out when its oldest call is overdue, whether or not that call's caller gave up:
+        a reply that does not come holds back every reply behind it."""
+        protocol.watchdog = None
         waiting = protocol.waiting
-        while waiting and waiting[0][0].done():
-            waiting.popleft()  # callers that gave up (cancelled) while their reply was still to come
         if not waiting:
+            return  # all answered, or the connection was lost and its calls failed with it
+        remaining = waiting[0][1] - time.monotonic()
+        if remaining > 0:
+            protocol.watchdog = asyncio.get_running_loop().call_later(remaining, self._check_oldest, protocol)
             return
-        loop = asyncio.get_running_loop()
-        overdue = waiting[0][1] - time.monotonic()
-        if overdue > 0:
-            self._watchdog = loop.call_later(overdue, self._check_oldest)
-            return
-        protocol.fail_all(RedisTimeoutError(f"Redis did not answer within {self._timeout:g} s"))
-        self._protocol = None  # now, not when the transport reports the loss: the next call must not queue here
-        if protocol.transport is not None:
-            protocol.transport.abort()
+        # Dropped now, not when the transport reports the loss: the next call must not queue here.
+        protocol.drop(RedisTimeoutError(f"Redis did not answer within {self._timeout:g} s"))
 
     def _lost(self, protocol: _Protocol) -> None:
+        """The connection takes no new calls: lost, timed out, or retired (then kept until it is answered)."""
         if self._protocol is protocol:
             self._protocol = None
+        if protocol.retired and protocol.waiting and protocol.transport is not None:
+            self._retired.add(protocol)
+        else:
+            self._retired.discard(protocol)
+
+    def drop_connection(self) -> None:
+        """Connect again on the next call (a READONLY answer seen inside a script's reply): the current
+        connection's calls are still answered on it, then it is closed."""
+        protocol = self._protocol
+        if protocol is not None and not protocol.retired:
+            protocol.retired = True
+            self._lost(protocol)
+            if not protocol.waiting:
+                protocol.drop(RedisConnectionError("connection to a read-only Redis closed"))
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:

@@ -15,8 +15,9 @@ from typing import Any, cast
 
 import hiredis
 import structlog
+from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.wire import RedisWire, pack_command, response_error
-from creditgate.server.errors import CreditgateError, InternalError, Unavailable
+from creditgate.server.errors import CreditgateError, InternalError
 from creditgate.server.ledger.records import Record, parse_record
 from creditgate.server.ledger.store import ParkedEntry, Store
 from redis.asyncio import Redis
@@ -93,9 +94,9 @@ class Flusher:
             await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise Unavailable(f"Redis: {exc}") from exc
+                raise redis_error(exc, "flusher") from exc
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
+            raise redis_error(exc, "flusher") from exc
 
     async def flush_once(self) -> int:
         """Move one batch from each stream into the store, all in one transaction; returns how many entries were
@@ -145,7 +146,7 @@ class Flusher:
                     pipe.xrange(stream, count=1)
                 replies = await pipe.execute(raise_on_error=False)
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
+            raise redis_error(exc, "flusher") from exc
         seconds, micros = replies[0]
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         backlog = pending = 0
@@ -170,9 +171,9 @@ class Flusher:
                 removed += int(await self._remove_dead(keys=[stream], args=[GROUP, self.consumer, idle_ms]))
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
-                    raise Unavailable(f"Redis: {exc}") from exc
+                    raise redis_error(exc, "flusher") from exc
             except RedisError as exc:
-                raise Unavailable(f"Redis: {exc}") from exc
+                raise redis_error(exc, "flusher") from exc
         return removed
 
     async def _read_batches(self) -> dict[str, list[Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 from creditgate.server.catalog.rules import RuleBook
 from creditgate.server.catalog.schema import load_catalog
 from creditgate.server.engine.keys import KeySpace
-from creditgate.server.errors import Unavailable
+from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.ledger.rebuild import DurableView, expected_state, read_durable, relevant_usage_field
 from creditgate.server.ledger.store import Store
 from redis.asyncio import Redis
@@ -71,7 +71,7 @@ async def read_outbox(redis: Redis, keys: KeySpace) -> list[tuple[str, str, dict
             for entry_id, fields in found or []:
                 entries.append((stream, _text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()}))
     except RedisError as exc:
-        raise Unavailable(f"Redis: {exc}") from exc
+        raise redis_error(exc, "reconcile reading Redis") from exc
     return entries
 
 
@@ -83,7 +83,7 @@ async def redis_customer_ids(redis: Redis, keys: KeySpace) -> set[str]:
             if customer_id is not None and keys.for_customer(_text(customer_id)).customer == _text(key):
                 found.add(_text(customer_id))
     except RedisError as exc:
-        raise Unavailable(f"Redis: {exc}") from exc
+        raise redis_error(exc, "reconcile reading Redis") from exc
     return found
 
 
@@ -96,7 +96,7 @@ async def read_customer(redis: Redis, keys: KeySpace, customer_id: str) -> tuple
             pipe.hgetall(customer_keys.usage)
             replies = await pipe.execute()
     except RedisError as exc:
-        raise Unavailable(f"Redis: {exc}") from exc
+        raise redis_error(exc, "reconcile reading Redis") from exc
     return tuple({_text(k): _text(v) for k, v in reply.items()} for reply in replies)
 
 
@@ -104,7 +104,7 @@ async def redis_now_ms(redis: Redis) -> int:
     try:
         seconds, micros = await redis.time()
     except RedisError as exc:
-        raise Unavailable(f"Redis: {exc}") from exc
+        raise redis_error(exc, "reconcile reading Redis") from exc
     return int(seconds) * 1000 + int(micros) // 1000
 
 

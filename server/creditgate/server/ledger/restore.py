@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from creditgate.server.engine.keys import KeySpace
-from creditgate.server.errors import Unavailable
+from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.ledger.rebuild import expected_state, read_durable
 from creditgate.server.ledger.reconcile import load_rules, read_outbox
 from creditgate.server.ledger.store import Store
@@ -50,7 +50,7 @@ async def restore(redis: Redis, store: Store, keys: KeySpace, now_ms: int) -> Re
                     pipe.zadd(customer_keys.holds_due, due, nx=True)
                 await pipe.execute()
         except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
+            raise redis_error(exc, "restore writing Redis") from exc
         customers += 1
         holds += len(state.open_holds)
         buckets += len(state.buckets)
