@@ -1,0 +1,77 @@
+"""A Redis written in key layout 1 keeps working: its keys are moved into layout 2 when the server starts.
+
+tests/fixtures/redis_layout_v1.json holds every key a real server of the layout-1 code (commit 5519441) wrote:
+customers whose ids contain ':' and '@', debits, a top-up, a committed hold, an open hold, remembered request_id
+answers and the outbox streams."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import redis
+from creditgate.server.clock import ManualClock
+from creditgate.server.engine.keys import LAYOUT, KeySpace
+from creditgate.v1 import metering_pb2
+from harness import REPO, RedisServer, RunningServer, server_settings
+
+FIXTURE = REPO / "tests" / "fixtures" / "redis_layout_v1.json"
+
+
+def load_fixture(url: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(FIXTURE.read_text())
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    for item in doc["keys"]:
+        key, value = item["key"], item["value"]
+        if item["type"] == "hash":
+            client.hset(key, mapping=value)
+        elif item["type"] == "zset":
+            client.zadd(key, {member: score for member, score in value})
+        elif item["type"] == "string":
+            client.set(key, base64.b64decode(value))
+        elif item["type"] == "stream":
+            for entry_id, fields in value:
+                client.xadd(key, fields, id=entry_id)
+        if item["ttl"] > 0:
+            client.expire(key, item["ttl"])
+    return doc
+
+
+def test_a_layout_1_redis_is_migrated_at_start_and_every_customer_carries_on(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    doc = load_fixture(redis_server.url)
+    server = RunningServer(server_settings(redis_server.url, tmp_path), ManualClock(doc["clock_ms"]))
+    try:
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        keys = KeySpace(server.app.settings.shards)
+        assert [client.hget(meta, "layout") for meta in keys.all_metas()] == [str(LAYOUT)] * 8
+        # Nothing of layout 1 is left: every key under `c:` is a customer hash named by its own id.
+        leftovers = [key for key in client.scan_iter("cg:*:c:*") if client.hget(key, "id") != key.split(":", 3)[3]]
+        assert leftovers == []
+        moved = {"org:acme": ("buckets", "usage", "holds", "holds_open"), "jane@example.com": ("holds", "holds_done")}
+        for customer_id, kinds in moved.items():
+            customer_keys = keys.for_customer(customer_id)
+            assert all(client.exists(getattr(customer_keys, kind)) for kind in kinds), customer_id
+
+        assert {c: server.available(c) for c in doc["balances"]} == doc["balances"]
+        # Remembered answers moved with them: a retry replays, it is not charged again.
+        replay = server.debit("org:acme", "email_unlock", request_id="req:1")
+        assert (replay.entry_id, server.available("org:acme")) == ("org:acme/3", doc["balances"]["org:acme"])
+        mobile = server.debit("jane@example.com", "mobile_unlock", 2, request_id="mob-1", quality="verified")
+        assert mobile.entry_id == "jane@example.com/2"
+        # The hold left open is still held, and settles once.
+        committed = server.metering.Commit(
+            metering_pb2.CommitRequest(reservation_id=doc["open_reservation"], quantity=4, request_id="c")
+        )
+        assert committed.credits_charged == 4
+        # And new decisions go on from where the customers were.
+        fresh = server.debit("org:acme:buckets-co", "email_unlock", request_id="new")
+        assert (fresh.allowed, fresh.balance_after) == (True, doc["balances"]["org:acme:buckets-co"] - 1)
+        assert server.available("org:acme") == doc["balances"]["org:acme"]  # the hold's 4 were reserved already
+        assert [e.entry_id for e in server.ledger("org:acme")] == [f"org:acme/{n}" for n in range(1, 8)]
+    finally:
+        server.stop()
