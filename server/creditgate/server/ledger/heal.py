@@ -65,6 +65,7 @@ class Healer:
             result = await self._scripts.run("verify", [keys.customer], [ledger_seq])
             if result[0] == "ok":
                 self._metrics.customers_verified.labels("current").inc()
+            if result[0] in ("ok", "verified"):
                 return True
             if result[0] == "missing" and not newest and not await self._store.customers(customer_id):
                 return False
@@ -85,7 +86,6 @@ class Healer:
         hold_keys = [keys.customer, keys.buckets, keys.usage, keys.holds, keys.holds_open, keys.holds_due]
         result = await self._scripts.run("heal", hold_keys, [customer_id, encoded, now])
         if result[0] != "healed":
-            self._metrics.customers_verified.labels("current").inc()
             return  # another server healed it first
         overspent = max(0, -state.ledger_balance)
         self._metrics.customers_verified.labels("rebuilt").inc()
