@@ -125,7 +125,7 @@ def rewinding(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[
     redis_server.stop()
 
 
-def run_phases(server: RunningServer, between: Callable[[], None]) -> Answers:
+def run_phases(server: RunningServer, between: Callable[[], object]) -> Answers:
     answers, ids = Answers(), itertools.count()
     load(server, answers, 1.5, ids)
     server.flush()
