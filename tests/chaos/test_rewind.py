@@ -10,6 +10,7 @@ README's durability table)."""
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import threading
 import time
@@ -181,3 +182,49 @@ def test_redis_killed_under_everysec_and_restarted(rewinding: tuple[RedisServer,
     check_ledger(server, answers)
     # Nothing was lost (the AOF is written before a reply leaves): every customer verified current, none rebuilt.
     assert (verified(server, "rebuilt"), verified(server, "current")) == (0, len(CUSTOMERS))
+
+
+def forge_conflict(server: RunningServer, customer: str, credits: int) -> str:
+    """Writes into the outbox a debit of `credits` that reuses the number of the customer's last entry (as a
+    decision made on a rewound Redis would), and returns that entry's id."""
+    client = redis.Redis.from_url(server.app.redis_url, decode_responses=True)
+    outbox = KeySpace(server.app.settings.shards).for_customer(customer).outbox
+    server.debit(customer, "email_unlock", 10)
+    (_, fields), *_ = client.xrevrange(outbox, count=1)
+    server.flush()
+    entry = json.loads(fields["e"])
+    entry.update(d=-credits, b=entry["b"] + entry["d"] + -credits, q=credits, takes=[["b1", credits]])
+    client.xadd(outbox, {"type": "ledger", "e": json.dumps(entry)})
+    return str(entry["id"])
+
+
+def test_an_entry_that_reuses_a_ledger_number_is_kept_and_its_customer_rebuilt(server: RunningServer) -> None:
+    server.create_customer("kept", "basic")
+    server.create_customer("overspent", "basic")
+    assert forge_conflict(server, "kept", 100) == "kept/2"
+    assert forge_conflict(server, "overspent", 3000) == "overspent/2"
+    server.flush()
+    # Kept under the next number, not dropped; the customer is rebuilt before it is read or changed again.
+    assert [(e.entry_id, e.credits_delta) for e in server.ledger("kept")] == [
+        ("kept/1", 2500),
+        ("kept/2", -10),
+        ("kept/3", -100),
+    ]
+    assert server.available("kept") == 2390
+    after = server.debit("kept", "email_unlock", 1)
+    assert (after.entry_id, after.balance_after) == ("kept/4", 2389)
+    # The one that spent more than it had: its credits are gone, and the 510 beyond them reported.
+    assert server.available("overspent") == 0
+    assert verified(server, "rebuilt") == 2
+    assert server.app.metrics.overspent_credits._value.get() == 510
+    events = {
+        customer: [
+            (event.type, event.entry_id) for _, event in server.call(server.app.store.list_events(customer, 10, None))
+        ]
+        for customer in ("kept", "overspent")
+    }
+    assert ("ledger_conflict", "kept/3") in events["kept"] and ("customer_rebuilt", "kept/3") in events["kept"]
+    assert ("credits_overspent", "overspent/3") in events["overspent"]
+    keys = KeySpace(server.app.settings.shards)
+    report = server.call(reconcile(server.app.redis, server.app.store, keys, server.clock.now_ms()))
+    assert [(drift.customer_id, drift.credits) for drift in report.drifts] == [("overspent", 510)]

@@ -157,8 +157,8 @@ def test_an_older_sqlite_ledger_is_moved_into_the_current_schema_with_its_entrie
     with sqlite3.connect(path) as db:
         db.executescript((FIXTURES / f"sqlite_ledger_v{version}.sql").read_text())
     under_test = StoreUnderTest("sqlite", f"sqlite:///{path}")
-    # Entry 2 again (a replayed flush) is ignored; entry 3 is new.
-    under_test.write(entry("acme", 2, credits_delta=-999), entry("acme", 3, balance_after=2494))
+    # Entry 3 is new, and its replay (the same entry again) writes nothing more.
+    under_test.write(entry("acme", 3, balance_after=2494), entry("acme", 3, balance_after=2494))
     under_test.write(entry("acme", 4, kind="grant", credits_delta=2500, bucket_id="b2", bucket_rollover_cap=1000))
     entries = under_test.run(under_test.store.ledger_since("acme", 0, 10))
     under_test.close()
@@ -327,3 +327,25 @@ def test_periods_invoices_events_and_deliveries(store: StoreUnderTest) -> None:
     latest = store.run(store.store.list_events("", 1, None))[0][0]
     assert store.run(store.store.enqueue_deliveries(["http://a", "http://b"], 400, newest)) == (2, latest)
     assert [d.url for d in store.run(store.store.deliveries_of(["acme/2:depleted"]))] == ["http://a", "http://b"]
+
+
+def test_an_entry_whose_id_the_ledger_holds_with_other_content_is_kept_under_the_next_number(
+    store: StoreUnderTest,
+) -> None:
+    store.write(entry("acme", 1), entry("acme", 2))
+    rewound = entry("acme", 2, credits_delta=-7, balance_after=91)
+    opened = store.store
+    conflicts = store.run(opened.write([entry("acme", 2), rewound, entry("acme", 3)], []))
+    assert [(c.customer_id, c.original_seq, c.seq) for c in conflicts] == [("acme", 2, 4)]
+    # Replayed (the flusher read it again before acknowledging): not kept twice.
+    assert store.run(opened.write([rewound], [])) == []
+    ledger = store.run(opened.ledger_since("acme", 0, 10))
+    assert [(e.seq, e.credits_delta, e.balance_after) for e in ledger] == [
+        (1, -1, 99),
+        (2, -1, 98),
+        (3, -1, 97),
+        (4, -7, 91),
+    ]
+    events = store.run(opened.list_events("acme", 10, None))
+    assert [(event.type, event.entry_id) for _, event in events] == [("ledger_conflict", "acme/4")]
+    assert '"original_entry_id": "acme/2"' in events[0][1].payload

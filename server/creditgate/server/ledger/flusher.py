@@ -15,9 +15,11 @@ from typing import Any, cast
 
 import hiredis
 import structlog
+from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.wire import RedisWire, pack_command, response_error
 from creditgate.server.errors import CreditgateError, InternalError
+from creditgate.server.ledger.conflicts import LedgerConflict
 from creditgate.server.ledger.records import Record, parse_record
 from creditgate.server.ledger.store import ParkedEntry, Store
 from redis.asyncio import Redis
@@ -64,6 +66,7 @@ class Flusher:
         batch_size: int,
         interval_seconds: float,
         claim_idle_ms: int,
+        keys: KeySpace | None = None,
     ) -> None:
         # A client that decodes replies (decode_responses=True), as the wire does: entries are parsed as text.
         self._redis = redis
@@ -71,6 +74,8 @@ class Flusher:
         # Python, ~1.4 us per entry id for XACK and again for XDEL, and parses every entry of a read into a dict.
         self._wire = wire
         self._store = store
+        # To find the customer hash of a customer whose entry conflicted (None: tests of the flusher alone).
+        self._keys = keys
         self._streams = streams
         self._batch_size = batch_size
         self._interval = interval_seconds
@@ -240,11 +245,14 @@ class Flusher:
         for poison in parked:
             log.error("outbox_entry_parked", entry=poison.source_id, error=poison.error)
         try:
-            await self._store.write(records, parked)
-            return
+            conflicts = await self._store.write(records, parked)
         except InternalError:
             if len(entries) == 1:
                 raise
+        else:
+            if conflicts:
+                await self._reverify(conflicts)
+            return
         # The store refused the batch for its data: one entry at a time, parking the ones it refuses.
         for entry in entries:
             try:
@@ -252,6 +260,26 @@ class Flusher:
             except InternalError as exc:
                 log.error("outbox_entry_parked", entry=entry.source_id, error=exc.message)
                 await self._store.write([], [_parked(entry, exc.message)])
+
+    async def _reverify(self, conflicts: list[LedgerConflict]) -> None:
+        """The customers whose entries conflicted are behind the ledger now (their conflicting entries were kept
+        under new numbers): their epoch stamp goes, so their next change verifies and rebuilds them first."""
+        for conflict in conflicts:
+            log.error(
+                "ledger_conflict_kept",
+                customer_id=conflict.customer_id,
+                entry=f"{conflict.customer_id}/{conflict.original_seq}",
+                kept_as=f"{conflict.customer_id}/{conflict.seq}",
+            )
+        if self._keys is None:
+            return
+        customers = sorted({conflict.customer_id for conflict in conflicts})
+        try:
+            for customer_id in customers:
+                await self._redis.hdel(self._keys.for_customer(customer_id).customer, "ep")
+        except RedisError as exc:
+            # Kept in the ledger all the same; the next Redis restart verifies them anyway.
+            log.warning("ledger_conflict_not_marked", customers=customers, error=str(exc))
 
     async def _own_pending(self, stream: str) -> list[Any]:
         """Entries this flusher read before and could not write (the store was down): retried first."""

@@ -38,6 +38,7 @@ def new_flusher(redis: Redis, redis_url: str, store: Store, settings: Settings) 
         batch_size=settings.flush_batch_size,
         interval_seconds=settings.flush_interval_seconds,
         claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000),
+        keys=KeySpace(settings.shards),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import structlog
 from creditgate.server.errors import InternalError, Unavailable
+from creditgate.server.ledger.conflicts import LedgerConflict, conflict_event, digest, moved, same_entry
 from creditgate.server.ledger.records import (
     CustomerRecord,
     EventRecord,
@@ -41,6 +42,7 @@ TABLES = (
     "subscription_changes",
     "settings_changes",
     "ledger_entries",
+    "ledger_conflicts",
     "parked_entries",
     "periods",
     "invoices",
@@ -113,8 +115,10 @@ class PostgresStore:
             cursor = await conn.execute(query, params)
             return await cursor.fetchall()
 
-    async def write(self, records: list[Record], parked: list[ParkedEntry]) -> None:
-        ledger = [ledger_row(record, Jsonb) for record in records if isinstance(record, LedgerRecord)]
+    async def write(self, records: list[Record], parked: list[ParkedEntry]) -> list[LedgerConflict]:
+        ledger_records = [record for record in records if isinstance(record, LedgerRecord)]
+        ledger = [ledger_row(record, Jsonb) for record in ledger_records]
+        conflicts: list[LedgerConflict] = []
         customers = [
             (record.customer_id, record.name, Jsonb(record.metadata), record.created_ms)
             for record in records
@@ -151,6 +155,10 @@ class PostgresStore:
             ):
                 if rows:
                     await cursor.executemany(query, rows)
+                if query is INSERT_LEDGER and rows and cursor.rowcount < len(rows):
+                    # Fewer rows than entries: some were there already (a replay, or a conflict to keep).
+                    conflicts = await _keep_conflicts(cursor, ledger_records)
+        return conflicts
 
     async def list_ledger(self, customer_id: str, limit: int, before_seq: int | None) -> list[LedgerRecord]:
         rows = await self._fetch(
@@ -376,6 +384,39 @@ def migrate(url: str, migration_url: str) -> None:
             owner.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(tables, sql.Identifier(sidecar_role[0])))
             updated = sql.SQL(", ").join(sql.Identifier(table) for table in UPDATED_TABLES)
             owner.execute(sql.SQL("GRANT UPDATE ON {} TO {}").format(updated, sql.Identifier(sidecar_role[0])))
+
+
+async def _keep_conflicts(cursor: psycopg.AsyncCursor[TupleRow], records: list[LedgerRecord]) -> list[LedgerConflict]:
+    """The entries whose id the ledger holds with other content, appended under the next free number
+    (ledger/conflicts.py); a conflict kept before (a replay) is not kept again."""
+    kept = []
+    for record in records:
+        await cursor.execute(
+            f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = %s AND seq = %s",
+            (record.customer_id, record.seq),
+        )
+        row = await cursor.fetchone()
+        if row is None or same_entry(ledger_record_from_row(row, _as_stored), record):
+            continue
+        print_ = digest(record)
+        await cursor.execute(
+            "SELECT 1 FROM ledger_conflicts WHERE customer_id = %s AND original_seq = %s AND digest = %s",
+            (record.customer_id, record.seq, print_),
+        )
+        if await cursor.fetchone():
+            continue
+        await cursor.execute("SELECT MAX(seq) FROM ledger_entries WHERE customer_id = %s", (record.customer_id,))
+        last = await cursor.fetchone()
+        assert last is not None  # the entry it conflicts with is there
+        conflict = LedgerConflict(record.customer_id, record.seq, int(last[0]) + 1, print_)
+        await cursor.execute(INSERT_LEDGER, ledger_row(moved(record, conflict.seq), Jsonb))
+        await cursor.execute(
+            "INSERT INTO ledger_conflicts VALUES (%s, %s, %s, %s, %s)",
+            (conflict.customer_id, conflict.original_seq, conflict.digest, conflict.seq, record.created_ms),
+        )
+        await cursor.execute(INSERT_EVENT, _event_row(conflict_event(record, conflict)))
+        kept.append(conflict)
+    return kept
 
 
 def _as_stored(value: Any) -> Any:

@@ -1,4 +1,4 @@
--- The durable store's schema in SQLite (PRAGMA user_version 2; sqlite_store.py migrates a version 1 file).
+-- The durable store's schema in SQLite (PRAGMA user_version 4; sqlite_store.py migrates older files).
 CREATE TABLE IF NOT EXISTS catalog_applications (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   version TEXT NOT NULL,
@@ -102,3 +102,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
   PRIMARY KEY (event_id, url)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ms);
+-- Entries that came with a number the ledger had given to another (Redis came back older than the ledger): kept
+-- under the next free number (seq), and remembered here so that a replay of one is not kept twice.
+CREATE TABLE IF NOT EXISTS ledger_conflicts (
+  customer_id TEXT NOT NULL,
+  original_seq INTEGER NOT NULL,
+  digest TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL,
+  PRIMARY KEY (customer_id, original_seq, digest)
+);

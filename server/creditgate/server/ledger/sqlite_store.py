@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import orjson
 from creditgate.server.errors import FailedPrecondition, InternalError, Unavailable
+from creditgate.server.ledger.conflicts import LedgerConflict, conflict_event, digest, moved, same_entry
 from creditgate.server.ledger.records import (
     CustomerRecord,
     EventRecord,
@@ -37,7 +38,7 @@ LEDGER_COLUMNS_V2 = (
 LEDGER_COLUMNS = LEDGER_COLUMNS_V2 + ", bucket_rollover_cap"
 EVENT_COLUMNS = "event_id, customer_id, type, entry_id, created_ms, payload"
 DELIVERY_COLUMNS = "d.event_id, d.url, d.status, d.attempts, d.next_attempt_ms, d.last_error"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The page cache (KiB) and the WAL's size in pages before it is checkpointed (see open).
 CACHE_KIB = 65536
 WAL_CHECKPOINT_PAGES = 10000
@@ -89,13 +90,15 @@ class SqliteStore:
             self._db = None
         self._thread.shutdown(wait=True)
 
-    async def write(self, records: list[Record], parked: list[ParkedEntry]) -> None:
-        def work(db: sqlite3.Connection) -> None:
+    async def write(self, records: list[Record], parked: list[ParkedEntry]) -> list[LedgerConflict]:
+        def work(db: sqlite3.Connection) -> list[LedgerConflict]:
             with _transaction(db):
                 # One executemany for the batch's ledger entries: the flusher's hot path.
-                db.executemany(
-                    INSERT_LEDGER, [ledger_row(r, _json_text) for r in records if isinstance(r, LedgerRecord)]
-                )
+                ledger = [r for r in records if isinstance(r, LedgerRecord)]
+                before = db.total_changes
+                db.executemany(INSERT_LEDGER, [ledger_row(r, _json_text) for r in ledger])
+                # Fewer rows than entries: some were there already (a replay, or a conflict to keep).
+                conflicts = _keep_conflicts(db, ledger) if db.total_changes - before < len(ledger) else []
                 db.executemany(
                     f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     [
@@ -112,8 +115,9 @@ class SqliteStore:
                     "INSERT OR IGNORE INTO parked_entries VALUES (?, ?, ?)",
                     [(p.source_id, p.raw, p.error) for p in parked],
                 )
+                return conflicts
 
-        await self._run(work)
+        return await self._run(work)
 
     async def list_ledger(self, customer_id: str, limit: int, before_seq: int | None) -> list[LedgerRecord]:
         def work(db: sqlite3.Connection) -> list[LedgerRecord]:
@@ -435,6 +439,35 @@ class _transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _keep_conflicts(db: sqlite3.Connection, records: list[LedgerRecord]) -> list[LedgerConflict]:
+    """The entries whose id the ledger holds with other content, appended under the next free number
+    (ledger/conflicts.py); a conflict kept before (a replay) is not kept again."""
+    kept = []
+    for record in records:
+        row = db.execute(
+            f"SELECT {LEDGER_COLUMNS} FROM ledger_entries WHERE customer_id = ? AND seq = ?",
+            (record.customer_id, record.seq),
+        ).fetchone()
+        if row is None or same_entry(ledger_record_from_row(row, json.loads), record):
+            continue
+        print_ = digest(record)
+        if db.execute(
+            "SELECT 1 FROM ledger_conflicts WHERE customer_id = ? AND original_seq = ? AND digest = ?",
+            (record.customer_id, record.seq, print_),
+        ).fetchone():
+            continue
+        last = db.execute("SELECT MAX(seq) FROM ledger_entries WHERE customer_id = ?", (record.customer_id,))
+        conflict = LedgerConflict(record.customer_id, record.seq, int(last.fetchone()[0]) + 1, print_)
+        db.execute(INSERT_LEDGER, ledger_row(moved(record, conflict.seq), _json_text))
+        db.execute(
+            "INSERT INTO ledger_conflicts VALUES (?, ?, ?, ?, ?)",
+            (conflict.customer_id, conflict.original_seq, conflict.digest, conflict.seq, record.created_ms),
+        )
+        _insert_event(db, conflict_event(record, conflict))
+        kept.append(conflict)
+    return kept
 
 
 def _insert(db: sqlite3.Connection, record: Record) -> None:

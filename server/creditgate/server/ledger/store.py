@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from creditgate.server.errors import InvalidArgument
+from creditgate.server.ledger.conflicts import LedgerConflict
 from creditgate.server.ledger.records import (
     CustomerRecord,
     EventRecord,
@@ -56,8 +57,9 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def write(self, records: list[Record], parked: list[ParkedEntry]) -> None:
-        """Write a batch in one transaction; records already written are skipped (replays are harmless)."""
+    async def write(self, records: list[Record], parked: list[ParkedEntry]) -> list[LedgerConflict]:
+        """Write a batch in one transaction; records already written are skipped (replays are harmless), and
+        ledger entries whose id is taken by another entry are kept as conflicts (ledger/conflicts.py), returned."""
         ...
 
     async def list_ledger(self, customer_id: str, limit: int, before_seq: int | None) -> list[LedgerRecord]:
