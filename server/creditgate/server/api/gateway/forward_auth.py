@@ -8,7 +8,10 @@ processes share the port as they share the gRPC one."""
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from creditgate.server.api.gateway.decide import Answer, Gateway, HttpCall
 
 # The original method and URI: Traefik and Caddy send X-Forwarded-*, nginx recipes X-Original-*; without either
@@ -23,6 +26,18 @@ MAX_HEADER_BYTES = 8190
 MAX_HEADERS = 128
 
 
+class _NotClientFaults(logging.Filter):
+    """aiohttp logs every request that does not parse with a traceback; those are the client's (answered 400),
+    and anyone could fill the log with them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
+server_log = logging.getLogger("creditgate.forward_auth")
+server_log.addFilter(_NotClientFaults())
+
+
 class ForwardAuthServer:
     def __init__(self, gateway: Gateway, listen: str) -> None:
         self._gateway = gateway
@@ -34,6 +49,7 @@ class ForwardAuthServer:
         server = web.Server(
             self._handle,
             access_log=None,
+            logger=server_log,
             max_line_size=MAX_HEADER_BYTES,
             max_field_size=MAX_HEADER_BYTES,
             max_headers=MAX_HEADERS,
