@@ -181,7 +181,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     envelope.register(server, ADMIN_SERVICE, admin)
     front_doors = None
     if routes is not None:
-        front_doors = FrontDoors(routes, settings.http_authz_listen, engine, catalog, metrics)
+        front_doors = FrontDoors(routes, settings.http_authz_listen, api_keys, engine, catalog, metrics)
         front_doors.register(envelope, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

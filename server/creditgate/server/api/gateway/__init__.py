@@ -15,6 +15,7 @@ from creditgate.server.catalog.routes import RouteTable, load_routes
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.errors import FailedPrecondition
 from creditgate.server.ops.metrics import Metrics
+from creditgate.server.settings import ApiKey
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +36,17 @@ class FrontDoors:
     forward-auth listens if asked to."""
 
     def __init__(
-        self, routes: RouteTable, listen: str | None, engine: CreditEngine, catalog: CatalogHolder, metrics: Metrics
+        self,
+        routes: RouteTable,
+        listen: str | None,
+        keys: tuple[ApiKey, ...],
+        engine: CreditEngine,
+        catalog: CatalogHolder,
+        metrics: Metrics,
     ) -> None:
         self.gateway = Gateway(engine, catalog, routes, metrics)
         self._listen = listen
+        self._keys = keys
         self.forward_auth: ForwardAuthServer | None = None
 
     def register(self, envelope: CallEnvelope, server: grpc.aio.Server) -> None:
@@ -48,7 +56,7 @@ class FrontDoors:
     async def start(self) -> None:
         self.gateway.check_routes()
         if self._listen is not None:
-            self.forward_auth = ForwardAuthServer(self.gateway, self._listen)
+            self.forward_auth = ForwardAuthServer(self.gateway, self._listen, self._keys)
             await self.forward_auth.start()
             log.info("forward_auth_serving", listen=self._listen, port=self.forward_auth.port)
 

@@ -115,12 +115,12 @@ class Gateway:
         try:
             return await self._decide(call)
         except CreditgateError as exc:
-            return _error_answer(exc)
+            return error_answer(exc)
         except Exception as exc:
             log.exception("gateway_unexpected_error")
             error = InternalError(f"internal error: {type(exc).__name__}")
             error.__cause__ = exc
-            return _error_answer(error)
+            return error_answer(error)
 
     async def _decide(self, call: HttpCall) -> Answer:
         method, path, query = _parse(call)
@@ -286,7 +286,7 @@ ERROR_STATUS: list[tuple[type[CreditgateError], int]] = [
 ]
 
 
-def _error_answer(error: CreditgateError) -> Answer:
+def error_answer(error: CreditgateError) -> Answer:
     status = next((code for kind, code in ERROR_STATUS if isinstance(error, kind)), 500)
     if status >= 500:
         log.warning("gateway_fault", reason=error.reason, error=error.message)

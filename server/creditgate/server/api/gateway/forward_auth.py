@@ -12,7 +12,10 @@ import logging
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from creditgate.server.api.gateway.decide import Answer, Gateway, HttpCall
+from creditgate.server.api.auth import verify_key
+from creditgate.server.api.gateway.decide import Answer, Gateway, HttpCall, error_answer
+from creditgate.server.errors import CreditgateError, Unauthenticated
+from creditgate.server.settings import ApiKey
 
 # The original method and URI: Traefik and Caddy send X-Forwarded-*, nginx recipes X-Original-*; without either
 # (Envoy's HTTP ext_authz, which sends the original request line) the request's own.
@@ -22,6 +25,9 @@ URI_HEADERS = ("x-forwarded-uri", "x-original-uri")
 # set to "nginx" gets 403 for every other denial, with the real status, reason and body in headers that
 # examples/nginx.conf turns back into the client's answer.
 PROXY_HEADER = "x-creditgate-proxy"
+# With API keys configured, the proxy sends one with the metering scope here (the original request's own
+# `authorization` is the client's and passes through untouched).
+KEY_HEADER = "x-creditgate-api-key"
 MAX_HEADER_BYTES = 8190
 MAX_HEADERS = 128
 
@@ -39,9 +45,10 @@ server_log.addFilter(_NotClientFaults())
 
 
 class ForwardAuthServer:
-    def __init__(self, gateway: Gateway, listen: str) -> None:
+    def __init__(self, gateway: Gateway, listen: str, keys: tuple[ApiKey, ...]) -> None:
         self._gateway = gateway
         self._listen = listen
+        self._keys = keys
         self._runner: web.ServerRunner | None = None
         self.port = 0
 
@@ -73,12 +80,27 @@ class ForwardAuthServer:
             headers[key] = f"{headers[key]},{value}" if key in headers else value
         method = next((headers[name] for name in METHOD_HEADERS if name in headers), request.method)
         target = next((headers[name] for name in URI_HEADERS if name in headers), request.raw_path)
-        answer = await self._gateway.decide(HttpCall(method, target, headers))
+        answer = self._refused(headers.get(KEY_HEADER)) if self._keys else None
+        if answer is None:
+            answer = await self._gateway.decide(HttpCall(method, target, headers))
         if headers.get(PROXY_HEADER) == "nginx":
             return _for_nginx(answer)
         if answer.allowed:
             return web.Response(status=200, headers=answer.credit_headers)
         return web.Response(status=answer.status, headers=answer.denial_headers(), body=answer.body())
+
+    def _refused(self, presented: str | None) -> Answer | None:
+        try:
+            if not presented:
+                raise Unauthenticated(
+                    f"an API key is required: the proxy sends it in {KEY_HEADER}",
+                    field=KEY_HEADER,
+                    reason="API_KEY_MISSING",
+                )
+            verify_key(self._keys, presented, "metering", KEY_HEADER)
+        except CreditgateError as exc:
+            return error_answer(exc)
+        return None
 
 
 def _for_nginx(answer: Answer) -> web.Response:
