@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from creditgate.server.api.gateway.decide import HttpCall, _parse
+from creditgate.server.api.gateway.decide import HttpCall, parse_request
 from creditgate.server.app import build_app
 from creditgate.server.catalog.routes import load_routes
 from creditgate.server.catalog.schema import load_catalog
@@ -118,4 +118,4 @@ def test_the_example_routes_match_the_apollo_catalog() -> None:
     ],
 )
 def test_paths_are_matched_as_the_upstream_will_read_them(target: str, path: str) -> None:
-    assert _parse(HttpCall("POST", target, {}))[1] == path
+    assert parse_request(HttpCall("POST", target, {}))[1] == path

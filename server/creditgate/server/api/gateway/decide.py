@@ -123,7 +123,7 @@ class Gateway:
             return error_answer(error)
 
     async def _decide(self, call: HttpCall) -> Answer:
-        method, path, query = _parse(call)
+        method, path, query = parse_request(call)
         feature = call.context.get("feature")
         params: dict[str, str] = {}
         quantity_source: Source | None = None
@@ -199,7 +199,7 @@ class Gateway:
         return max(1, -(-(reset - now) // 1000))
 
 
-def _parse(call: HttpCall) -> tuple[str, str, dict[str, str]]:
+def parse_request(call: HttpCall) -> tuple[str, str, dict[str, str]]:
     """The method, the normalized path and the query of a request; InvalidArgument for what no client sends."""
     if not METHOD_PATTERN.match(call.method):
         raise InvalidArgument(f"method {call.method[:32]!r} is not an HTTP method", field="method")
