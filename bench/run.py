@@ -204,14 +204,144 @@ def two_workers(
         processes.stop(*started)
 
 
+GATEWAY_PATH = "/v1/contacts/search"  # examples/routes.yaml: GET, contact_search, 1 credit
+GATEWAY_CUSTOMER = "gateway-0"
+
+
+def gateway_config(workdir: Path, auth_port: int, plain_port: int, upstream_port: int, forward_auth: str) -> Path:
+    """One nginx: examples/nginx.conf (auth_request to creditgate) on auth_port, the same proxying without
+    auth_request on plain_port, and the upstream both reach: a server that answers 200 itself."""
+    site = (
+        (REPO / "examples" / "nginx.conf")
+        .read_text()
+        .replace("127.0.0.1:8080", f"127.0.0.1:{auth_port}")
+        .replace("127.0.0.1:3000", f"127.0.0.1:{upstream_port}")
+        .replace("127.0.0.1:8081", forward_auth)
+    )
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"""{"user root;" if os.geteuid() == 0 else ""}
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    {site}
+    server {{
+        listen 127.0.0.1:{plain_port};
+        location / {{
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://app;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{upstream_port};
+        location / {{ return 200 "upstream ok"; }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def gateway_rows(
+    args: argparse.Namespace, processes: Processes, workdir: Path, redis_url: str, rows: dict[str, list[dict[str, Any]]]
+) -> None:
+    """nginx with creditgate's auth_request (examples/nginx.conf, examples/routes.yaml) against the same nginx
+    proxying straight to the upstream, in the same run: h2load --h1, 16 connections, 1 request each in flight."""
+    print("gateway: nginx auth_request through creditgate vs nginx straight to the upstream (HTTP/1.1)", flush=True)
+    env = python_env()
+    grpc_target, forward_auth = (f"127.0.0.1:{free_port()}" for _ in range(2))
+    auth_port, plain_port, upstream_port = free_port(), free_port(), free_port()
+    nginx_dir = workdir / "nginx"
+    nginx_dir.mkdir(exist_ok=True)
+    conf = gateway_config(nginx_dir, auth_port, plain_port, upstream_port, forward_auth)
+    started = [
+        processes.start(
+            "creditgate-gateway",
+            [sys.executable, "-m", "creditgate.server", "serve", "--catalog", str(CATALOG)],
+            {
+                **env,
+                "CREDITGATE_LISTEN": grpc_target,
+                "CREDITGATE_REDIS_URL": redis_url,
+                "CREDITGATE_DATA_DIR": str(workdir / "cg-gateway"),
+                "CREDITGATE_LOG_FORMAT": "json",
+                "CREDITGATE_ROUTES": str(REPO / "examples" / "routes.yaml"),
+                "CREDITGATE_HTTP_AUTHZ_LISTEN": forward_auth,
+            },
+        ),
+        processes.start("nginx", ["nginx", "-p", str(nginx_dir), "-c", str(conf), "-g", "daemon off;"]),
+    ]
+    try:
+        for port in (int(grpc_target.rsplit(":", 1)[1]), int(forward_auth.rsplit(":", 1)[1]), auth_port, plain_port):
+            wait_port(port)
+        run_load(
+            LoadSettings(
+                target=grpc_target,
+                customers=1,
+                customer_prefix="gateway",
+                requests=1,
+                credits_per_customer=10**9,
+                features=MIX,
+                processes=1,
+            )
+        )
+        time.sleep(1)
+        for _ in range(args.rounds):
+            for name, port in (("gateway-nginx-direct", plain_port), ("gateway-nginx-creditgate", auth_port)):
+                wait_outbox_empty(redis_url)
+                before = _available(grpc_target, GATEWAY_CUSTOMER)
+                result = h2load(
+                    f"127.0.0.1:{port}",
+                    GATEWAY_PATH,
+                    b"",
+                    int(args.seconds),
+                    16,
+                    1,
+                    h1=True,
+                    headers=[f"x-customer-id: {GATEWAY_CUSTOMER}"],
+                )
+                # Every metered request that got through was charged its 1 credit; the direct ones none.
+                result["credits_charged"] = before - _available(grpc_target, GATEWAY_CUSTOMER)
+                rows.setdefault(name, []).append(result)
+                print(
+                    f"  {name}: {result['calls_per_s']:,.0f} requests/s, {result['status_2xx']} answered 2xx,"
+                    f" {result['credits_charged']} credits charged",
+                    flush=True,
+                )
+        direct = median(rows["gateway-nginx-direct"], "calls_per_s")
+        metered = median(rows["gateway-nginx-creditgate"], "calls_per_s")
+        print(f"  metered / direct: {metered / direct:.0%}", flush=True)
+    finally:
+        processes.stop(*started)
+
+
 def h2load(
-    target: str, path: str, body: bytes, seconds: int, clients: int, streams: int, rps: float | None = None
+    target: str,
+    path: str,
+    body: bytes | None,
+    seconds: int,
+    clients: int,
+    streams: int,
+    rps: float | None = None,
+    *,
+    h1: bool = False,
+    headers: list[str] | None = None,
 ) -> dict[str, Any]:
     """h2load (nghttp2, C) with gRPC framing: a 5-byte length prefix and the gRPC headers. With `rps`, an open
     loop of that many calls a second in all, and each call's latency read from h2load's --log-file."""
     workdir = Path(tempfile.mkdtemp(prefix="h2load-"))
-    (workdir / "body.bin").write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
     paced = ["--rps", f"{rps / clients:.3f}", "--log-file", str(workdir / "log.tsv")] if rps else []
+    if h1:
+        # Plain HTTP/1.1 GETs (the gateway rows): no body, no gRPC framing.
+        framing = ["--h1", *(part for header in headers or [] for part in ("-H", header))]
+    else:
+        (workdir / "body.bin").write_bytes(b"\x00" + len(body or b"").to_bytes(4, "big") + (body or b""))
+        framing = ["-d", str(workdir / "body.bin"), "-H", "content-type: application/grpc", "-H", "te: trailers"]
     out = subprocess.run(
         [
             "h2load",
@@ -224,12 +354,7 @@ def h2load(
             "-t",
             "1",
             *paced,
-            "-d",
-            str(workdir / "body.bin"),
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
+            *framing,
             f"http://{target}{path}",
         ],
         capture_output=True,
@@ -238,7 +363,10 @@ def h2load(
     ).stdout
     rate = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
     done = re.search(r"requests: .* (\d+) succeeded", out)
+    answered_2xx = re.search(r"status codes: (\d+) 2xx", out)
     result: dict[str, Any] = {"calls_per_s": rate, "succeeded": int(done.group(1)) if done else 0}
+    if h1:
+        result["status_2xx"] = int(answered_2xx.group(1)) if answered_2xx else 0
     if rps:
         micros = sorted(int(line.split("\t")[2]) for line in (workdir / "log.tsv").read_text().splitlines() if line)
         result["latency_ms"] = {
@@ -352,9 +480,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=BENCH)
+    parser.add_argument(
+        "--only-gateway", action="store_true", help="only the nginx gateway rows, printed (no RESULTS.md written)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="creditgate-bench-"))
     processes = Processes(workdir)
+    if args.only_gateway:
+        try:
+            only_gateway(args, processes, workdir)
+        finally:
+            processes.stop_all()
+        return
     try:
         results = run_all(args, processes, workdir)
     finally:
@@ -364,6 +501,16 @@ def main() -> None:
 
     write_report(results, args.out)
     print(f"wrote {args.out / 'RESULTS.md'}")
+
+
+def only_gateway(args: argparse.Namespace, processes: Processes, workdir: Path) -> None:
+    redis_port = free_port()
+    processes.start(
+        "redis",
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    )
+    wait_port(redis_port)
+    gateway_rows(args, processes, workdir, f"redis://127.0.0.1:{redis_port}/0", {})
 
 
 def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> dict[str, Any]:
@@ -491,6 +638,7 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
         print(f"  h2load-cg-batch100: {batched['decisions_per_s']:,.0f} decisions/s", flush=True)
 
     two_workers(args, processes, workdir, redis_url, {"noop": noop, "cg": cg}, rows)
+    gateway_rows(args, processes, workdir, redis_url, rows)
 
     print("latency at half of creditgate's throughput (open loop)", flush=True)
     half = median(rows["cg-many"], "decisions_per_s") / 2

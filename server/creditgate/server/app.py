@@ -12,6 +12,7 @@ import structlog
 from creditgate.server.api.admin import AdminServicer
 from creditgate.server.api.auth import ApiKeyInterceptor, load_api_keys, require_keys_off_loopback
 from creditgate.server.api.calls import CallEnvelope
+from creditgate.server.api.gateway import FrontDoors, read_routes
 from creditgate.server.api.grpc_server import new_grpc_server
 from creditgate.server.api.metering import MeteringServicer
 from creditgate.server.billing.invoices import Invoicer
@@ -72,6 +73,7 @@ class App:
     webhooks: WebhookSender | None = None
     redis_url: str = ""
     flusher_process: BaseProcess | None = None
+    front_doors: FrontDoors | None = None
 
     async def start(self, separate_flusher: bool = False) -> None:
         """separate_flusher: the outbox is flushed by a child process (serve) rather than a task of this one."""
@@ -93,6 +95,8 @@ class App:
             self.port = self.server.add_insecure_port(self.settings.listen)
         else:
             self.port = self.server.add_secure_port(self.settings.listen, credentials)
+        if self.front_doors is not None:
+            await self.front_doors.start()
         await self.server.start()
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -116,6 +120,8 @@ class App:
         """Stop taking calls, let in-flight ones finish, flush the outbox, close."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+        if self.front_doors is not None:
+            await self.front_doors.stop()
         if self.probe is not None:
             await self.probe.stop()
         self.metrics.close()
@@ -138,6 +144,7 @@ class App:
 def build_app(settings: Settings, clock: Clock | None = None) -> App:
     api_keys = load_api_keys(settings)
     require_keys_off_loopback(settings, api_keys)
+    routes = read_routes(settings.routes) if settings.routes is not None else None
     simulated = settings.clock in ("simulated", "manual")
     clock = clock or (ManualClock(SystemClock().now_ms()) if simulated else SystemClock())
     embedded = None
@@ -178,6 +185,10 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     invoicer = Invoicer(store, engine, catalog, clock, interval_seconds=settings.invoice_interval_seconds)
     admin = AdminServicer(engine, catalog, store, flusher, simulated_clock, invoicer, settings.webhook_urls)
     envelope.register(server, ADMIN_SERVICE, admin)
+    front_doors = None
+    if routes is not None:
+        front_doors = FrontDoors(routes, settings.http_authz_listen, api_keys, engine, catalog, metrics)
+        front_doors.register(envelope, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -197,6 +208,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         redis_url=redis_url,
     )
     app.metrics = metrics
+    app.front_doors = front_doors
     app.invoicer = invoicer
     app.webhooks = WebhookSender(store, clock, SystemClock(), settings)
     app.probe = HealthProbe(

@@ -83,8 +83,13 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(default=5.0, gt=0, le=3600)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     deliver_interval_seconds: float = Field(default=1.0, gt=0, le=600)
+    # The gateway's routes file (YAML): which HTTP requests are which feature, for Envoy ext_authz (served on
+    # `listen`) and HTTP forward-auth. Unset: neither front door.
+    routes: Path | None = None
+    # host:port of the HTTP forward-auth endpoint (nginx auth_request, Traefik, Caddy); needs routes.
+    http_authz_listen: str | None = None
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator("listen", "metrics_listen", "http_authz_listen")
     @classmethod
     def _listen_has_port(cls, value: str | None) -> str | None:
         if value is None:
@@ -98,6 +103,12 @@ class Settings(BaseSettings):
     def _webhooks_are_signed(self) -> Settings:
         if self.webhook_urls and not self.webhook_secret:
             raise ValueError("webhook_urls need webhook_secret (deliveries are signed)")
+        return self
+
+    @model_validator(mode="after")
+    def _forward_auth_has_routes(self) -> Settings:
+        if self.http_authz_listen is not None and self.routes is None:
+            raise ValueError("http_authz_listen needs routes (the routes file it decides by)")
         return self
 
     @model_validator(mode="after")

@@ -22,6 +22,8 @@ log = structlog.get_logger(__name__)
 SCOPE_OF_SERVICE = {
     metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name: "metering",
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name: "admin",
+    # Envoy's ext_authz (api/gateway): it spends credits like CheckAndDebit.
+    "envoy.service.auth.v3.Authorization": "metering",
 }
 KEY_PREFIX = "cg_"
 BEARER = "bearer "
@@ -66,14 +68,33 @@ def is_loopback(listen: str) -> bool:
 
 def require_keys_off_loopback(settings: Settings, keys: tuple[ApiKey, ...]) -> None:
     """Without keys anyone who reaches the port could spend credits: only a loopback address may go without."""
-    if not keys and not is_loopback(settings.listen):
-        raise FailedPrecondition(
-            f"refusing to listen on {settings.listen} without API keys: anyone reaching it could spend credits. "
-            "Set CREDITGATE_API_KEYS (make one with `creditgate keys new --scope metering`) "
-            "or listen on 127.0.0.1 for development.",
-            field="listen",
-            reason="API_KEYS_REQUIRED",
+    for field, listen in (("listen", settings.listen), ("http_authz_listen", settings.http_authz_listen)):
+        if listen is not None and not keys and not is_loopback(listen):
+            raise FailedPrecondition(
+                f"refusing to listen on {listen} without API keys: anyone reaching it could spend credits. "
+                "Set CREDITGATE_API_KEYS (make one with `creditgate keys new --scope metering`) "
+                "or listen on 127.0.0.1 for development.",
+                field=field,
+                reason="API_KEYS_REQUIRED",
+            )
+
+
+def verify_key(keys: tuple[ApiKey, ...], presented: str, scope: str, field: str) -> ApiKey:
+    """The configured key `presented` is, if it has `scope`; Unauthenticated or PermissionDenied otherwise."""
+    digest = hash_key(presented)
+    match: ApiKey | None = None
+    for key in keys:  # every key is compared, so the time taken tells nothing about which matched
+        if hmac.compare_digest(digest, key.sha256):
+            match = key
+    if match is None:
+        raise Unauthenticated("the API key is not valid", field=field, reason="API_KEY_INVALID")
+    if scope not in match.scopes:
+        raise PermissionDenied(
+            f"API key {match.name!r} lacks the {scope!r} scope this service needs",
+            field=field,
+            reason="API_KEY_SCOPE",
         )
+    return match
 
 
 class ApiKeyInterceptor(ServerInterceptor):
@@ -109,19 +130,7 @@ class ApiKeyInterceptor(ServerInterceptor):
             )
         presented = str(header)
         presented = presented[len(BEARER) :] if presented[: len(BEARER)].lower() == BEARER else ""
-        digest = hash_key(presented)
-        match: ApiKey | None = None
-        for key in self._keys:  # every key is compared, so the time taken tells nothing about which matched
-            if hmac.compare_digest(digest, key.sha256):
-                match = key
-        if match is None:
-            raise Unauthenticated("the API key is not valid", field="authorization", reason="API_KEY_INVALID")
-        if scope not in match.scopes:
-            raise PermissionDenied(
-                f"API key {match.name!r} lacks the {scope!r} scope this service needs",
-                field="authorization",
-                reason="API_KEY_SCOPE",
-            )
+        verify_key(self._keys, presented, scope, "authorization")
 
 
 def _refusing_handler(error: CreditgateError) -> grpc.RpcMethodHandler[Any, Any]:
