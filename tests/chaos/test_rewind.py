@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -190,7 +191,8 @@ def forge_conflict(server: RunningServer, customer: str, credits: int) -> str:
     client = redis.Redis.from_url(server.app.redis_url, decode_responses=True)
     outbox = KeySpace(server.app.settings.shards).for_customer(customer).outbox
     server.debit(customer, "email_unlock", 10)
-    (_, fields), *_ = client.xrevrange(outbox, count=1)
+    newest: Any = client.xrevrange(outbox, count=1)
+    fields = newest[0][1]
     server.flush()
     entry = json.loads(fields["e"])
     entry.update(d=-credits, b=entry["b"] + entry["d"] + -credits, q=credits, takes=[["b1", credits]])
