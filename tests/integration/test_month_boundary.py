@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from creditgate.server.clock import to_ms
+from creditgate.server.engine.model import DebitRequest
 from creditgate.v1 import admin_pb2, metering_pb2
 from harness import JAN_1, RunningServer
 
@@ -74,3 +75,29 @@ def test_a_subscription_starting_later_grants_nothing_until_it_starts(server: Ru
     assert server.available("later") == 0
     server.clock.set(FEB_1)
     assert server.debit("later", "email_unlock").balance_after == 2499
+
+
+def test_a_decision_that_read_its_clock_before_a_rollover_lands_in_the_period_it_was_counted_in(
+    server: RunningServer,
+) -> None:
+    """The server reads its clock, then the call waits for Redis; meanwhile another call opens February. The late
+    call is counted in February's usage, so its entry is February's too (never January's, being invoiced)."""
+    server.create_customer("late", "basic")
+    feb_1 = to_ms(JAN_1 + timedelta(days=31))
+    server.clock.set(JAN_1 + timedelta(days=31, seconds=1))
+    server.debit("late", "contact_export", 10)  # opens February: 10 of its 50 free exports used
+    engine = server.app.engine
+    request = DebitRequest("late", "contact_export", 45, {}, "read-in-january")
+    read_in_january = feb_1 - 1
+    keys, args = engine._decide_call(request, engine._catalog.rules, read_in_january)
+    answer = server.call(engine.run_touching("decide", "late", keys, args, read_in_january))
+    assert answer[0] == "ok" and answer[1] == 1  # allowed
+    entries = server.ledger("late")
+    assert [(e.entry_id, e.create_time.ToMilliseconds()) for e in entries[-2:]] == [
+        ("late/4", feb_1 + 1000),
+        ("late/5", feb_1),
+    ]
+    # Counted once, in February: 5 of the 45 were beyond February's 50 free units.
+    assert entries[-1].credits_delta == -5
+    january = server.call(server.app.store.ledger_between("late", to_ms(JAN_1), feb_1))
+    assert [e.seq for e in january] == [1]  # its grant only: the grant expired at February's start

@@ -17,12 +17,13 @@ local function decide(keys, k, args, a, decode_rules)
   if replayed then return replayed end
   -- Also read now: the auto top-up threshold (sub[5]) and the balance-event state (sub[6..9], see balance_events).
   local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end', 'auto_threshold',
-    'low_threshold', 'plan_low_threshold', 'below', 'empty', 'ep')
+    'low_threshold', 'plan_low_threshold', 'below', 'empty', 'ep', 'period_start')
   if not sub[1] then return {'not_found'} end
   if sub[10] ~= EPOCH then return {'verify'} end
   local plan, status = sub[2], sub[3]
   local work = pending_work(status, sub[4], holds_open_key, now)
   if work then return {work} end
+  now = entry_time(status, sub[11], now)
 
   local live, expired = load_buckets(buckets_key, now)
   local balance = sum_remaining(live)

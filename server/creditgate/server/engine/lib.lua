@@ -235,6 +235,14 @@ local function return_credits(buckets_key, takes, amount)
   end
 end
 
+-- The time a change's entries carry: never before the start of the period the script sees. The server reads its
+-- clock before the call waits for Redis, and meanwhile another call (with a later clock) may have opened a new
+-- period; the change is counted in that period, so its entries belong there, not in one that is being invoiced.
+local function entry_time(status, period_start, now)
+  if status ~= 'active' then return now end
+  return math.max(now, tonumber(period_start))
+end
+
 -- The keys of every hold script, in KEYS order (see CustomerKeys.hold_keys).
 local function hold_keys()
   return {customer = KEYS[1], buckets = KEYS[2], usage = KEYS[3], holds = KEYS[4], open = KEYS[5],

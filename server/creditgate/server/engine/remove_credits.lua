@@ -5,11 +5,12 @@ local request_id, fingerprint, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 
 local replayed = replay(request_key, request_id, fingerprint)
 if replayed then return replayed end
-local sub = redis.call('HMGET', customer_key, 'id', 'status', 'period_end')
+local sub = redis.call('HMGET', customer_key, 'id', 'status', 'period_end', 'period_start')
 if not sub[1] then return {'not_found'} end
 if unverified(customer_key) then return {'verify'} end
 local work = pending_work(sub[2], sub[3], holds_open_key, now)
 if work then return {work} end
+now = entry_time(sub[2], sub[4], now)
 
 local live, expired = load_buckets(buckets_key, now)
 local balance = sum_remaining(live)

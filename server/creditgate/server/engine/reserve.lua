@@ -8,12 +8,13 @@ local dimensions, hold_ttl_ms = ARGV[10], tonumber(ARGV[11])
 
 local replayed = replay(request_key, request_id, fingerprint)
 if replayed then return replayed end
-local sub = redis.call('HMGET', k.customer, 'id', 'plan', 'status', 'period_end', 'period_index')
+local sub = redis.call('HMGET', k.customer, 'id', 'plan', 'status', 'period_end', 'period_index', 'period_start')
 if not sub[1] then return {'not_found'} end
 if unverified(k.customer) then return {'verify'} end
 local plan, status = sub[2], sub[3]
 local work = pending_work(status, sub[4], k.open, now)
 if work then return {work} end
+now = entry_time(status, sub[6], now)
 
 local live, expired = load_buckets(k.buckets, now)
 local balance = expire_buckets(k.customer, k.buckets, k.outbox, customer_id, expired,
