@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from creditgate.v1 import metering_pb2
 from harness import REPO, RedisServer, RunningServer, server_settings
 
 FIXTURE = REPO / "tests" / "fixtures" / "redis_layout_v1.json"
+CREDITGATE = str(Path(sys.executable).parent / "creditgate")
 
 
 def load_fixture(url: str) -> dict[str, Any]:
@@ -75,3 +79,16 @@ def test_a_layout_1_redis_is_migrated_at_start_and_every_customer_carries_on(
         assert [e.entry_id for e in server.ledger("org:acme")] == [f"org:acme/{n}" for n in range(1, 8)]
     finally:
         server.stop()
+
+
+def test_creditgate_migrate_moves_a_layout_1_redis_and_says_how_much(redis_server: RedisServer, tmp_path: Path) -> None:
+    load_fixture(redis_server.url)
+    env = {
+        **os.environ,
+        "CREDITGATE_REDIS_URL": redis_server.url,
+        "CREDITGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+    }
+    first = subprocess.run([CREDITGATE, "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert (first.returncode, first.stdout.strip().splitlines()[-1]) == (0, "8 of 8 shards migrated, 19 keys moved")
+    again = subprocess.run([CREDITGATE, "migrate"], env=env, capture_output=True, text=True, timeout=60)
+    assert (again.returncode, again.stdout.strip().splitlines()[-1]) == (0, "0 of 8 shards migrated, 0 keys moved")

@@ -205,6 +205,14 @@ def reconcile() -> None:
 
 
 @app.command()
+def migrate() -> None:
+    """Move a Redis written by an older creditgate into the current key layout (serve does it at start too)."""
+    from creditgate.server.ledger.commands import run_migrate
+
+    raise typer.Exit(run_migrate(Settings(), console))
+
+
+@app.command()
 def restore() -> None:
     """Rebuild every customer's Redis state from the durable store (after Redis lost data; no sidecar serving)."""
     from creditgate.server.ledger.commands import run_restore

@@ -1,5 +1,5 @@
-"""`creditgate reconcile` and `creditgate restore`: connect to Redis and the durable store from the settings,
-run, print; the exit code says whether Redis and the ledger agree."""
+"""`creditgate reconcile`, `creditgate restore` and `creditgate migrate`: connect to Redis and the durable store
+from the settings, run, print; the exit code says whether Redis and the ledger agree."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from creditgate.server.embedded_redis import EmbeddedRedis
 from creditgate.server.engine.keys import KeySpace
+from creditgate.server.engine.migrate import MigrationReport, migrate
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile, redis_now_ms
 from creditgate.server.ledger.restore import RestoreReport, restore
 from creditgate.server.ledger.store import Store, open_store
@@ -36,6 +37,20 @@ def run_restore(settings: Settings, console: Console) -> int:
         f" {report.holds:,} open holds (those Redis lost are due at once)"
     )
     return 0
+
+
+def run_migrate(settings: Settings, console: Console) -> int:
+    """Moves a Redis of an older key layout into the current one (the server also does it at start); exit code 1
+    when keys were left that no single customer owns."""
+    report = asyncio.run(_with_connections(settings, _migrate))
+    console.print(f"{report.shards_migrated} of {settings.shards} shards migrated, {report.keys_moved:,} keys moved")
+    for key in report.keys_left:
+        console.print(f"left in place (no single customer owns it): {key}")
+    return 1 if report.keys_left else 0
+
+
+async def _migrate(redis: Redis, store: Store, keys: KeySpace) -> MigrationReport:
+    return await migrate(redis, keys, len(keys.all_outboxes()))
 
 
 async def _reconcile(redis: Redis, store: Store, keys: KeySpace) -> ReconcileReport:
