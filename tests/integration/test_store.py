@@ -349,3 +349,23 @@ def test_an_entry_whose_id_the_ledger_holds_with_other_content_is_kept_under_the
     events = store.run(opened.list_events("acme", 10, None))
     assert [(event.type, event.entry_id) for _, event in events] == [("ledger_conflict", "acme/4")]
     assert '"original_entry_id": "acme/2"' in events[0][1].payload
+
+
+def test_customers_are_searched_by_id_prefix_or_name_in_either_case(store: StoreUnderTest) -> None:
+    store.write(
+        CustomerRecord("org:acme", "Acme Corp", {}, 1),
+        CustomerRecord("org:acme:eu", "Acme Europe", {}, 2),
+        CustomerRecord("jane", "Jane ACME-fan", {}, 3),
+        CustomerRecord("org_x", "X", {}, 4),
+    )
+    opened = store.store
+    found = store.run(opened.search_customers("acme", 2, None))
+    assert [c.customer_id for c in found] == ["jane", "org:acme"]
+    assert [c.customer_id for c in store.run(opened.search_customers("acme", 2, "org:acme"))] == ["org:acme:eu"]
+    assert [c.customer_id for c in store.run(opened.search_customers("org_", 10, None))] == ["org_x"]
+    assert [c.customer_id for c in store.run(opened.search_customers("", 10, None))] == [
+        "jane",
+        "org:acme",
+        "org:acme:eu",
+        "org_x",
+    ]

@@ -25,6 +25,8 @@ type AdminServiceClient interface {
 	CreateCustomer(ctx context.Context, in *CreateCustomerRequest, opts ...grpc.CallOption) (*CreateCustomerResponse, error)
 	// GetCustomer returns a customer and its subscription.
 	GetCustomer(ctx context.Context, in *GetCustomerRequest, opts ...grpc.CallOption) (*GetCustomerResponse, error)
+	// ListCustomers finds customers by id prefix or name, from the durable store, by id.
+	ListCustomers(ctx context.Context, in *ListCustomersRequest, opts ...grpc.CallOption) (*ListCustomersResponse, error)
 	// CreateSubscription puts a customer on a plan; the first period's grants are issued when it starts.
 	CreateSubscription(ctx context.Context, in *CreateSubscriptionRequest, opts ...grpc.CallOption) (*CreateSubscriptionResponse, error)
 	// CancelSubscription ends a customer's subscription now.
@@ -96,6 +98,15 @@ func (c *adminServiceClient) CreateCustomer(ctx context.Context, in *CreateCusto
 func (c *adminServiceClient) GetCustomer(ctx context.Context, in *GetCustomerRequest, opts ...grpc.CallOption) (*GetCustomerResponse, error) {
 	out := new(GetCustomerResponse)
 	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/GetCustomer", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListCustomers(ctx context.Context, in *ListCustomersRequest, opts ...grpc.CallOption) (*ListCustomersResponse, error) {
+	out := new(ListCustomersResponse)
+	err := c.cc.Invoke(ctx, "/creditgate.v1.AdminService/ListCustomers", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -249,6 +260,8 @@ type AdminServiceServer interface {
 	CreateCustomer(context.Context, *CreateCustomerRequest) (*CreateCustomerResponse, error)
 	// GetCustomer returns a customer and its subscription.
 	GetCustomer(context.Context, *GetCustomerRequest) (*GetCustomerResponse, error)
+	// ListCustomers finds customers by id prefix or name, from the durable store, by id.
+	ListCustomers(context.Context, *ListCustomersRequest) (*ListCustomersResponse, error)
 	// CreateSubscription puts a customer on a plan; the first period's grants are issued when it starts.
 	CreateSubscription(context.Context, *CreateSubscriptionRequest) (*CreateSubscriptionResponse, error)
 	// CancelSubscription ends a customer's subscription now.
@@ -298,6 +311,9 @@ func (UnimplementedAdminServiceServer) CreateCustomer(context.Context, *CreateCu
 }
 func (UnimplementedAdminServiceServer) GetCustomer(context.Context, *GetCustomerRequest) (*GetCustomerResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetCustomer not implemented")
+}
+func (UnimplementedAdminServiceServer) ListCustomers(context.Context, *ListCustomersRequest) (*ListCustomersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListCustomers not implemented")
 }
 func (UnimplementedAdminServiceServer) CreateSubscription(context.Context, *CreateSubscriptionRequest) (*CreateSubscriptionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateSubscription not implemented")
@@ -425,6 +441,24 @@ func _AdminService_GetCustomer_Handler(srv interface{}, ctx context.Context, dec
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).GetCustomer(ctx, req.(*GetCustomerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListCustomers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCustomersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListCustomers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/creditgate.v1.AdminService/ListCustomers",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListCustomers(ctx, req.(*ListCustomersRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -718,6 +752,10 @@ var _AdminService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCustomer",
 			Handler:    _AdminService_GetCustomer_Handler,
+		},
+		{
+			MethodName: "ListCustomers",
+			Handler:    _AdminService_ListCustomers_Handler,
 		},
 		{
 			MethodName: "CreateSubscription",

@@ -209,6 +209,13 @@ class AsyncClient:
         request = admin_pb2.GetCustomerRequest(customer_id=customer_id)
         return await self._invoke(self._admin.GetCustomer, request, timeout, idempotent=True)
 
+    async def list_customers(
+        self, query: str = "", *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> admin_pb2.ListCustomersResponse:
+        """One page of the customers whose id starts with `query` or whose name contains it, by id."""
+        request = admin_pb2.ListCustomersRequest(query=query, page_size=page_size, page_token=page_token)
+        return await self._invoke(self._admin.ListCustomers, request, timeout, idempotent=True)
+
     async def create_subscription(
         self, customer_id: str, plan: str, *, start_time: datetime | None = None, timeout: float | None = None
     ) -> admin_pb2.CreateSubscriptionResponse:

@@ -55,6 +55,11 @@ class AdminServiceStub:
                 request_serializer=creditgate_dot_v1_dot_admin__pb2.GetCustomerRequest.SerializeToString,
                 response_deserializer=creditgate_dot_v1_dot_admin__pb2.GetCustomerResponse.FromString,
                 _registered_method=True)
+        self.ListCustomers = channel.unary_unary(
+                '/creditgate.v1.AdminService/ListCustomers',
+                request_serializer=creditgate_dot_v1_dot_admin__pb2.ListCustomersRequest.SerializeToString,
+                response_deserializer=creditgate_dot_v1_dot_admin__pb2.ListCustomersResponse.FromString,
+                _registered_method=True)
         self.CreateSubscription = channel.unary_unary(
                 '/creditgate.v1.AdminService/CreateSubscription',
                 request_serializer=creditgate_dot_v1_dot_admin__pb2.CreateSubscriptionRequest.SerializeToString,
@@ -159,6 +164,13 @@ class AdminServiceServicer:
 
     def GetCustomer(self, request, context):
         """GetCustomer returns a customer and its subscription.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCustomers(self, request, context):
+        """ListCustomers finds customers by id prefix or name, from the durable store, by id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -292,6 +304,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetCustomer,
                     request_deserializer=creditgate_dot_v1_dot_admin__pb2.GetCustomerRequest.FromString,
                     response_serializer=creditgate_dot_v1_dot_admin__pb2.GetCustomerResponse.SerializeToString,
+            ),
+            'ListCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCustomers,
+                    request_deserializer=creditgate_dot_v1_dot_admin__pb2.ListCustomersRequest.FromString,
+                    response_serializer=creditgate_dot_v1_dot_admin__pb2.ListCustomersResponse.SerializeToString,
             ),
             'CreateSubscription': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSubscription,
@@ -478,6 +495,33 @@ class AdminService:
             '/creditgate.v1.AdminService/GetCustomer',
             creditgate_dot_v1_dot_admin__pb2.GetCustomerRequest.SerializeToString,
             creditgate_dot_v1_dot_admin__pb2.GetCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditgate.v1.AdminService/ListCustomers',
+            creditgate_dot_v1_dot_admin__pb2.ListCustomersRequest.SerializeToString,
+            creditgate_dot_v1_dot_admin__pb2.ListCustomersResponse.FromString,
             options,
             channel_credentials,
             insecure,

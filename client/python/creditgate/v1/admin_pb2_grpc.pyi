@@ -41,6 +41,8 @@ class AdminServiceStub:
     """CreateCustomer registers a customer under the app's own id."""
     GetCustomer: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetCustomerRequest, _admin_pb2.GetCustomerResponse]
     """GetCustomer returns a customer and its subscription."""
+    ListCustomers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCustomersRequest, _admin_pb2.ListCustomersResponse]
+    """ListCustomers finds customers by id prefix or name, from the durable store, by id."""
     CreateSubscription: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateSubscriptionRequest, _admin_pb2.CreateSubscriptionResponse]
     """CreateSubscription puts a customer on a plan; the first period's grants are issued when it starts."""
     CancelSubscription: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CancelSubscriptionRequest, _admin_pb2.CancelSubscriptionResponse]
@@ -87,6 +89,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """CreateCustomer registers a customer under the app's own id."""
     GetCustomer: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetCustomerRequest, _admin_pb2.GetCustomerResponse]  # type: ignore[assignment]
     """GetCustomer returns a customer and its subscription."""
+    ListCustomers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCustomersRequest, _admin_pb2.ListCustomersResponse]  # type: ignore[assignment]
+    """ListCustomers finds customers by id prefix or name, from the durable store, by id."""
     CreateSubscription: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateSubscriptionRequest, _admin_pb2.CreateSubscriptionResponse]  # type: ignore[assignment]
     """CreateSubscription puts a customer on a plan; the first period's grants are issued when it starts."""
     CancelSubscription: _aio.UnaryUnaryMultiCallable[_admin_pb2.CancelSubscriptionRequest, _admin_pb2.CancelSubscriptionResponse]  # type: ignore[assignment]
@@ -154,6 +158,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetCustomerResponse, _abc.Awaitable[_admin_pb2.GetCustomerResponse]]:
         """GetCustomer returns a customer and its subscription."""
+
+    @_abc_1.abstractmethod
+    def ListCustomers(
+        self,
+        request: _admin_pb2.ListCustomersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListCustomersResponse, _abc.Awaitable[_admin_pb2.ListCustomersResponse]]:
+        """ListCustomers finds customers by id prefix or name, from the durable store, by id."""
 
     @_abc_1.abstractmethod
     def CreateSubscription(

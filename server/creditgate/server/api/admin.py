@@ -21,6 +21,8 @@ from creditgate.v1 import admin_pb2, admin_pb2_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 # AdvanceClock moves at most this far in one call: 100 years.
 MAX_ADVANCE_SECONDS = 100 * 365 * 86_400
+# ListCustomers: an id is at most 128 characters; a longer query finds nothing it could not find shorter.
+MAX_QUERY_LENGTH = 128
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -143,6 +145,29 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         token = _encode_page_token(page[-1].seq) if more else ""
         return admin_pb2.ListLedgerEntriesResponse(
             entries=[convert.ledger_entry(record) for record in page], next_page_token=token
+        )
+
+    @translated
+    async def ListCustomers(
+        self, request: admin_pb2.ListCustomersRequest, context: Context
+    ) -> admin_pb2.ListCustomersResponse:
+        if len(request.query) > MAX_QUERY_LENGTH:
+            raise InvalidArgument(f"query is longer than {MAX_QUERY_LENGTH} characters", field="query")
+        size = validate.page_size(request.page_size)
+        after = _decode_customer_page_token(request.page_token)
+        records = await self._store.search_customers(request.query, size + 1, after)
+        page, more = records[:size], len(records) > size
+        return admin_pb2.ListCustomersResponse(
+            customers=[
+                admin_pb2.Customer(
+                    customer_id=record.customer_id,
+                    name=record.name,
+                    metadata=record.metadata,
+                    create_time=convert.timestamp(record.created_ms),
+                )
+                for record in page
+            ],
+            next_page_token=_encode_customer_page_token(page[-1].customer_id) if more else "",
         )
 
     @translated
@@ -272,6 +297,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await self._store.redeliver(record.event_id, now)
         deliveries = await self._store.deliveries_of([record.event_id])
         return admin_pb2.RedeliverEventResponse(event=convert.event(record, deliveries))
+
+
+def _encode_customer_page_token(customer_id: str) -> str:
+    return base64.urlsafe_b64encode(f"c1:{customer_id}".encode()).decode()
+
+
+def _decode_customer_page_token(token: str) -> str | None:
+    if not token:
+        return None
+    try:
+        version, _, customer_id = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if version != "c1" or not customer_id:
+            raise ValueError(version)
+        return customer_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token is not a token this server issued", field="page_token") from exc
 
 
 def _encode_page_token(seq: int) -> str:

@@ -240,7 +240,7 @@ end
 -- period; the change is counted in that period, so its entries belong there, not in one that is being invoiced.
 local function entry_time(status, period_start, now)
   if status ~= 'active' then return now end
-  return math.max(now, tonumber(period_start))
+  return math.max(now, tonumber(period_start) or 0)
 end
 
 -- The keys of every hold script, in KEYS order (see CustomerKeys.hold_keys).

@@ -183,6 +183,15 @@ class PostgresStore:
         )
         return [CustomerRecord(row[0], row[1], dict(row[2]), row[3]) for row in rows]
 
+    async def search_customers(self, query: str, limit: int, after_id: str | None) -> list[CustomerRecord]:
+        rows = await self._fetch(
+            "SELECT customer_id, name, metadata, created_ms FROM customers"
+            " WHERE (left(customer_id, length(%s)) = %s OR strpos(lower(name), lower(%s)) > 0)"
+            " AND customer_id > %s ORDER BY customer_id LIMIT %s",
+            (query, query, query, after_id or "", limit),
+        )
+        return [CustomerRecord(row[0], row[1], dict(row[2]), row[3]) for row in rows]
+
     async def subscription_changes(self, customer_id: str | None = None) -> list[SubscriptionRecord]:
         rows = await self._fetch(
             "SELECT source_id, customer_id, plan, status, anchor_ms, changed_ms FROM subscription_changes"

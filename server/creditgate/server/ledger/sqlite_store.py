@@ -151,6 +151,18 @@ class SqliteStore:
 
         return await self._run(work)
 
+    async def search_customers(self, query: str, limit: int, after_id: str | None) -> list[CustomerRecord]:
+        def work(db: sqlite3.Connection) -> list[CustomerRecord]:
+            rows = db.execute(
+                "SELECT customer_id, name, metadata, created_ms FROM customers"
+                " WHERE (substr(customer_id, 1, length(?)) = ? OR instr(lower(name), lower(?)) > 0)"
+                " AND customer_id > ? ORDER BY customer_id LIMIT ?",
+                (query, query, query, after_id or "", limit),
+            )
+            return [CustomerRecord(row[0], row[1], json.loads(row[2]), row[3]) for row in rows.fetchall()]
+
+        return await self._run(work)
+
     async def subscription_changes(self, customer_id: str | None = None) -> list[SubscriptionRecord]:
         def work(db: sqlite3.Connection) -> list[SubscriptionRecord]:
             rows = db.execute(

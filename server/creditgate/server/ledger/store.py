@@ -74,6 +74,10 @@ class Store(Protocol):
         """Every customer (or the one named), by id."""
         ...
 
+    async def search_customers(self, query: str, limit: int, after_id: str | None) -> list[CustomerRecord]:
+        """Customers whose id starts with `query` or whose name contains it (either case), by id, after after_id."""
+        ...
+
     async def subscription_changes(self, customer_id: str | None = None) -> list[SubscriptionRecord]:
         """Every subscription change, by customer, then in the order they happened."""
         ...
