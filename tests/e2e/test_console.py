@@ -145,9 +145,7 @@ def test_top_up_starter_adds_1000_credits_and_the_ledger_shows_it(page: Page, wo
     page.goto(f"{world.console.url}/customers/globex")
     page.get_by_label("Package").first.select_option("starter")
     page.locator("#form-topup").get_by_role("button", name="Top up…").click()
-    expect(page.locator("#summary")).to_have_text(
-        "Top up globex with the Starter pack (1,000 credits for 29.00 USD)."
-    )
+    expect(page.locator("#summary")).to_have_text("Top up globex with the Starter pack (1,000 credits for 29.00 USD).")
     page.get_by_role("button", name="Confirm").click()
     expect(page.locator(".flash")).to_have_text(
         f"Topped up globex with 1,000 credits (29.00 USD): {before + 1000:,} available"
@@ -192,7 +190,7 @@ def test_the_same_top_up_form_sent_twice_charges_once(page: Page, world: World) 
     page.goto(f"{world.console.url}/customers/initech")
     page.get_by_label("Package").first.select_option("starter")
     page.locator("#form-topup").get_by_role("button", name="Top up…").click()
-    fields = {
+    fields: dict[str, str | float | bool] = {
         name: page.locator(f"form input[name='{name}']").first.get_attribute("value") or ""
         for name in ("csrf", "step", "request_id", "package")
     }
@@ -214,7 +212,12 @@ def test_the_same_top_up_form_sent_twice_charges_once(page: Page, world: World) 
 def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(page: Page, world: World) -> None:
     before = world.server.available("umbrella")
     url = f"{world.console.url}/customers/umbrella/actions/adjust"
-    form = {"step": "confirm", "request_id": "forged-1", "delta": "5000", "reason": "free money"}
+    form: dict[str, str | float | bool] = {
+        "step": "confirm",
+        "request_id": "forged-1",
+        "delta": "5000",
+        "reason": "free money",
+    }
     missing = page.request.post(url, form=form)
     wrong = page.request.post(url, form=form | {"csrf": "guessed"})
     assert (missing.status, wrong.status) == (403, 403)
@@ -245,8 +248,7 @@ def test_the_invoice_page_shows_the_professional_january_invoice_exactly(page: P
     page.get_by_role("link", name=JANUARY_INVOICE).click()
     expect(page.locator("#invoice-id")).to_have_text(JANUARY_INVOICE)
     lines = [
-        [cell.strip() for cell in row.split("\t")]
-        for row in page.locator(".invoice-lines tbody tr").all_inner_texts()
+        [cell.strip() for cell in row.split("\t")] for row in page.locator(".invoice-lines tbody tr").all_inner_texts()
     ]
     assert lines == [
         ["Professional (yearly)", "plan fee", "1", "948.00", "948.00"],

@@ -23,6 +23,8 @@ from creditgate.client import (
     CustomerNotFound,
     LedgerEntryKind,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 from creditgate.console.actions import PLANNERS, FieldError, Submissions
@@ -57,7 +59,10 @@ SETTLING_KINDS = {
 }
 SECURITY_HEADERS = [
     # Every script, style and font is the console's own: nothing else may load, nothing inline runs.
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    ),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
@@ -137,7 +142,7 @@ def connect(settings: ConsoleSettings) -> Connection:
                 health_pb2.HealthCheckRequest(service=service), timeout=settings.call_timeout_seconds
             )
         except grpc.RpcError as exc:
-            return f"unreachable ({exc.code().name})"  # type: ignore[attr-defined]
+            return f"unreachable ({exc.code().name})"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     live = LiveSampler(client, health_of, settings.metrics_url, settings.sample_interval_seconds, settings.samples_kept)
@@ -315,6 +320,9 @@ class Pages:
             title, status = ("Customer not found" if isinstance(exc, CustomerNotFound) else "Not found"), 404
         elif isinstance(exc, Unavailable):
             title, status = "The creditgate server cannot be reached", 503
+        elif isinstance(exc, Unauthenticated | PermissionDenied):
+            # The console's own configuration is at fault (its API key), not the operator's request.
+            title, status = "The server refused the console's credentials", 502
         else:
             title, status = "The server refused", 400
         return self.render(request, "error.html", {"title": title, "message": str(exc), "error": exc}, status)
@@ -484,9 +492,9 @@ class Pages:
         status = await self.console.client.get_ledger_status()
         catalog = await self.console.catalog()
         kinds = [
-            name.removeprefix("LEDGER_ENTRY_KIND_").lower()
-            for name in LedgerEntryKind.keys()
-            if name != "LEDGER_ENTRY_KIND_UNSPECIFIED"
+            value.name.removeprefix("LEDGER_ENTRY_KIND_").lower()
+            for value in LedgerEntryKind.DESCRIPTOR.values
+            if value.number != LedgerEntryKind.LEDGER_ENTRY_KIND_UNSPECIFIED
         ]
         context = {
             "customer": customer,

@@ -4,6 +4,7 @@ endpoint, the ledger backlog from GetLedgerStatus, gRPC health per service), tur
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -105,7 +106,7 @@ class LiveSampler:
         samples = list(self.samples)
         points: list[dict[str, Any]] = []
         outcomes: set[str] = set()
-        for before, after in zip(samples, samples[1:], strict=False):
+        for before, after in itertools.pairwise(samples):
             if before.decisions is None or after.decisions is None:
                 continue
             elapsed = after.monotonic - before.monotonic

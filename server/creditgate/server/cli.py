@@ -52,7 +52,7 @@ def console_command(
         str | None, typer.Option(help="API key with the admin and metering scopes (or CREDITGATE_CONSOLE_API_KEY)")
     ] = None,
     tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="TLS to the server, trusting system roots")] = None,
-    tls_ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM) the server's certificate is signed by")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA (PEM) that signed the server's certificate")] = None,
     tls_server_name: Annotated[str | None, typer.Option(help="name on the server's certificate")] = None,
     metrics_url: Annotated[str | None, typer.Option(help="the server's Prometheus URL, for the live view")] = None,
 ) -> None:
