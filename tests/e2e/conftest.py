@@ -11,13 +11,15 @@ from console_browser import chromium_path
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in the main thread while it is
+# open, and tests elsewhere that call asyncio.run must not run inside it.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # As root, chromium runs only without its sandbox; the pages it loads are the console's own.
     sandbox = ["--no-sandbox"] if os.geteuid() == 0 else []
