@@ -36,7 +36,7 @@ def world(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
     server.clock.set(FEB_1)
     server.available("acme")  # February opens
     assert invoice_once(server) == 1
-    for customer_id in ("globex", "initech", "umbrella", "hooli"):
+    for customer_id in ("globex", "initech", "umbrella", "hooli", "wayne"):
         server.create_customer(customer_id, "basic")
     console = ConsoleProcess(
         "--target",
@@ -140,6 +140,22 @@ def test_find_a_customer_and_its_wallet_is_exactly_what_get_balance_says(page: P
     screenshot(page, "customer")
 
 
+def test_an_open_hold_shows_with_the_credits_it_holds(page: Page, world: World) -> None:
+    held = world.server.metering.Reserve(
+        metering_pb2.ReserveRequest(customer_id="wayne", feature="email_unlock", quantity=40, request_id="hold-1")
+    )
+    settled = world.server.metering.Reserve(
+        metering_pb2.ReserveRequest(customer_id="wayne", feature="email_unlock", quantity=5, request_id="hold-2")
+    )
+    world.server.metering.Release(metering_pb2.ReleaseRequest(reservation_id=settled.reservation_id))
+    world.server.flush()
+    page.goto(f"{world.console.url}/customers/wayne")
+    expect(page.locator("#reserved")).to_have_text("40")
+    expect(page.locator("#available")).to_have_text("2,460")
+    holds = [row.split("\t")[:4] for row in page.locator("#holds tbody tr").all_inner_texts()]
+    assert holds == [[held.reservation_id, "email_unlock", "40", "40"]]
+
+
 def test_top_up_starter_adds_1000_credits_and_the_ledger_shows_it(page: Page, world: World) -> None:
     before = world.server.available("globex")
     page.goto(f"{world.console.url}/customers/globex")
@@ -231,7 +247,10 @@ def test_a_refused_action_shows_the_servers_reason_next_to_the_field(page: Page,
     page.get_by_label("Credits (+ adds, − removes)").fill("-9000")
     page.get_by_label("Reason").fill("too much")
     submit_and_confirm(page, "#form-adjust", "Adjust…")
-    expect(page.locator("#adjust-delta-error")).to_contain_text("INSUFFICIENT_CREDITS")
+    expect(page.locator("#adjust-delta-error")).to_have_text(
+        "INSUFFICIENT_CREDITS: cannot remove 9000 credits: 2500 are available"
+    )
+    expect(page.get_by_label("Reason")).to_have_value("too much")  # what was typed stays
     assert world.server.available("hooli") == 2_500
     screenshot(page, "refused")
 

@@ -6,6 +6,7 @@ import ast
 import asyncio
 import base64
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,7 +48,7 @@ def test_a_console_reachable_from_other_machines_refuses_to_start_without_a_pass
 ) -> None:
     monkeypatch.delenv("CREDITGATE_CONSOLE_PASSWORD", raising=False)
     monkeypatch.delenv("CREDITGATE_CONSOLE_PASSWORD_HASH", raising=False)
-    with pytest.raises(ConsoleRefused, match="0.0.0.0:8080 is reachable from other machines"):
+    with pytest.raises(ConsoleRefused, match=re.escape("0.0.0.0:8080 is reachable from other machines")):
         prepare({"listen": "0.0.0.0:8080"})
     settings, generated = prepare({"listen": "127.0.0.1:8080"})
     assert settings.listen == "127.0.0.1:8080" and generated is not None and len(generated) >= 16

@@ -437,7 +437,8 @@ class Pages:
         try:
             planned = planner(customer_id, values, catalog)
         except FieldError as exc:
-            return await self.customer(request, {action: {"field": exc.field, "message": exc.message}}, 400)
+            error = {"field": exc.field, "message": exc.message, "values": values}
+            return await self.customer(request, {action: error}, 400)
         if not request_id:
             return await self.customer(request, {action: {"field": "", "message": "the form has no request_id"}}, 400)
         if values.get("step") != "confirm":
@@ -459,7 +460,7 @@ class Pages:
             raise
         except CreditgateError as exc:
             log.info("console_action_refused", action=action, customer_id=customer_id, reason=exc.reason)
-            error = {"field": exc.field, "message": f"{exc.reason}: {exc.message}"}
+            error = {"field": exc.field, "message": f"{exc.reason}: {exc.message}", "values": values}
             return await self.customer(request, {action: error}, 409 if exc.reason == "REQUEST_ID_REUSED" else 400)
         log.info("console_action", action=action, customer_id=customer_id, request_id=request_id, repeated=repeated)
         session.flash.append(f"This form was sent before: {message}" if repeated else message)
