@@ -291,6 +291,9 @@ def test_the_live_view_charts_decisions_from_the_servers_counters(page: Page, wo
     assert live["latest"]["decisions_total"]["allowed"] >= 3.0  # and the earlier tests' debits
     expect(page.locator("td[data-service='creditgate.v1.MeteringService']")).to_have_text("SERVING")
     expect(page.locator("#backlog")).to_be_visible()
+    # htmx swaps the panel in place every sample interval (0.5 s here), keeping its own trigger.
+    panel = page.request.get(f"{world.console.url}/live/panel").text()
+    assert 'hx-trigger="every 0.5s"' in panel
     screenshot(page, "live")
 
 

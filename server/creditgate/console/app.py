@@ -380,7 +380,8 @@ class Pages:
 
     async def live_panel(self, request: Request) -> Response:
         session = self.session(request)
-        return self.render(request, "_live_panel.html", {"live": self.console.live.view()}, session=session)
+        context = {"live": self.console.live.view(), "interval": self.console.settings.sample_interval_seconds}
+        return self.render(request, "_live_panel.html", context, session=session)
 
     # Customers
 
