@@ -3,7 +3,9 @@ console as `creditgate console` in its own process: one server, one console and 
 
 from __future__ import annotations
 
+import base64
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,11 +16,22 @@ import pytest
 from billing import a_month_of_professional, invoice_once
 from console_browser import PASSWORD, ConsoleProcess, screenshot, sign_in
 from creditgate.v1 import admin_pb2, metering_pb2
-from harness import JAN_1, RedisServer, RunningServer, start_server
+from harness import JAN_1, RedisServer, RunningServer, free_port, start_server
 from playwright.sync_api import Browser, Page, expect
 
 FEB_1 = datetime(2027, 2, 1, tzinfo=UTC)
+DEAD_RECEIVER = f"http://127.0.0.1:{free_port()}/hooks"
 JANUARY_INVOICE = f"acme/inv/{int(JAN_1.timestamp() * 1000)}"
+
+
+def wait_for_first_delivery(server: RunningServer, event_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        events = server.admin.ListEvents(admin_pb2.ListEventsRequest(customer_id="acme")).events
+        if any(event.event_id == event_id and [d.attempts for d in event.deliveries] == [1] for event in events):
+            return
+        assert time.monotonic() < deadline, "the first delivery was not tried"
+        time.sleep(0.1)
 
 
 @dataclass
@@ -31,11 +44,22 @@ class World:
 def world(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """acme's January on Professional (the billing tests' invoice), then February's customers on Basic."""
     tmp_path: Path = tmp_path_factory.mktemp("console")
-    server = start_server(redis_server.url, tmp_path, metrics_listen="127.0.0.1:0", health_probe_interval_seconds=0.5)
+    server = start_server(
+        redis_server.url,
+        tmp_path,
+        metrics_listen="127.0.0.1:0",
+        health_probe_interval_seconds=0.5,
+        # A receiver that is not there: deliveries fail once, and the next try is an hour away.
+        webhook_urls=(DEAD_RECEIVER,),
+        webhook_secret="whsec_" + base64.b64encode(b"creditgate-console-test-secret!!").decode(),
+        webhook_backoff_seconds=3600,
+        deliver_interval_seconds=0.2,
+    )
     a_month_of_professional(server)
     server.clock.set(FEB_1)
     server.available("acme")  # February opens
     assert invoice_once(server) == 1
+    wait_for_first_delivery(server, f"{JANUARY_INVOICE}:invoice_finalized")
     for customer_id in ("globex", "initech", "umbrella", "hooli", "wayne"):
         server.create_customer(customer_id, "basic")
     console = ConsoleProcess(
@@ -213,6 +237,8 @@ def test_the_same_top_up_form_sent_twice_charges_once(page: Page, world: World) 
     action = page.locator("form[action$='/actions/topup']").get_attribute("action")
     page.get_by_role("button", name="Confirm").dblclick()
     expect(page.locator(".flash")).to_contain_text("Topped up initech with 1,000 credits")
+    # The second click's navigation may still be on its way, and would take the session's next message.
+    page.wait_for_load_state("networkidle")
     # The same form again, as a browser's "resubmit" sends it: same request_id, same session.
     again = page.request.post(f"{world.console.url}{action}", form=fields)
     assert again.status == 200  # the redirect to the customer page, followed
@@ -299,8 +325,17 @@ def test_the_live_view_charts_decisions_from_the_servers_counters(page: Page, wo
 
 def test_events_and_catalog_pages(page: Page, world: World) -> None:
     page.goto(f"{world.console.url}/events?customer=acme")
-    expect(page.locator("#events")).to_contain_text(f"{JANUARY_INVOICE}:invoice_finalized")
+    invoice_event = page.locator("#events tbody tr", has_text=f"{JANUARY_INVOICE}:invoice_finalized")
+    expect(invoice_event.locator(".delivery")).to_contain_text(f"{DEAD_RECEIVER}: pending, 1 attempt · ")
     screenshot(page, "events")
+    invoice_event.get_by_role("button", name="Redeliver…").click()
+    expect(page.locator("#summary")).to_have_text(
+        f"Send event {JANUARY_INVOICE}:invoice_finalized to every webhook URL again."
+    )
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator(".flash")).to_have_text(
+        f"Event {JANUARY_INVOICE}:invoice_finalized queued again for 1 webhook URL(s)"
+    )
     page.goto(f"{world.console.url}/catalog")
     packs = [row.split("\t")[:4] for row in page.locator("#packages tbody tr").all_inner_texts()]
     assert packs == [
