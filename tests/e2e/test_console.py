@@ -4,7 +4,6 @@ console as `creditgate console` in its own process: one server, one console and 
 from __future__ import annotations
 
 import base64
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -362,7 +361,13 @@ def test_the_customer_page_reads_at_390_pixels(browser: Browser, world: World) -
 
 def test_every_page_loads_only_the_consoles_own_files(page: Page, world: World) -> None:
     requested: list[str] = []
+    complaints: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
-    page.goto(f"{world.console.url}/customers/acme")
-    page.wait_for_load_state("networkidle")
-    assert requested and all(re.match(re.escape(world.console.url), url) for url in requested)
+    page.on("console", lambda message: complaints.append(message.text) if message.type == "error" else None)
+    for path in ("/", "/customers/acme", "/customers?q=acme"):
+        page.goto(f"{world.console.url}{path}")
+        page.wait_for_load_state("networkidle")
+    assert f"{world.console.url}/static/htmx.min.js" in requested
+    assert f"{world.console.url}/static/live.js" in requested
+    assert [url for url in requested if not url.startswith(f"{world.console.url}/")] == []
+    assert complaints == []  # a Content-Security-Policy refusal would show here
