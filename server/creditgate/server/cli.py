@@ -44,6 +44,48 @@ def main() -> None:
 app.command("loadtest")(loadtest)
 
 
+@app.command("console")
+def console_command(
+    target: Annotated[str | None, typer.Option(help="host:port of the creditgate server")] = None,
+    listen: Annotated[str | None, typer.Option(help="host:port of the console (default 127.0.0.1:8080)")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key with the admin and metering scopes (or CREDITGATE_CONSOLE_API_KEY)")
+    ] = None,
+    tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="TLS to the server, trusting system roots")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA (PEM) that signed the server's certificate")] = None,
+    tls_server_name: Annotated[str | None, typer.Option(help="name on the server's certificate")] = None,
+    metrics_url: Annotated[str | None, typer.Option(help="the server's Prometheus URL, for the live view")] = None,
+) -> None:
+    """Run the operator console, a web app over the public API (password: CREDITGATE_CONSOLE_PASSWORD)."""
+    from creditgate.console.serve import ConsoleRefused, prepare, run
+
+    overrides = {
+        "target": target,
+        "listen": listen,
+        "api_key": api_key,
+        "tls": tls,
+        "tls_ca_file": tls_ca,
+        "tls_server_name": tls_server_name,
+        "metrics_url": metrics_url,
+    }
+    try:
+        settings, generated_password = prepare(overrides)
+    except ConsoleRefused as exc:
+        console.print(f"[red]the console cannot start[/red]: {exc}")
+        raise typer.Exit(2) from exc
+    run(settings, generated_password)
+
+
+@app.command("console-hash-password")
+def console_hash_password(
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+) -> None:
+    """Print the hash of a console password, for CREDITGATE_CONSOLE_PASSWORD_HASH."""
+    from creditgate.console.auth import hash_password
+
+    print(hash_password(password))
+
+
 @app.command()
 def serve(
     catalog: Annotated[Path | None, typer.Option(help="catalog YAML applied at start")] = None,

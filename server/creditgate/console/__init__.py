@@ -1,0 +1,1 @@
+"""The operator console: a web app over creditgate's public API (`creditgate console`)."""
