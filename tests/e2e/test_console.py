@@ -138,10 +138,19 @@ def test_nothing_is_shown_before_sign_in_and_a_wrong_password_is_refused(browser
 def test_find_a_customer_and_its_wallet_is_exactly_what_get_balance_says(page: Page, world: World) -> None:
     world.server.debit("globex", "email_unlock", 30)
     world.server.debit("globex", "contact_export", 60)  # 50 free units, then 10 credits
+    world.server.admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id="gx:eu", name="Globex Europe"))
+    world.server.flush()
     page.goto(f"{world.console.url}/customers")
-    page.get_by_label("Customer id").fill("globex")
-    page.get_by_label("Customer id").press("Enter")
-    page.get_by_role("link", name="globex").click()
+    search = page.get_by_label("Customer id (or its start) or name")
+    search.fill("glob")  # the start of one's id, and a part of the other's name
+    search.press("Enter")
+    expect(page.locator("#results tbody tr td:first-child")).to_have_text(["globex", "gx:eu"])
+    search.fill("europe")  # a part of a name, in another case
+    search.press("Enter")
+    expect(page.locator("#results tbody tr td:first-child")).to_have_text(["gx:eu"])
+    search.fill("glob")
+    search.press("Enter")
+    page.get_by_role("link", name="globex", exact=True).click()
     expect(page.locator("#customer-id")).to_have_text("globex")
 
     balance = world.server.metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id="globex"))

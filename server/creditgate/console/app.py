@@ -6,6 +6,7 @@ server's Prometheus endpoint), so it works against any deployment the SDK can re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import uuid
@@ -48,6 +49,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = structlog.get_logger("creditgate.console")
 HERE = Path(__file__).parent
 LEDGER_PAGE_SIZE = 25
+# Customers a search shows (each read whole with GetCustomer).
+SEARCH_RESULTS = 25
 # A filtered ledger page reads at most this many API pages before it shows what it found.
 LEDGER_SCAN_PAGES = 20
 # Open holds are found among the newest entries of the durable ledger.
@@ -389,12 +392,25 @@ class Pages:
         session = self.session(request)
         query = request.query_params.get("q", "").strip()
         found: list[admin_pb2.Customer] = []
+        more = False
         if query:
-            # The API finds a customer by its exact id only (there is no ListCustomers RPC to search prefixes
-            # or names): the console shows that match.
-            with contextlib.suppress(NotFound):
-                found.append((await self.console.client.get_customer(query)).customer)
-        return self.render(request, "customers.html", {"q": query, "found": found}, session=session)
+            client = self.console.client
+            # Found by id prefix or name in the durable store (ListCustomers), each then read whole (plan and status
+            # live in Redis); an exact id the flusher has not moved yet is found too.
+            page = await client.list_customers(query, page_size=SEARCH_RESULTS)
+            ids = [customer.customer_id for customer in page.customers]
+            more = bool(page.next_page_token)
+            if query not in ids:
+                ids.insert(0, query)
+            answers = await asyncio.gather(*(client.get_customer(id_) for id_ in ids), return_exceptions=True)
+            for answer in answers:
+                if isinstance(answer, BaseException):
+                    if not isinstance(answer, NotFound):
+                        raise answer
+                    continue
+                found.append(answer.customer)
+        context = {"q": query, "found": found, "more": more, "shown": SEARCH_RESULTS}
+        return self.render(request, "customers.html", context, session=session)
 
     async def customer(self, request: Request, errors: Mapping[str, Any] | None = None, status: int = 200) -> Response:
         session = self.session(request)
