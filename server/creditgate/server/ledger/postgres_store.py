@@ -107,6 +107,13 @@ class PostgresStore:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
             raise Unavailable(f"PostgreSQL: {exc}") from exc
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            # A standby, or a database or role set default_transaction_read_only: nothing is wrong with the data,
+            # so writes wait (the flusher retries; entries stay in Redis) until it is writable again.
+            raise Unavailable(
+                f"PostgreSQL refuses writes (SQLSTATE 25006 read_only_sql_transaction: a standby, or"
+                f" default_transaction_read_only is on): {exc}"
+            ) from exc
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
             # The data cannot be stored as it is: the flusher parks the record that causes it.
             raise InternalError(f"PostgreSQL rejected the batch: {exc}") from exc
