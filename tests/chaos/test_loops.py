@@ -168,7 +168,7 @@ def test_a_flusher_facing_a_read_only_postgresql_keeps_retrying_and_catches_up(
     assert (flusher.state().failures, flusher.state().restarts) == (0, 2)
     assert statuses(server) == ALL_SERVING
     status = server.admin.GetLedgerStatus(admin_pb2.GetLedgerStatusRequest())
-    assert (status.backlog_entries, status.pending_entries) == (0, 0)
+    assert (status.backlog_entries, status.pending_entries, status.parked_entries) == (0, 0, 0)
     assert debits_of(ledger_entries(server, "acme")) == expected_debits(DEBITS)
 
 
