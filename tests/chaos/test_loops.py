@@ -222,3 +222,49 @@ def test_a_killed_flusher_process_is_restarted_and_drains_the_backlog(
     finally:
         time.sleep(0.3)
         server.stop()
+
+
+def test_a_failing_flusher_process_is_counted_and_not_serving_in_the_serving_process(
+    redis_server: RedisServer, tmp_path: Path, postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    redis.Redis.from_url(redis_server.url).flushall()
+    settings = server_settings(
+        redis_server.url,
+        tmp_path,
+        database_url=postgres_server.url(postgres_database),
+        database_migration_url=postgres_server.url(postgres_database, OWNER_ROLE),
+        flush_interval_seconds=0.05,
+        health_probe_interval_seconds=300,
+    )
+    server = RunningServer(settings, ManualClock(to_ms(JAN_1)), separate_flusher=True)
+    child = server.app.flusher_process
+    assert child is not None and child.process is not None
+    try:
+        first_pid = child.process.pid
+        server.create_customer("acme", "basic")
+        wait_until(lambda: server.call(server.app.flusher.status()).backlog == 0, "flushed by the child")
+        set_read_only(postgres_server, True)
+        try:
+            for _ in range(DEBITS):
+                assert server.debit("acme", "phone_reveal").allowed
+            # The child lives on and retries; its failures reach this process through shared memory.
+            wait_until(lambda: child.state().failures > 0, "failing")
+            state = child.state()
+            assert state.running and state.restarts >= 1 and state.failing_since_ms > 0
+            assert state.last_error == "the flusher process's loop is failing (see its log)"
+            wait_until(lambda: statuses(server) == (SERVING, SERVING, NOT_SERVING), "admin not serving")
+            assert metric(server, "creditgate_background_task_up", task="flusher") == 0.0
+            assert server.call(server.app.flusher.status()).backlog == DEBITS
+        finally:
+            set_read_only(postgres_server, False)
+        wait_until(lambda: server.call(server.app.flusher.status()).backlog == 0, "caught up")
+        wait_until(lambda: statuses(server) == ALL_SERVING, "serving")
+        assert child.state().failures == 0
+        assert debits_of(ledger_entries(server, "acme")) == expected_debits(DEBITS)
+        # The same child all along: it was failing, not dead.
+        assert child.process is not None and child.process.pid == first_pid
+        restarts = metric(server, "creditgate_background_task_restarts_total", task="flusher")
+        assert restarts is not None and restarts == child.state().restarts >= 1
+    finally:
+        time.sleep(0.3)
+        server.stop()
