@@ -98,9 +98,12 @@ class HealthProbe:
             for service in services:
                 failing = [loop.name for loop in self._loops.get(service, ()) if not loop.state().healthy]
                 status = SERVING if dependencies_up and not failing else NOT_SERVING
-                if self._published.get(service) != status:
+                before = self._published.get(service)
+                if before != status:
                     if failing:
                         log.warning("service_not_serving", service=service or "(server)", failing_loops=failing)
+                    elif before == NOT_SERVING and status == SERVING:
+                        log.info("service_serving", service=service or "(server)")
                     self._published[service] = status
                     await self._health.set(service, status)
 
