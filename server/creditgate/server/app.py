@@ -30,7 +30,7 @@ from creditgate.server.ops.metrics import Metrics
 from creditgate.server.ops.probe import HealthProbe
 from creditgate.server.ops.tls import server_credentials
 from creditgate.server.settings import Settings
-from creditgate.server.tasks import PeriodicTask, Supervised
+from creditgate.server.tasks import Supervised
 from creditgate.v1 import admin_pb2, metering_pb2
 from grpc_health.v1 import _async as health_aio  # published as health.aio, which type checkers cannot see
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -104,7 +104,6 @@ class App:
             flusher = self.flusher_process
         else:
             self.flusher.start()
-        self._supervise(flusher)
         if self.invoicer is not None:
             self.invoicer.start()
         if self.webhooks is not None:
@@ -115,6 +114,7 @@ class App:
             self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
         self.holds.start()
         self.catalog.start()
+        self._supervise(flusher)
         log.info("serving", listen=self.settings.listen, port=self.port)
 
     def _supervise(self, flusher: Supervised) -> None:
@@ -126,8 +126,7 @@ class App:
         self.probe.depends_on(SERVES_LEDGER, [*on_decisions, *on_ledger])
         self.metrics.tasks.extend([*on_decisions, *on_ledger])
         for loop in (*on_decisions, *on_ledger):
-            if isinstance(loop, PeriodicTask | FlusherProcess):
-                loop.watch(self.probe.loop_changed)
+            loop.watch(self.probe.loop_changed)
         if self.flusher_process is not None:
             self.metrics.tasks.append(self.flusher_process.watcher)
 

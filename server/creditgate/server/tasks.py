@@ -57,6 +57,10 @@ class Supervised(Protocol):
 
     def state(self) -> TaskState: ...
 
+    def watch(self, watcher: Watcher) -> None:
+        """`watcher` is told when the state fails or recovers."""
+        ...
+
 
 # Told of every failed round and of the recovery; awaited by the loop, its own errors are logged and ignored.
 Watcher = Callable[[TaskState], Awaitable[None]]
