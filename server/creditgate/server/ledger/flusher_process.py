@@ -99,14 +99,12 @@ class FlusherProcess:
     def state(self) -> TaskState:
         with self._shared.get_lock():
             child_restarts, child_failures, child_failing_since = self._shared[:]
-        alive = self.process is not None and self.process.is_alive()
-        if not alive:
-            return TaskState(
-                self.name, False, self._deaths_in_a_row, self._deaths + child_restarts, self._dead_since_ms,
-                self._last_exit,
-            )  # fmt: skip
-        error = "" if not child_failures else "the flusher process's loop is failing (see its log)"
-        return TaskState(self.name, True, child_failures, self._deaths + child_restarts, child_failing_since, error)
+        restarts = self._deaths + child_restarts
+        if self.process is None or not self.process.is_alive():
+            # Dead, and not restarted yet (its backoff), or dead since the last check.
+            return TaskState(self.name, False, self._deaths_in_a_row, restarts, self._dead_since_ms, self._last_exit)
+        error = "the flusher process's loop is failing (see its log)" if child_failures else ""
+        return TaskState(self.name, True, child_failures, restarts, child_failing_since, error)
 
     def watch(self, watcher: Watcher) -> None:
         self._watchers.append(watcher)
