@@ -242,19 +242,20 @@ async def awaited(command: Awaitable[T]) -> T:
 class RunningServer:
     """The real app (gRPC server, flusher, SQLite) on its own event loop in a thread, with a manual clock."""
 
-    def __init__(self, settings: Settings, clock: ManualClock) -> None:
+    def __init__(self, settings: Settings, clock: ManualClock, separate_flusher: bool = False) -> None:
+        """separate_flusher: the outbox is flushed by a child process, as `creditgate serve` does."""
         self.clock = clock
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.app: App = self.call(self._build(settings))
+        self.app: App = self.call(self._build(settings, separate_flusher))
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.app.port}")
         self.metering = metering_pb2_grpc.MeteringServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
 
-    async def _build(self, settings: Settings) -> App:
+    async def _build(self, settings: Settings, separate_flusher: bool) -> App:
         app = build_app(settings, self.clock)
-        await app.start()
+        await app.start(separate_flusher=separate_flusher)
         return app
 
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 import grpc
@@ -29,13 +27,14 @@ from creditgate.server.engine.scripts import Scripts
 from creditgate.server.engine.wire import RedisWire
 from creditgate.server.errors import CreditgateError
 from creditgate.server.ledger.flusher import Flusher
-from creditgate.server.ledger.flusher_process import new_flusher, start_flusher_process, stop_flusher_process
+from creditgate.server.ledger.flusher_process import FlusherProcess, new_flusher
 from creditgate.server.ledger.heal import Healer
 from creditgate.server.ledger.store import Store, open_store
 from creditgate.server.ops.metrics import Metrics
 from creditgate.server.ops.probe import HealthProbe
 from creditgate.server.ops.tls import server_credentials
 from creditgate.server.settings import Settings
+from creditgate.server.tasks import Supervised
 from creditgate.v1 import admin_pb2, metering_pb2
 from grpc_health.v1 import _async as health_aio  # published as health.aio, which type checkers cannot see
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -49,6 +48,13 @@ log = structlog.get_logger(__name__)
 METERING_SERVICE = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"]
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 SERVICE_NAMES = (METERING_SERVICE.full_name, ADMIN_SERVICE.full_name)
+# Which gRPC health services each background loop holds up: while a loop is failing (or stopped), they are
+# NOT_SERVING. Decisions (MeteringService and the server, "") need the health probe (nothing vouches for Redis
+# without it) and the catalog follower (a replica that cannot follow would charge by an older catalog). They do not
+# need the flusher, the invoicer or the hold sweeper: entries wait in the outbox, and a decision expires its own
+# customer's due holds; AdminService, which reads the durable ledger, invoices and events, needs them all.
+SERVES_DECISIONS = ("", METERING_SERVICE.full_name)
+SERVES_LEDGER = (ADMIN_SERVICE.full_name,)
 
 
 @dataclass
@@ -72,7 +78,7 @@ class App:
     invoicer: Invoicer | None = None
     webhooks: WebhookSender | None = None
     redis_url: str = ""
-    flusher_process: BaseProcess | None = None
+    flusher_process: FlusherProcess | None = None
     front_doors: FrontDoors | None = None
 
     async def start(self, separate_flusher: bool = False) -> None:
@@ -100,8 +106,11 @@ class App:
         await self.server.start()
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        flusher: Supervised = self.flusher.task
         if separate_flusher:
-            self.flusher_process = start_flusher_process(self.settings, self.redis_url)
+            self.flusher_process = FlusherProcess(self.settings, self.redis_url, self.clock)
+            self.flusher_process.start()
+            flusher = self.flusher_process
         else:
             self.flusher.start()
         if self.invoicer is not None:
@@ -113,8 +122,22 @@ class App:
         if self.settings.metrics_listen is not None:
             self.metrics_port = self.metrics.serve(self.settings.metrics_listen)
         self.holds.start()
-        self.catalog.start(self.settings.catalog_refresh_interval_seconds)
+        self.catalog.start()
+        self._supervise(flusher)
         log.info("serving", listen=self.settings.listen, port=self.port)
+
+    def _supervise(self, flusher: Supervised) -> None:
+        """Every background loop in the metrics, and in the health of the services that need it (SERVES_*)."""
+        assert self.probe is not None and self.invoicer is not None
+        on_decisions: list[Supervised] = [self.probe.task, self.catalog.follower]
+        on_ledger: list[Supervised] = [flusher, self.invoicer.task, self.holds.sweeper]
+        self.probe.depends_on(SERVES_DECISIONS, on_decisions)
+        self.probe.depends_on(SERVES_LEDGER, [*on_decisions, *on_ledger])
+        self.metrics.tasks.extend([*on_decisions, *on_ledger])
+        for loop in (*on_decisions, *on_ledger):
+            loop.watch(self.probe.loop_changed)
+        if self.flusher_process is not None:
+            self.metrics.tasks.append(self.flusher_process.watcher)
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop taking calls, let in-flight ones finish, flush the outbox, close."""
@@ -133,7 +156,7 @@ class App:
             await self.webhooks.stop()
         await self.flusher.stop()
         if self.flusher_process is not None:
-            await asyncio.to_thread(stop_flusher_process, self.flusher_process)
+            await self.flusher_process.stop()
         await self.scripts.close()
         await self.redis.aclose()
         await self.store.close()
@@ -164,12 +187,12 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     )
     keys = KeySpace(settings.shards)
     store = open_store(settings.effective_database_url, settings.database_migration_url)
-    catalog = CatalogHolder(store, clock)
+    catalog = CatalogHolder(store, clock, settings.catalog_refresh_interval_seconds)
     scripts = Scripts(redis, RedisWire(redis_url, settings.redis_timeout_seconds))
     metrics = Metrics()
     healer = Healer(redis, scripts, keys, store, catalog, clock, metrics)
     engine = CreditEngine(redis, scripts, keys, catalog, clock, settings, healer)
-    flusher = new_flusher(redis, redis_url, store, settings)
+    flusher = new_flusher(redis, redis_url, store, settings, clock)
     holds = Holds(redis, scripts, keys, catalog, clock, settings, engine)
     envelope = CallEnvelope(metrics, log_successes=settings.log_calls == "all")
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -19,6 +19,7 @@ from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 app = typer.Typer(help="creditgate: decide and charge credits before each billable action.", no_args_is_help=True)
 customer_app = typer.Typer(help="Customers.", no_args_is_help=True)
@@ -26,6 +27,26 @@ app.add_typer(customer_app, name="customer")
 app.add_typer(invoice_app, name="invoice")
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+
+
+class _LedgerGroup(TyperGroup):
+    """`creditgate ledger CUSTOMER` lists a customer's entries as it always did (`ledger entries CUSTOMER` too; a
+    customer named like a subcommand needs that form); `parked` and `retry-parked` are subcommands."""
+
+    # Typer vendors click (typer._click): its types are not public, hence Any.
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["entries", *args]
+        return super().resolve_command(ctx, args)
+
+
+ledger_app = typer.Typer(
+    cls=_LedgerGroup,
+    help="The durable ledger: `ledger CUSTOMER` lists a customer's entries; `ledger parked` the outbox entries the"
+    " flusher could not write; `ledger retry-parked` writes them once the cause is fixed.",
+    no_args_is_help=True,
+)
+app.add_typer(ledger_app, name="ledger")
 
 
 class Scope(StrEnum):
@@ -218,7 +239,7 @@ def balance(customer_id: str, target: Target = None) -> None:
     console.print(table)
 
 
-@app.command()
+@ledger_app.command("entries")
 def ledger(customer_id: str, limit: int = 20, target: Target = None) -> None:
     """List a customer's ledger entries from the durable store, newest first."""
     with _stubs(target) as (admin, _):
@@ -236,6 +257,22 @@ def ledger(customer_id: str, limit: int = 20, target: Target = None) -> None:
             entry.create_time.ToDatetime().isoformat(timespec="seconds"),
         )
     console.print(table)
+
+
+@ledger_app.command("parked")
+def ledger_parked() -> None:
+    """List the outbox entries the flusher parked (could not parse or write), from the durable store; exit 1 if any."""
+    from creditgate.server.ledger.commands import run_parked
+
+    raise typer.Exit(run_parked(Settings(), console))
+
+
+@ledger_app.command("retry-parked")
+def ledger_retry_parked() -> None:
+    """Write each parked entry again (once its cause is fixed); those that still fail stay parked (exit 1)."""
+    from creditgate.server.ledger.commands import run_retry_parked
+
+    raise typer.Exit(run_retry_parked(Settings(), console))
 
 
 @app.command()

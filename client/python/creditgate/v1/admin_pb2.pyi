@@ -1003,10 +1003,16 @@ class GetLedgerStatusResponse(_message.Message):
     BACKLOG_ENTRIES_FIELD_NUMBER: _builtins.int
     PENDING_ENTRIES_FIELD_NUMBER: _builtins.int
     OLDEST_UNFLUSHED_AGE_FIELD_NUMBER: _builtins.int
+    PARKED_ENTRIES_FIELD_NUMBER: _builtins.int
     backlog_entries: _builtins.int
     """Outbox entries not yet written to the durable store; 0 when the ledger has caught up."""
     pending_entries: _builtins.int
     """Of those, entries a flusher has read and not yet acknowledged (in flight, or held by a replica that died)."""
+    parked_entries: _builtins.int
+    """Outbox entries the flusher could not parse or write, kept aside in the durable store so the stream moves on;
+    `creditgate ledger parked` lists them, `creditgate ledger retry-parked` writes them once the cause is fixed.
+    Read from the durable store: unset while it does not answer (the other fields still do).
+    """
     @_builtins.property
     def oldest_unflushed_age(self) -> _duration_pb2.Duration:
         """Age of the oldest entry not yet written, by Redis's clock; zero when the backlog is empty."""
@@ -1017,12 +1023,15 @@ class GetLedgerStatusResponse(_message.Message):
         backlog_entries: _builtins.int = ...,
         pending_entries: _builtins.int = ...,
         oldest_unflushed_age: _duration_pb2.Duration | None = ...,
+        parked_entries: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_unflushed_age", b"oldest_unflushed_age"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_parked_entries", b"_parked_entries", "oldest_unflushed_age", b"oldest_unflushed_age", "parked_entries", b"parked_entries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog_entries", b"backlog_entries", "oldest_unflushed_age", b"oldest_unflushed_age", "pending_entries", b"pending_entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parked_entries", b"_parked_entries", "backlog_entries", b"backlog_entries", "oldest_unflushed_age", b"oldest_unflushed_age", "parked_entries", b"parked_entries", "pending_entries", b"pending_entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__parked_entries: _TypeAlias = _typing.Literal["parked_entries"]  # noqa: Y015
+    _WhichOneofArgType__parked_entries: _TypeAlias = _typing.Literal["_parked_entries", b"_parked_entries"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parked_entries) -> _WhichOneofReturnType__parked_entries | None: ...
 
 Global___GetLedgerStatusResponse: _TypeAlias = GetLedgerStatusResponse  # noqa: Y015
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -13,7 +14,7 @@ from creditgate.server.billing.invoices import Invoicer
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import ManualClock
 from creditgate.server.engine.credits import CreditEngine
-from creditgate.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from creditgate.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.store import Store
 from creditgate.v1 import admin_pb2, admin_pb2_grpc
@@ -23,6 +24,14 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MAX_ADVANCE_SECONDS = 100 * 365 * 86_400
 # ListCustomers: an id is at most 128 characters; a longer query finds nothing it could not find shorter.
 MAX_QUERY_LENGTH = 128
+# GetLedgerStatus waits this long for the durable store's count of parked entries.
+PARKED_COUNT_TIMEOUT_SECONDS = 1.0
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieves a finished background call's error, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -177,6 +186,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         status = await self._flusher.status()
         response = admin_pb2.GetLedgerStatusResponse(backlog_entries=status.backlog, pending_entries=status.pending)
         response.oldest_unflushed_age.FromMilliseconds(status.oldest_age_ms)
+        # The outbox figures come from Redis and answer while the store is down or hangs; the parked count is then
+        # unset. A count that takes too long is left to finish on its own: cancelling a query to a hung PostgreSQL
+        # waits for the cancellation, which hangs too.
+        counting = asyncio.ensure_future(self._store.parked_count())
+        await asyncio.wait({counting}, timeout=PARKED_COUNT_TIMEOUT_SECONDS)
+        if counting.done() and not isinstance(counting.exception(), Unavailable):
+            response.parked_entries = counting.result()
+        elif not counting.done():
+            counting.add_done_callback(_forget)
         return response
 
     @translated

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections import defaultdict
@@ -15,9 +14,10 @@ from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.catalog.schema import Catalog
 from creditgate.server.clock import Clock
 from creditgate.server.engine.credits import CreditEngine
-from creditgate.server.errors import CreditgateError, NotFound
+from creditgate.server.errors import NotFound
 from creditgate.server.ledger.records import LedgerRecord, PeriodRecord, event_record
 from creditgate.server.ledger.store import Store, StoredInvoice
+from creditgate.server.tasks import PeriodicTask
 
 log = structlog.get_logger(__name__)
 # Periods looked at per round of the loop.
@@ -155,9 +155,7 @@ class Invoicer:
         self._engine = engine
         self._catalog = catalog
         self._clock = clock
-        self._interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self.task = PeriodicTask("invoicer", self.invoice_once, interval_seconds, clock)
 
     async def invoice_once(self) -> int:
         """Finalize the invoice of every ended period whose entries are all in the store; returns how many."""
@@ -221,20 +219,7 @@ class Invoicer:
         return [Invoice.from_json(item.body) for item in stored]
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="invoicer")
+        self.task.start()
 
     async def stop(self) -> None:
-        # The round in hand finishes: a task cancelled inside a redis-py call can swallow the cancellation.
-        self._stopping.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.invoice_once()
-            except CreditgateError as exc:
-                log.warning("invoicing_failed", error=exc.message)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._interval)
+        await self.task.stop()

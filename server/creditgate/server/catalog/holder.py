@@ -4,25 +4,27 @@ followed from there, so that every replica runs the catalog any of them applied.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 from creditgate.server.catalog.rules import RuleBook
 from creditgate.server.catalog.schema import load_catalog
 from creditgate.server.clock import Clock
-from creditgate.server.errors import CreditgateError, FailedPrecondition
+from creditgate.server.errors import FailedPrecondition, Unavailable
 from creditgate.server.ledger.store import Store
+from creditgate.server.tasks import PeriodicTask
 
 log = structlog.get_logger(__name__)
 
 
 class CatalogHolder:
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, refresh_interval_seconds: float = 5.0) -> None:
         self._store = store
         self._clock = clock
         self._rules: RuleBook | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        # The first round is one interval after start, which loaded the saved catalog.
+        self.follower = PeriodicTask(
+            "catalog_follower", self.follow_once, refresh_interval_seconds, clock, wait_first=True
+        )
         # A refresh that read the store before an apply saved must not swap its older catalog in after it.
         self._swapping = asyncio.Lock()
 
@@ -60,23 +62,18 @@ class CatalogHolder:
         log.info("catalog_followed", version=saved[0])
         return True
 
-    def start(self, interval_seconds: float) -> None:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._follow(interval_seconds), name="catalog-follower")
+    async def follow_once(self) -> bool:
+        """The follower's round: refresh(), except that a store that does not answer is not a failure to follow
+        (no replica can apply a catalog then: apply saves it first); the health probe reports the store. A saved
+        catalog this version refuses is a failure: this replica would decide with an older catalog."""
+        try:
+            return await self.refresh()
+        except Unavailable as exc:
+            log.warning("catalog_follow_failed", error=exc.message)
+            return False
+
+    def start(self) -> None:
+        self.follower.start()
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            await asyncio.wait({self._task}, timeout=5)
-            self._task = None
-
-    async def _follow(self, interval_seconds: float) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=interval_seconds)
-            if self._stopping.is_set():
-                return
-            try:
-                await self.refresh()
-            except CreditgateError as exc:  # the store is down, or the saved catalog is one this version refuses
-                log.warning("catalog_follow_failed", error=exc.message)
+        await self.follower.stop()

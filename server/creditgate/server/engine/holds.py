@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from dataclasses import dataclass
 
@@ -17,13 +15,13 @@ from creditgate.server.engine.model import DebitRequest, Decision
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.errors import (
-    CreditgateError,
     FailedPrecondition,
     InternalError,
     NotFound,
     RequestIdReused,
 )
 from creditgate.server.settings import Settings
+from creditgate.server.tasks import PeriodicTask
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -77,8 +75,7 @@ class Holds:
         self._settings = settings
         self._engine = engine
         self._retention_ms = settings.idempotency_ttl_seconds * 1000
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self.sweeper = PeriodicTask("hold_sweeper", self.sweep_once, settings.hold_sweep_interval_seconds, clock)
 
     async def reserve(self, request: DebitRequest, ttl_seconds: int) -> Reservation:
         rules = self._catalog.rules
@@ -194,24 +191,7 @@ class Holds:
         return expired
 
     def start(self) -> None:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="hold-sweeper")
+        self.sweeper.start()
 
     async def stop(self, timeout_seconds: float = 5.0) -> None:
-        """Let the sweep in hand finish, then end; cancelling inside a redis-py call can hang the loop."""
-        self._stopping.set()
-        if self._task is not None:
-            # asyncio.wait, unlike wait_for, does not cancel the task when the time is up.
-            done, _ = await asyncio.wait({self._task}, timeout=timeout_seconds)
-            if not done:
-                log.warning("hold_sweeper_stop_timed_out")
-            self._task = None
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.sweep_once()
-            except CreditgateError as exc:
-                log.warning("hold_sweep_failed", error=exc.message)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._settings.hold_sweep_interval_seconds)
+        await self.sweeper.stop(timeout_seconds)

@@ -1,5 +1,6 @@
-"""`creditgate reconcile`, `creditgate restore` and `creditgate migrate`: connect to Redis and the durable store
-from the settings, run, print; the exit code says whether Redis and the ledger agree."""
+"""`creditgate reconcile`, `creditgate restore`, `creditgate migrate` and `creditgate ledger parked / retry-parked`:
+connect to Redis and the durable store from the settings, run, print; the exit code says whether Redis and the
+ledger agree, or whether entries are (still) parked."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from creditgate.server.clock import SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.migrate import MigrationReport, migrate
+from creditgate.server.ledger.parked import RetryReport, retry_parked
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile, redis_now_ms
 from creditgate.server.ledger.restore import RestoreReport, restore
-from creditgate.server.ledger.store import Store, open_store
+from creditgate.server.ledger.store import ParkedEntry, Store, open_store
 from creditgate.server.settings import Settings
 from redis.asyncio import Redis
 from rich.console import Console
@@ -51,6 +54,48 @@ def run_migrate(settings: Settings, console: Console) -> int:
 
 async def _migrate(redis: Redis, store: Store, keys: KeySpace) -> MigrationReport:
     return await migrate(redis, keys, len(keys.all_outboxes()))
+
+
+def run_parked(settings: Settings, console: Console) -> int:
+    """Lists the parked entries; returns the exit code: 0 none, 1 some."""
+    parked = asyncio.run(_with_store(settings, _parked))
+    for entry in parked:
+        print_parked(entry, console)
+    console.print(f"{len(parked):,} parked entries", markup=False)
+    return 1 if parked else 0
+
+
+def run_retry_parked(settings: Settings, console: Console) -> int:
+    """Writes the parked entries that now parse and write; returns the exit code: 0 none left, 1 some still fail."""
+    report = asyncio.run(_with_store(settings, _retry))
+    for entry in report.still_parked:
+        print_parked(entry, console)
+    console.print(
+        f"{len(report.written):,} parked entries written, {len(report.still_parked):,} still parked", markup=False
+    )
+    return 1 if report.still_parked else 0
+
+
+def print_parked(entry: ParkedEntry, console: Console) -> None:
+    # Plain text: the raw fields hold brackets that rich would read as markup.
+    console.print(f"{entry.source_id}\n  error: {entry.error}\n  raw:   {entry.raw}", markup=False, highlight=False)
+
+
+async def _parked(store: Store) -> list[ParkedEntry]:
+    return await store.parked()
+
+
+async def _retry(store: Store) -> RetryReport:
+    return await retry_parked(store, SystemClock().now_ms())
+
+
+async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
+    store = open_store(settings.effective_database_url, settings.database_migration_url)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
 
 
 async def _reconcile(redis: Redis, store: Store, keys: KeySpace) -> ReconcileReport:

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import hiredis
 import structlog
+from creditgate.server.clock import Clock, SystemClock
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.wire import RedisWire, pack_command, response_error
@@ -22,6 +23,7 @@ from creditgate.server.errors import CreditgateError, InternalError
 from creditgate.server.ledger.conflicts import LedgerConflict
 from creditgate.server.ledger.records import Record, parse_record
 from creditgate.server.ledger.store import ParkedEntry, Store
+from creditgate.server.tasks import PeriodicTask
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -67,6 +69,7 @@ class Flusher:
         interval_seconds: float,
         claim_idle_ms: int,
         keys: KeySpace | None = None,
+        clock: Clock | None = None,
     ) -> None:
         # A client that decodes replies (decode_responses=True), as the wire does: entries are parsed as text.
         self._redis = redis
@@ -81,8 +84,15 @@ class Flusher:
         self._interval = interval_seconds
         self._claim_idle_ms = claim_idle_ms
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        # A full batch means more is waiting: the next round starts at once.
+        self.task = PeriodicTask(
+            "flusher",
+            self.run_once,
+            interval_seconds,
+            clock or SystemClock(),
+            busy=lambda moved: moved >= batch_size,
+            backoff_initial_seconds=interval_seconds,
+        )
         self._last_status_log = 0.0
         # Streams whose entries this flusher read and may not have acknowledged (a write failed).
         self._unacknowledged: set[str] = set()
@@ -294,17 +304,12 @@ class Flusher:
         return [entry for entry in entries if entry[1]]
 
     def start(self) -> None:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="flusher")
+        self.task.start()
 
     async def stop(self, drain_timeout_seconds: float = 10.0) -> None:
         """Finish the batch in hand, then drain what is left; entries that cannot be written stay in Redis."""
-        self._stopping.set()
-        if self._task is not None:
-            # On time-out wait_for cancels it: its entries stay pending and are retried on the next start.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._task, timeout=drain_timeout_seconds)
-            self._task = None
+        # Past the time-out the round is cancelled: its entries stay pending and are retried on the next start.
+        await self.task.stop(drain_timeout_seconds)
         try:
             moved = await asyncio.wait_for(self.drain(), timeout=drain_timeout_seconds)
             log.info("outbox_drained", entries=moved)
@@ -313,13 +318,10 @@ class Flusher:
         await self._wire.close()
 
     async def run_once(self) -> int:
-        """One round of the loop: flush a batch per stream; now and then, remove dead consumers and log the backlog."""
-        try:
-            moved = await self.flush_once()
-        except (CreditgateError, RedisError) as exc:
-            # The entries stay pending in Redis and are retried: nothing is lost while a store is down.
-            log.warning("flush_failed", error=str(exc))
-            moved = 0
+        """One round of the loop: flush a batch per stream; now and then, remove dead consumers and log the backlog.
+        A round that cannot flush raises (the store or Redis is down, or the store refuses writes): its entries stay
+        pending in Redis, and the loop's supervisor logs, counts and retries it with backoff."""
+        moved = await self.flush_once()
         if time.monotonic() - self._last_status_log >= STATUS_LOG_SECONDS:
             self._last_status_log = time.monotonic()
             with contextlib.suppress(CreditgateError):
@@ -334,13 +336,6 @@ class Flusher:
                         oldest_age_ms=status.oldest_age_ms,
                     )
         return moved
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            moved = await self.run_once()
-            if moved < self._batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=self._interval)
 
 
 def _parse(stream: str, entry_id: str, fields: dict[str, str]) -> _Entry:

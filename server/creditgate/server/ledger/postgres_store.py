@@ -44,6 +44,7 @@ TABLES = (
     "ledger_entries",
     "ledger_conflicts",
     "parked_entries",
+    "parked_resolutions",
     "periods",
     "invoices",
     "events",
@@ -67,6 +68,8 @@ INSERT_SUBSCRIPTION = (
     "INSERT INTO subscription_changes VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (source_id) DO NOTHING"
 )
 INSERT_SETTINGS = "INSERT INTO settings_changes VALUES (%s, %s, %s, %s) ON CONFLICT (source_id) DO NOTHING"
+# Parked entries (aliased p) that retry-parked has not written since.
+UNRESOLVED_PARKED = "NOT EXISTS (SELECT 1 FROM parked_resolutions r WHERE r.source_id = p.source_id)"
 INSERT_PARKED = "INSERT INTO parked_entries VALUES (%s, %s, %s) ON CONFLICT (source_id) DO NOTHING"
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -106,6 +109,13 @@ class PostgresStore:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
             raise Unavailable(f"PostgreSQL: {exc}") from exc
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            # A standby, or a database or role set default_transaction_read_only: nothing is wrong with the data,
+            # so writes wait (the flusher retries; entries stay in Redis) until it is writable again.
+            raise Unavailable(
+                f"PostgreSQL refuses writes (SQLSTATE 25006 read_only_sql_transaction: a standby, or"
+                f" default_transaction_read_only is on): {exc}"
+            ) from exc
         except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
             # The data cannot be stored as it is: the flusher parks the record that causes it.
             raise InternalError(f"PostgreSQL rejected the batch: {exc}") from exc
@@ -220,8 +230,21 @@ class PostgresStore:
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def parked(self) -> list[ParkedEntry]:
-        rows = await self._fetch("SELECT source_id, raw, error FROM parked_entries ORDER BY source_id")
+        rows = await self._fetch(
+            f"SELECT source_id, raw, error FROM parked_entries p WHERE {UNRESOLVED_PARKED} ORDER BY source_id"
+        )
         return [ParkedEntry(*row) for row in rows]
+
+    async def parked_count(self) -> int:
+        rows = await self._fetch(f"SELECT count(*) FROM parked_entries p WHERE {UNRESOLVED_PARKED}")
+        return int(rows[0][0])
+
+    async def resolve_parked(self, source_id: str, resolved_ms: int) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO parked_resolutions VALUES (%s, %s) ON CONFLICT (source_id) DO NOTHING",
+                (source_id, resolved_ms),
+            )
 
     async def periods_to_invoice(self, now_ms: int, limit: int) -> list[tuple[PeriodRecord, bool]]:
         rows = await self._fetch(

@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS parked_entries (
   raw TEXT NOT NULL,
   error TEXT NOT NULL
 );
+-- A parked entry written by `creditgate ledger retry-parked`: kept on record, off the list of parked entries.
+CREATE TABLE IF NOT EXISTS parked_resolutions (
+  source_id TEXT PRIMARY KEY,
+  resolved_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 -- Billing (issue 5): credit periods as rollover opened them, invoices, events and their webhook deliveries.
 CREATE TABLE IF NOT EXISTS periods (
   customer_id TEXT NOT NULL,

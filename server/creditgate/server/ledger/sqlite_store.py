@@ -42,6 +42,8 @@ SCHEMA_VERSION = 4
 # The page cache (KiB) and the WAL's size in pages before it is checkpointed (see open).
 CACHE_KIB = 65536
 WAL_CHECKPOINT_PAGES = 10000
+# Parked entries (aliased p) that retry-parked has not written since.
+UNRESOLVED_PARKED = "NOT EXISTS (SELECT 1 FROM parked_resolutions r WHERE r.source_id = p.source_id)"
 INSERT_LEDGER = f"INSERT OR IGNORE INTO ledger_entries ({LEDGER_COLUMNS}) VALUES ({', '.join('?' * 21)})"
 
 
@@ -203,10 +205,25 @@ class SqliteStore:
 
     async def parked(self) -> list[ParkedEntry]:
         def work(db: sqlite3.Connection) -> list[ParkedEntry]:
-            rows = db.execute("SELECT source_id, raw, error FROM parked_entries ORDER BY source_id").fetchall()
+            rows = db.execute(
+                f"SELECT source_id, raw, error FROM parked_entries p WHERE {UNRESOLVED_PARKED} ORDER BY source_id"
+            ).fetchall()
             return [ParkedEntry(*row) for row in rows]
 
         return await self._run(work)
+
+    async def parked_count(self) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            count: int = db.execute(f"SELECT count(*) FROM parked_entries p WHERE {UNRESOLVED_PARKED}").fetchone()[0]
+            return count
+
+        return await self._run(work)
+
+    async def resolve_parked(self, source_id: str, resolved_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR IGNORE INTO parked_resolutions VALUES (?, ?)", (source_id, resolved_ms))
+
+        await self._run(work)
 
     async def periods_to_invoice(self, now_ms: int, limit: int) -> list[tuple[PeriodRecord, bool]]:
         def work(db: sqlite3.Connection) -> list[tuple[PeriodRecord, bool]]:

@@ -92,7 +92,17 @@ class Store(Protocol):
         """(version, source) of the catalog applied last, if any."""
         ...
 
-    async def parked(self) -> list[ParkedEntry]: ...
+    async def parked(self) -> list[ParkedEntry]:
+        """Outbox entries parked and not resolved since, by source id."""
+        ...
+
+    async def parked_count(self) -> int:
+        """How many parked() returns, counted by the store."""
+        ...
+
+    async def resolve_parked(self, source_id: str, resolved_ms: int) -> None:
+        """Take a parked entry off the list once its record is written (the parked row itself is kept)."""
+        ...
 
     async def periods_to_invoice(self, now_ms: int, limit: int) -> list[tuple[PeriodRecord, bool]]:
         """Periods ended by now_ms without an invoice, oldest first, each with whether it is complete: a later

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
+from creditgate.server.tasks import Supervised
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Decisions take about a millisecond; the buckets resolve that, and still show a slow Redis.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -78,6 +82,15 @@ class Metrics:
             "Open holds (Reserve not yet committed, released or expired), all customers.",
             registry=self.registry,
         )
+        self.parked_entries = Gauge(
+            "creditgate_parked_entries",
+            "Outbox entries the flusher could not parse or write, kept aside in the durable store (creditgate ledger"
+            " parked lists them, creditgate ledger retry-parked retries them).",
+            registry=self.registry,
+        )
+        # The background loops, read at each scrape: app.py adds them once they are built.
+        self.tasks: list[Supervised] = []
+        self.registry.register(_TaskCollector(self.tasks))
         self._http: WSGIServer | None = None
 
     def serve(self, listen: str) -> int:
@@ -92,3 +105,29 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _TaskCollector(Collector):
+    """The restart count and health of each background loop, read from its state when scraped."""
+
+    def __init__(self, tasks: list[Supervised]) -> None:
+        self._tasks = tasks
+
+    def collect(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            "creditgate_background_task_restarts",
+            "Rounds of a background loop (flusher, invoicer, hold_sweeper, catalog_follower, health_probe) that"
+            " failed and were restarted after a backoff; for the flusher process, its failed rounds and its deaths.",
+            labels=["task"],
+        )
+        up = GaugeMetricFamily(
+            "creditgate_background_task_up",
+            "1 while a background loop runs and its last round succeeded, else 0.",
+            labels=["task"],
+        )
+        for task in self._tasks:
+            state = task.state()
+            restarts.add_metric([state.name], state.restarts)
+            up.add_metric([state.name], 1 if state.healthy else 0)
+        yield restarts
+        yield up

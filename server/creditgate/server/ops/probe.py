@@ -1,10 +1,10 @@
-"""The health probe: reports a service NOT_SERVING while a dependency it needs does not answer, and measures the
-outbox backlog and lag and the open holds for the metrics."""
+"""The health probe: reports a service NOT_SERVING while a dependency it needs does not answer or a background loop
+it needs is failing, and measures the outbox backlog and lag, the open holds and the parked entries for the
+metrics."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -12,6 +12,7 @@ import structlog
 from creditgate.server.clock import Clock
 from creditgate.server.ledger.store import Store
 from creditgate.server.ops.metrics import Metrics
+from creditgate.server.tasks import PeriodicTask, Supervised, TaskState
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from redis.asyncio import Redis
@@ -51,12 +52,24 @@ class HealthProbe:
         self._holds_due = holds_due
         self._metrics = metrics
         self._clock = clock
-        self._interval = interval_seconds
         self._timeout = timeout_seconds
-        self._up: tuple[bool, bool] | None = None
+        # start() published SERVING after reaching both.
+        self._up: tuple[bool, bool] = (True, True)
         self._changed_ms = clock.now_ms()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loops: dict[str, list[Supervised]] = {}
+        self._published: dict[str, int] = {}
+        # The first probe is one interval after start.
+        self.task = PeriodicTask("health_probe", self.run_once, interval_seconds, clock, wait_first=True)
+
+    def depends_on(self, services: Sequence[str], loops: Sequence[Supervised]) -> None:
+        """`services` are NOT_SERVING while any of `loops` is failing or not running."""
+        for service in services:
+            self._loops.setdefault(service, []).extend(loops)
+
+    async def loop_changed(self, state: TaskState) -> None:
+        """A PeriodicTask watcher: a loop failed or recovered, so the health of what depends on it is published
+        now rather than at the next probe."""
+        await self.publish()
 
     async def run_once(self) -> bool:
         """Probe both dependencies, publish the verdicts to gRPC health and the metrics; True when both answer."""
@@ -68,15 +81,31 @@ class HealthProbe:
                 "health_changed", redis_up=redis_up, store_up=store_up, after_ms=now - self._changed_ms
             )
             self._up, self._changed_ms = (redis_up, store_up), now
-            for services, serving in (
-                (self._services_on_redis, redis_up),
-                (self._services_on_both, redis_up and store_up),
-            ):
-                for service in services:
-                    await self._health.set(service, SERVING if serving else NOT_SERVING)
+        await self.publish()
         if redis_up:
             await self._answers("redis", self._measure())
+        if store_up:
+            await self._answers("store", self._measure_parked())
         return redis_up and store_up
+
+    async def publish(self) -> None:
+        """Each service's health from the last dependency verdicts and the state of the loops it needs."""
+        redis_up, store_up = self._up
+        for services, dependencies_up in (
+            (self._services_on_redis, redis_up),
+            (self._services_on_both, redis_up and store_up),
+        ):
+            for service in services:
+                failing = [loop.name for loop in self._loops.get(service, ()) if not loop.state().healthy]
+                status = SERVING if dependencies_up and not failing else NOT_SERVING
+                before = self._published.get(service)
+                if before != status:
+                    if failing:
+                        log.warning("service_not_serving", service=service or "(server)", failing_loops=failing)
+                    elif before == NOT_SERVING and status == SERVING:
+                        log.info("service_serving", service=service or "(server)")
+                    self._published[service] = status
+                    await self._health.set(service, status)
 
     async def _answers(self, dependency: str, check: Awaitable[Any]) -> bool:
         try:
@@ -99,25 +128,15 @@ class HealthProbe:
                 pipe.zcard(key)
             self._metrics.holds_outstanding.set(sum(int(count) for count in await pipe.execute()))
 
+    async def _measure_parked(self) -> None:
+        self._metrics.parked_entries.set(await self._store.parked_count())
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="health-probe")
+        self.task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._stopping.set()
-            self._task.cancel()
-            # redis-py can swallow a cancellation that lands inside a command; the event still ends the loop.
-            await asyncio.wait({self._task}, timeout=self._timeout + 1)
-            self._task = None
-
-    async def _run(self) -> None:
-        # start() published SERVING after reaching both; the first probe is one interval later.
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
-            if self._stopping.is_set():
-                return
-            await self.run_once()
+        # A probe waits at most timeout_seconds for each of its three checks.
+        await self.task.stop(3 * self._timeout + 1)
 
 
 async def outbox_backlog(redis: Redis, outboxes: Sequence[str]) -> tuple[int, int, int]:

@@ -591,7 +591,15 @@ export interface GetLedgerStatusResponse {
   /** Of those, entries a flusher has read and not yet acknowledged (in flight, or held by a replica that died). */
   pendingEntries: bigint;
   /** Age of the oldest entry not yet written, by Redis's clock; zero when the backlog is empty. */
-  oldestUnflushedAge: Duration | undefined;
+  oldestUnflushedAge:
+    | Duration
+    | undefined;
+  /**
+   * Outbox entries the flusher could not parse or write, kept aside in the durable store so the stream moves on;
+   * `creditgate ledger parked` lists them, `creditgate ledger retry-parked` writes them once the cause is fixed.
+   * Read from the durable store: unset while it does not answer (the other fields still do).
+   */
+  parkedEntries?: bigint | undefined;
 }
 
 /** AdvanceClockRequest moves the simulated clock. */
@@ -3800,7 +3808,7 @@ export const GetLedgerStatusRequest: MessageFns<GetLedgerStatusRequest> = {
 };
 
 function createBaseGetLedgerStatusResponse(): GetLedgerStatusResponse {
-  return { backlogEntries: 0n, pendingEntries: 0n, oldestUnflushedAge: undefined };
+  return { backlogEntries: 0n, pendingEntries: 0n, oldestUnflushedAge: undefined, parkedEntries: undefined };
 }
 
 export const GetLedgerStatusResponse: MessageFns<GetLedgerStatusResponse> = {
@@ -3819,6 +3827,12 @@ export const GetLedgerStatusResponse: MessageFns<GetLedgerStatusResponse> = {
     }
     if (message.oldestUnflushedAge !== undefined) {
       Duration.encode(message.oldestUnflushedAge, writer.uint32(26).fork()).join();
+    }
+    if (message.parkedEntries !== undefined) {
+      if (BigInt.asIntN(64, message.parkedEntries) !== message.parkedEntries) {
+        throw new globalThis.Error("value provided for field message.parkedEntries of type int64 too large");
+      }
+      writer.uint32(32).int64(message.parkedEntries);
     }
     return writer;
   },
@@ -3860,6 +3874,14 @@ export const GetLedgerStatusResponse: MessageFns<GetLedgerStatusResponse> = {
             message.oldestUnflushedAge = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.parkedEntries = reader.int64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3889,6 +3911,11 @@ export const GetLedgerStatusResponse: MessageFns<GetLedgerStatusResponse> = {
         : isSet(object.oldest_unflushed_age)
         ? Duration.fromJSON(object.oldest_unflushed_age)
         : undefined,
+      parkedEntries: isSet(object.parkedEntries)
+        ? BigInt(object.parkedEntries)
+        : isSet(object.parked_entries)
+        ? BigInt(object.parked_entries)
+        : undefined,
     };
   },
 
@@ -3902,6 +3929,9 @@ export const GetLedgerStatusResponse: MessageFns<GetLedgerStatusResponse> = {
     }
     if (message.oldestUnflushedAge !== undefined) {
       obj.oldestUnflushedAge = Duration.toJSON(message.oldestUnflushedAge);
+    }
+    if (message.parkedEntries !== undefined) {
+      obj.parkedEntries = message.parkedEntries.toString();
     }
     return obj;
   },
@@ -3919,6 +3949,9 @@ export const GetLedgerStatusResponse: MessageFns<GetLedgerStatusResponse> = {
       : 0n;
     message.oldestUnflushedAge = (object.oldestUnflushedAge !== undefined && object.oldestUnflushedAge !== null)
       ? Duration.fromPartial(object.oldestUnflushedAge)
+      : undefined;
+    message.parkedEntries = (object.parkedEntries !== undefined && object.parkedEntries !== null)
+      ? BigInt(object.parkedEntries)
       : undefined;
     return message;
   },
