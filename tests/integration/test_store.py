@@ -327,3 +327,7 @@ def test_periods_invoices_events_and_deliveries(store: StoreUnderTest) -> None:
     latest = store.run(store.store.list_events("", 1, None))[0][0]
     assert store.run(store.store.enqueue_deliveries(["http://a", "http://b"], 400, newest)) == (2, latest)
     assert [d.url for d in store.run(store.store.deliveries_of(["acme/2:depleted"]))] == ["http://a", "http://b"]
+    # A receiver's lane reads its own due deliveries only: http://b has just the new one, http://a all four.
+    due_to_b = store.run(store.store.due_deliveries(400, 10, url="http://b"))
+    assert [(d.event_id, d.url) for d in due_to_b] == [("acme/2:depleted", "http://b")]
+    assert len(store.run(store.store.due_deliveries(400, 10, url="http://a"))) == 4

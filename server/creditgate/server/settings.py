@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_seconds: float = Field(default=5.0, gt=0, le=3600)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Requests in flight to one receiver; each receiver has its own (a hung one holds only its own lane).
+    webhook_concurrency_per_receiver: int = Field(default=4, ge=1, le=64)
     deliver_interval_seconds: float = Field(default=1.0, gt=0, le=600)
 
     @field_validator("listen", "metrics_listen")
