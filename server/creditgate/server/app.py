@@ -20,6 +20,7 @@ from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock, ManualClock, SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
 from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.eviction import check_eviction_policy
 from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import Scripts
@@ -77,6 +78,7 @@ class App:
             await self.redis.ping()
         except RedisError as exc:
             raise Unavailable(f"cannot reach Redis: {exc}") from exc
+        await check_eviction_policy(self.redis)
         await self.scripts.load()
         await self.flusher.setup()
         await self.catalog.load_saved()

@@ -103,6 +103,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _holds_are_remembered_while_they_live(self) -> Settings:
+        # A Reserve's remembered answer must outlive the longest hold: a retry after it is forgotten, while the hold
+        # it made is still open, holds the credits a second time (the caller never learns the first hold's id).
+        if self.idempotency_ttl_seconds < self.hold_max_ttl_seconds:
+            raise ValueError(
+                f"idempotency_ttl_seconds ({self.idempotency_ttl_seconds}) is shorter than hold_max_ttl_seconds"
+                f" ({self.hold_max_ttl_seconds}): a Reserve's request_id would be forgotten while its hold is open, and"
+                " a retry would hold the credits again; raise idempotency_ttl_seconds or lower hold_max_ttl_seconds"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _tls_files_go_together(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file are set together")
