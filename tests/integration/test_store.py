@@ -327,6 +327,10 @@ def test_periods_invoices_events_and_deliveries(store: StoreUnderTest) -> None:
     latest = store.run(store.store.list_events("", 1, None))[0][0]
     assert store.run(store.store.enqueue_deliveries(["http://a", "http://b"], 400, newest)) == (2, latest)
     assert [d.url for d in store.run(store.store.deliveries_of(["acme/2:depleted"]))] == ["http://a", "http://b"]
+    # A receiver's lane reads its own due deliveries only: http://b has just the new one, http://a all four.
+    due_to_b = store.run(store.store.due_deliveries(400, 10, url="http://b"))
+    assert [(d.event_id, d.url) for d in due_to_b] == [("acme/2:depleted", "http://b")]
+    assert len(store.run(store.store.due_deliveries(400, 10, url="http://a"))) == 4
 
 
 def test_an_entry_whose_id_the_ledger_holds_with_other_content_is_kept_under_the_next_number(

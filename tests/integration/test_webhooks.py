@@ -1,12 +1,16 @@
 """Webhooks: real HTTP receivers on 127.0.0.1 check the Standard Webhooks signature; a receiver that fails 3
-times gets the event on the 4th try; nothing is sent again to a receiver that answered 2xx; dead letters."""
+times gets the event on the 4th try; nothing is sent again to a receiver that answered 2xx; dead letters; a
+receiver that accepts connections and never answers holds back no other receiver."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +21,7 @@ from pathlib import Path
 
 from billing import billing_server
 from creditgate.server.billing.webhooks import FULL_PASS_EVERY_MS
+from creditgate.server.clock import to_ms
 from creditgate.v1 import admin_pb2
 from harness import JAN_1, RedisServer, RunningServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -78,10 +83,50 @@ def receiving(receiver: Receiver) -> Iterator[str]:
         http.server_close()
 
 
+class HungReceiver:
+    """Accepts connections and never answers; counts the connections it was opened."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/hook"
+        self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._held.append(connection)
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for connection in self._held:
+                connection.close()
+
+
+@contextmanager
+def hanging() -> Iterator[HungReceiver]:
+    receiver = HungReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
 def deliver(server: RunningServer) -> int:
     server.flush()
     assert server.app.webhooks is not None
-    return server.call(server.app.webhooks.deliver_once())
+    return server.call(server.app.webhooks.run_once())
 
 
 def deliveries(server: RunningServer, url: str) -> list[tuple[str, int, int]]:
@@ -98,6 +143,7 @@ def test_signed_deliveries_with_retries_and_no_duplicates(redis_server: RedisSer
             "webhook_backoff_seconds": BACKOFF_SECONDS,
             "webhook_max_attempts": 5,
             "deliver_interval_seconds": 600,  # the loop's first round is at start; the test drives the rest
+            "webhook_concurrency_per_receiver": 1,  # one try at a time: each receiver gets the events in order
         }
         with billing_server(redis_server, tmp_path, **settings) as server:  # type: ignore[arg-type]
             server.create_customer("acme", "basic", start=JAN_1)  # 2,500 credits, threshold 250
@@ -166,3 +212,103 @@ def test_each_round_queues_the_new_events_and_a_full_pass_the_late_ones(
             server.clock.advance(1)
             assert deliver(server) == 1
             assert receiver.accepted() == ["grant_issued", "after_the_cursor", "below_the_cursor"]
+
+
+def cross_low_balance(server: RunningServer, customers: range) -> None:
+    """Each customer gets its grant (grant_issued) and spends 2,300 of its 2,500 credits (low_balance, below 250);
+    the events are stored as the outbox is flushed."""
+    for n in customers:
+        server.create_customer(f"c{n:02}", "basic", start=JAN_1)
+        assert server.debit(f"c{n:02}", "email_unlock", 2300).allowed
+    server.flush()
+
+
+def test_a_receiver_that_never_answers_holds_back_no_other(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Before each receiver had its own lane, the healthy one here got 0 of the first 20 low_balance events in 10 s
+    (one shared round waited out the hung receiver's timeout for each of its deliveries, in turn)."""
+    healthy = Receiver(failures=0)
+    with hanging() as hung, receiving(healthy) as healthy_url:
+        settings = {
+            "webhook_urls": (hung.url, healthy_url),  # the hung one first: its deliveries are not behind the others
+            "webhook_secret": SECRET,
+            # Longer than this test: every try to the hung receiver is still in flight when the healthy one is done.
+            "webhook_timeout_seconds": 60,
+            "deliver_interval_seconds": 0.05,  # the sender's own loop delivers, as when serving
+        }
+        with billing_server(redis_server, tmp_path, **settings) as server:  # type: ignore[arg-type]
+            hung_tries = "SELECT COUNT(*) FROM deliveries WHERE url = ? AND attempts > 0"
+
+            def healthy_gets(events: int) -> None:
+                """Waits for the healthy receiver, or for a try to the hung one to end (which fails the test)."""
+                while len(healthy.accepted()) < events or hung.connections < 4:
+                    assert sqlite_rows(server, hung_tries, hung.url) == [(0,)]
+                    time.sleep(0.02)
+
+            cross_low_balance(server, range(20))
+            healthy_gets(40)
+            assert Counter(healthy.accepted()) == {"grant_issued": 20, "low_balance": 20}
+            # The hung receiver's lane: as many tries in flight as it may have (4), none ended, the rest waiting.
+            assert hung.connections == 4
+            # Events stored while the hung receiver's round goes on reach the healthy one too.
+            cross_low_balance(server, range(20, 40))
+            healthy_gets(80)
+            assert Counter(healthy.accepted()) == {"grant_issued": 40, "low_balance": 40}
+            assert len({event_id for event_id, _, _ in healthy.received}) == 80
+            assert hung.connections == 4
+            assert sqlite_rows(server, hung_tries, hung.url) == [(0,)]
+        # Stopping cut the 4 tries in flight without counting them: each is due again when its lease (twice the
+        # timeout) ends; the other 76 were not tried.
+        leased_until = to_ms(JAN_1) + 120_000
+        by_state = "SELECT status, attempts, next_attempt_ms, COUNT(*) FROM deliveries WHERE url = ? GROUP BY 1, 2, 3"
+        assert sqlite_rows(server, by_state + " ORDER BY 3", hung.url) == [
+            ("pending", 0, to_ms(JAN_1), 76),
+            ("pending", 0, leased_until, 4),
+        ]
+
+
+def test_a_receiver_that_never_answers_is_retried_with_backoff_then_dead_lettered(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    healthy = Receiver(failures=0)
+    with hanging() as hung, receiving(healthy) as healthy_url:
+        settings = {
+            "webhook_urls": (hung.url, healthy_url),
+            "webhook_secret": SECRET,
+            "webhook_timeout_seconds": 0.5,
+            "webhook_backoff_seconds": BACKOFF_SECONDS,
+            "webhook_max_attempts": 3,
+            "deliver_interval_seconds": 600,  # the test drives the rounds; each waits for the hung one's tries
+        }
+        with billing_server(redis_server, tmp_path, **settings) as server:  # type: ignore[arg-type]
+            cross_low_balance(server, range(1))
+            assert deliver(server) == 2  # the healthy receiver takes both events in the first round
+            order = ["grant_issued", "low_balance"]
+            hung_state = "SELECT attempts, status, next_attempt_ms, last_error FROM deliveries WHERE url = ?"
+            start = to_ms(JAN_1)
+            timed_out = "Timeout: no answer within 0.5 s"
+            assert sqlite_rows(server, hung_state, hung.url) == [(1, "pending", start + 10_000, timed_out)] * 2
+            assert hung.connections == 2
+            assert deliver(server) == 0  # nothing is due before the backoff
+            assert hung.connections == 2
+
+            server.clock.advance(BACKOFF_SECONDS)
+            assert deliver(server) == 0
+            assert sqlite_rows(server, hung_state, hung.url) == [(2, "pending", start + 30_000, timed_out)] * 2
+            server.clock.advance(BACKOFF_SECONDS * 2)
+            assert deliver(server) == 0
+            assert sqlite_rows(server, hung_state, hung.url) == [(3, "dead", start + 30_000, timed_out)] * 2
+            assert hung.connections == 6
+            server.clock.advance(86_400)
+            assert deliver(server) == 0
+            assert hung.connections == 6
+
+            assert sorted(healthy.accepted()) == order
+            by_state = "SELECT attempts, status, COUNT(*) FROM deliveries WHERE url = ? GROUP BY 1, 2"
+            assert sqlite_rows(server, by_state, healthy_url) == [(1, "delivered", 2)]
+
+
+def sqlite_rows(server: RunningServer, query: str, *params: object) -> list[tuple[object, ...]]:
+    """Rows of the server's SQLite store, read beside it (also after it stopped)."""
+    path = server.app.settings.effective_database_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute(query, params).fetchall()

@@ -19,6 +19,7 @@ from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock, ManualClock, SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
 from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.eviction import check_eviction_policy
 from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.migrate import migrate
@@ -88,6 +89,7 @@ class App:
             await self.redis.ping()
         except RedisError as exc:
             raise redis_error(exc, "reaching Redis") from exc
+        await check_eviction_policy(self.redis)
         await self.scripts.load()
         # Keys of the layout before this one are renamed into it before anything reads them.
         await migrate(self.redis, KeySpace(self.settings.shards), self.settings.shards)

@@ -17,6 +17,7 @@ from creditgate.server.invoice_cli import invoice_app
 from creditgate.server.loadtest.command import loadtest
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
@@ -116,7 +117,11 @@ def serve(
     from creditgate.server.logs import configure
     from creditgate.server.serve import run
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        console.print(f"[red]creditgate cannot start[/red]: {_settings_errors(exc)}")
+        raise typer.Exit(2) from exc
     if catalog is not None:
         settings = settings.model_copy(update={"catalog": catalog})
     configure(settings.log_format)
@@ -125,6 +130,16 @@ def serve(
     except CreditgateError as exc:
         console.print(f"[red]creditgate cannot start[/red]: {exc.message}")
         raise typer.Exit(2) from exc
+
+
+def _settings_errors(exc: ValidationError) -> str:
+    """Each refused setting as `name: reason` (a rule between settings names them in its reason)."""
+    reasons = []
+    for error in exc.errors():
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(part) for part in error["loc"])
+        reasons.append(f"{field}: {reason}" if field else reason)
+    return "; ".join(reasons)
 
 
 @keys_app.command("new")

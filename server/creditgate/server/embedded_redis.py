@@ -56,6 +56,10 @@ class EmbeddedRedis:
                 "everysec",
                 "--save",
                 "",
+                # Redis's default, said out loud: any other policy can evict balances or remembered answers
+                # (engine/eviction.py refuses or warns at start).
+                "--maxmemory-policy",
+                "noeviction",
                 "--logfile",
                 str(self._dir / "redis.log"),
             ],

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_seconds: float = Field(default=5.0, gt=0, le=3600)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Requests in flight to one receiver; each receiver has its own (a hung one holds only its own lane).
+    webhook_concurrency_per_receiver: int = Field(default=4, ge=1, le=64)
     deliver_interval_seconds: float = Field(default=1.0, gt=0, le=600)
     # The gateway's routes file (YAML): which HTTP requests are which feature, for Envoy ext_authz (served on
     # `listen`) and HTTP forward-auth. Unset: neither front door.
@@ -109,6 +111,18 @@ class Settings(BaseSettings):
     def _forward_auth_has_routes(self) -> Settings:
         if self.http_authz_listen is not None and self.routes is None:
             raise ValueError("http_authz_listen needs routes (the routes file it decides by)")
+        return self
+
+    @model_validator(mode="after")
+    def _holds_are_remembered_while_they_live(self) -> Settings:
+        # A Reserve's remembered answer must outlive the longest hold: a retry after it is forgotten, while the hold
+        # it made is still open, holds the credits a second time (the caller never learns the first hold's id).
+        if self.idempotency_ttl_seconds < self.hold_max_ttl_seconds:
+            raise ValueError(
+                f"idempotency_ttl_seconds ({self.idempotency_ttl_seconds}) is shorter than hold_max_ttl_seconds"
+                f" ({self.hold_max_ttl_seconds}): a Reserve's request_id would be forgotten while its hold is open, and"
+                " a retry would hold the credits again; raise idempotency_ttl_seconds or lower hold_max_ttl_seconds"
+            )
         return self
 
     @model_validator(mode="after")

@@ -330,11 +330,12 @@ class PostgresStore:
                 made += cursor.rowcount
         return made, newest
 
-    async def due_deliveries(self, now_ms: int, limit: int) -> list[Delivery]:
+    async def due_deliveries(self, now_ms: int, limit: int, url: str | None = None) -> list[Delivery]:
         rows = await self._fetch(
             f"SELECT {DELIVERY_COLUMNS}, e.payload FROM deliveries d JOIN events e ON e.event_id = d.event_id"
-            " WHERE d.status = 'pending' AND d.next_attempt_ms <= %s ORDER BY d.next_attempt_ms LIMIT %s",
-            (now_ms, limit),
+            " WHERE d.status = 'pending' AND d.next_attempt_ms <= %s AND (%s::text IS NULL OR d.url = %s)"
+            " ORDER BY d.next_attempt_ms LIMIT %s",
+            (now_ms, url, url, limit),
         )
         return [Delivery(*row) for row in rows]
 

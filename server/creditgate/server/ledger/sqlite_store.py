@@ -337,12 +337,13 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def due_deliveries(self, now_ms: int, limit: int) -> list[Delivery]:
+    async def due_deliveries(self, now_ms: int, limit: int, url: str | None = None) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:
             rows = db.execute(
                 f"SELECT {DELIVERY_COLUMNS}, e.payload FROM deliveries d JOIN events e ON e.event_id = d.event_id"
-                " WHERE d.status = 'pending' AND d.next_attempt_ms <= ? ORDER BY d.next_attempt_ms LIMIT ?",
-                (now_ms, limit),
+                " WHERE d.status = 'pending' AND d.next_attempt_ms <= ? AND (? IS NULL OR d.url = ?)"
+                " ORDER BY d.next_attempt_ms LIMIT ?",
+                (now_ms, url, url, limit),
             ).fetchall()
             return [Delivery(*row) for row in rows]
 

@@ -139,8 +139,8 @@ class Store(Protocol):
         returns how many were made and the newest event's seq (the next call's after_seq)."""
         ...
 
-    async def due_deliveries(self, now_ms: int, limit: int) -> list[Delivery]:
-        """Pending deliveries due by now_ms, with their payloads, earliest first."""
+    async def due_deliveries(self, now_ms: int, limit: int, url: str | None = None) -> list[Delivery]:
+        """Pending deliveries due by now_ms (to `url` only, when given), with their payloads, earliest first."""
         ...
 
     async def claim_delivery(self, delivery: Delivery, lease_until_ms: int) -> bool:
