@@ -344,6 +344,9 @@ def _decode_page_token(token: str) -> int | None:
         version, _, seq = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
         if version != "v1":
             raise ValueError(version)
-        return int(seq)
+        position = int(seq)
+        if not 0 <= position < 2**63:
+            raise ValueError(seq)  # the stores keep 64-bit integers: nothing this server issued is larger
+        return position
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidArgument("page_token is not a token this server issued", field="page_token") from exc
