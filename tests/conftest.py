@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,3 +53,20 @@ def server(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer]
     running = start_server(redis_server.url, tmp_path)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def pg_server(
+    redis_server: RedisServer, tmp_path: Path, postgres_server: PostgresServer, postgres_database: str
+) -> Iterator[RunningServer]:
+    """A real server on PostgreSQL whose health probe the test runs itself."""
+    server = start_server(
+        redis_server.url,
+        tmp_path,
+        database_url=postgres_server.url(postgres_database),
+        database_migration_url=postgres_server.url(postgres_database, OWNER_ROLE),
+        health_probe_interval_seconds=300,
+    )
+    yield server
+    time.sleep(0.3)  # see test_tls.stop
+    server.stop()

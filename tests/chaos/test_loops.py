@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
-import pytest
 import redis
 from creditgate.server.catalog.schema import load_catalog
 from creditgate.server.clock import ManualClock, to_ms
@@ -72,22 +72,6 @@ def debits_of(entries: list[admin_pb2.LedgerEntry]) -> list[tuple[int, int]]:
 
 def expected_debits(count: int) -> list[tuple[int, int]]:
     return [(-10, 2_500 - 10 * n) for n in range(1, count + 1)]
-
-
-@pytest.fixture
-def pg_server(
-    redis_server: RedisServer, tmp_path: Path, postgres_server: PostgresServer, postgres_database: str
-) -> Iterator[RunningServer]:
-    server = start_server(
-        redis_server.url,
-        tmp_path,
-        database_url=postgres_server.url(postgres_database),
-        database_migration_url=postgres_server.url(postgres_database, OWNER_ROLE),
-        health_probe_interval_seconds=300,  # the test runs the probe itself
-    )
-    yield server
-    time.sleep(0.3)  # see test_tls.stop
-    server.stop()
 
 
 def set_read_only(postgres: PostgresServer, on: bool) -> None:
@@ -172,9 +156,14 @@ def test_a_flusher_facing_a_read_only_postgresql_keeps_retrying_and_catches_up(
     assert debits_of(ledger_entries(server, "acme")) == expected_debits(DEBITS)
 
 
-def test_a_killed_flusher_process_is_restarted_and_drains_the_backlog(
-    redis_server: RedisServer, tmp_path: Path, postgres_server: PostgresServer, postgres_database: str
-) -> None:
+def serve_mode_server(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    postgres_database: str,
+    **overrides: Any,
+) -> RunningServer:
+    """A server on PostgreSQL whose flusher runs in a child process, as `serve` runs it."""
     redis.Redis.from_url(redis_server.url).flushall()
     settings = server_settings(
         redis_server.url,
@@ -182,11 +171,17 @@ def test_a_killed_flusher_process_is_restarted_and_drains_the_backlog(
         database_url=postgres_server.url(postgres_database),
         database_migration_url=postgres_server.url(postgres_database, OWNER_ROLE),
         flush_interval_seconds=0.05,
-        # The dead child's entries are claimed by the next one after this long.
-        flush_claim_idle_seconds=0.5,
         health_probe_interval_seconds=300,
+        **overrides,
     )
-    server = RunningServer(settings, ManualClock(to_ms(JAN_1)), separate_flusher=True)
+    return RunningServer(settings, ManualClock(to_ms(JAN_1)), separate_flusher=True)
+
+
+def test_a_killed_flusher_process_is_restarted_and_drains_the_backlog(
+    redis_server: RedisServer, tmp_path: Path, postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    # The dead child's entries are claimed by the next one after this long.
+    server = serve_mode_server(redis_server, tmp_path, postgres_server, postgres_database, flush_claim_idle_seconds=0.5)
     child = server.app.flusher_process
     assert child is not None and child.process is not None
     try:
@@ -227,16 +222,7 @@ def test_a_killed_flusher_process_is_restarted_and_drains_the_backlog(
 def test_a_failing_flusher_process_is_counted_and_not_serving_in_the_serving_process(
     redis_server: RedisServer, tmp_path: Path, postgres_server: PostgresServer, postgres_database: str
 ) -> None:
-    redis.Redis.from_url(redis_server.url).flushall()
-    settings = server_settings(
-        redis_server.url,
-        tmp_path,
-        database_url=postgres_server.url(postgres_database),
-        database_migration_url=postgres_server.url(postgres_database, OWNER_ROLE),
-        flush_interval_seconds=0.05,
-        health_probe_interval_seconds=300,
-    )
-    server = RunningServer(settings, ManualClock(to_ms(JAN_1)), separate_flusher=True)
+    server = serve_mode_server(redis_server, tmp_path, postgres_server, postgres_database)
     child = server.app.flusher_process
     assert child is not None and child.process is not None
     try:

@@ -5,19 +5,15 @@ those that still fail."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from creditgate.server.cli import app as cli
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.ledger.parked import retry_parked
 from creditgate.server.ledger.store import ParkedEntry
 from creditgate.v1 import admin_pb2
-from harness import OWNER_ROLE, PostgresServer, RedisServer, RunningServer, StoreUnderTest, start_server
+from harness import OWNER_ROLE, PostgresServer, RedisServer, RunningServer, StoreUnderTest
 from typer.testing import CliRunner
 
 STREAM = KeySpace(1).outbox(0)
@@ -49,22 +45,6 @@ def test_retry_writes_the_parked_entries_that_now_parse_and_keeps_the_rest(store
     again = store.run(retry_parked(store.store, 1_700_000_000_001))
     assert (again.written, again.still_parked) == ([], [poison])
     assert len(store.run(store.store.ledger_since("a", 0, 10))) == 1
-
-
-@pytest.fixture
-def pg_server(
-    redis_server: RedisServer, tmp_path: Path, postgres_server: PostgresServer, postgres_database: str
-) -> Iterator[RunningServer]:
-    server = start_server(
-        redis_server.url,
-        tmp_path,
-        database_url=postgres_server.url(postgres_database),
-        database_migration_url=postgres_server.url(postgres_database, OWNER_ROLE),
-        health_probe_interval_seconds=300,  # the test runs the probe itself
-    )
-    yield server
-    time.sleep(0.3)  # see test_tls.stop
-    server.stop()
 
 
 def test_parked_entries_are_counted_listed_and_retried_once_the_cause_is_fixed(

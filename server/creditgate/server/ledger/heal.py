@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -20,13 +19,12 @@ from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import Scripts
-from creditgate.server.errors import Unavailable
 from creditgate.server.ledger.rebuild import expected_state, read_durable
+from creditgate.server.ledger.reconcile import read_outbox
 from creditgate.server.ledger.records import event_record
 from creditgate.server.ledger.store import Store
 from creditgate.server.ops.metrics import Metrics
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
 # Customers whose verification lock is kept; past it the locks of idle customers are dropped.
@@ -76,7 +74,9 @@ class Healer:
     async def _rebuild(self, customer_id: str, redis_seq: int, ledger_seq: int) -> None:
         keys = self._keys.for_customer(customer_id)
         now = self._clock.now_ms()
-        view = await read_durable(self._store, await self._outbox_of(keys.outbox), customer_id)
+        # The shard's outbox: the ledger's newest part, still in Redis.
+        outbox = await read_outbox(self._redis, self._keys, [keys.outbox])
+        view = await read_durable(self._store, outbox, customer_id)
         state = expected_state(view, customer_id, self._catalog.rules, now)
         encoded = json.dumps(
             {"customer": state.customer, "buckets": state.buckets, "usage": state.usage, "holds": state.open_holds},
@@ -111,18 +111,6 @@ class Healer:
         if overspent:
             events.append(event_record("credits_overspent", customer_id, entry_id, now, data))
         await self._store.write(list(events), [])
-
-    async def _outbox_of(self, stream: str) -> list[tuple[str, str, dict[str, str]]]:
-        """The shard's outbox entries not flushed yet: the ledger's newest part, still in Redis."""
-        try:
-            found: Any = await self._redis.xrange(stream)
-        except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from exc
-        text: Callable[[Any], str] = lambda value: value.decode() if isinstance(value, bytes) else str(value)  # noqa: E731
-        return [
-            (stream, text(entry_id), {text(k): text(v) for k, v in (fields or {}).items()})
-            for entry_id, fields in found or []
-        ]
 
     def _lock(self, customer_id: str) -> asyncio.Lock:
         lock = self._locks.get(customer_id)

@@ -62,11 +62,13 @@ async def load_rules(store: Store) -> RuleBook | None:
     return RuleBook(load_catalog(saved[1])) if saved else None
 
 
-async def read_outbox(redis: Redis, keys: KeySpace) -> list[tuple[str, str, dict[str, str]]]:
-    """Every entry still in the outbox streams (not yet in the durable store)."""
+async def read_outbox(
+    redis: Redis, keys: KeySpace, streams: list[str] | None = None
+) -> list[tuple[str, str, dict[str, str]]]:
+    """Every entry still in the outbox streams (all shards', or those named): not yet in the durable store."""
     entries: list[tuple[str, str, dict[str, str]]] = []
     try:
-        for stream in keys.all_outboxes():
+        for stream in keys.all_outboxes() if streams is None else streams:
             found: Any = await redis.xrange(stream)
             for entry_id, fields in found or []:
                 entries.append((stream, _text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()}))
