@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 from creditgate.server.embedded_redis import redis_server_binary
-from harness import OWNER_ROLE, PostgresServer, RedisServer, RunningServer, StoreUnderTest, start_server
+from harness import (
+    OWNER_ROLE,
+    PostgresServer,
+    RedisClusterServer,
+    RedisServer,
+    RunningServer,
+    StoreUnderTest,
+    start_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +26,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster, 3 primaries + 3 replicas, started once for the tests that ask for it."""
+    cluster = RedisClusterServer(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

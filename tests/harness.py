@@ -89,6 +89,102 @@ class RedisServer:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
+            self.process = None
+
+
+class RedisClusterServer:
+    """A Redis Cluster of `primaries` primaries with one replica each: redis-server children on free loopback ports,
+    each in its own folder under `workdir`, joined by `redis-cli --cluster create`."""
+
+    def __init__(self, workdir: Path, primaries: int = 3, node_timeout_ms: int = 2000) -> None:
+        self.workdir = workdir
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes = [
+            RedisServer(
+                workdir / f"node{index}",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+                # Its own free port for the cluster bus: the default, port + 10000, may be past 65535.
+                "--cluster-port",
+                str(free_port()),
+            )
+            for index in range(primaries * 2)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node as a seed, comma-separated (CREDITGATE_REDIS_URL's cluster form)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                shutil.which("redis-cli") or "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.wait_ok()
+        deadline = time.monotonic() + 30
+        while not all(
+            redis.Redis(port=node.port).info("replication")["connected_slaves"] == 1 for node in self.primaries()
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replicas did not attach to their primaries")
+            time.sleep(0.1)
+
+    def wait_ok(self, timeout_seconds: float = 30) -> None:
+        """Until every live node says cluster_state:ok and agrees on who serves every slot."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            if all(self._ok(node) for node in self.nodes if node.process is not None):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _ok(node: RedisServer) -> bool:
+        try:
+            client = redis.Redis(port=node.port, decode_responses=True)
+            info = client.cluster("INFO")
+            slots = client.cluster("SLOTS")
+        except redis.RedisError:
+            return False
+        covered = sum(int(end) - int(start) + 1 for start, end, *_ in slots)
+        return bool(info["cluster_state"] == "ok" and covered == 16384)
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes that are primaries now, by port."""
+        ports = set()
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            for _, _, primary, *_ in redis.Redis(port=node.port).cluster("SLOTS"):
+                ports.add(int(primary[1]))
+            break
+        return sorted((node for node in self.nodes if node.port in ports), key=lambda node: node.port)
+
+    def flushall(self) -> None:
+        """Every primary emptied (replicas follow)."""
+        for node in self.primaries():
+            redis.Redis(port=node.port).flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
