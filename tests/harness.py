@@ -4,6 +4,7 @@ thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -85,11 +86,14 @@ class RedisServer:
                     raise
                 time.sleep(0.05)
 
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
-            self.process = None
 
 
 class RedisClusterServer:
@@ -149,7 +153,7 @@ class RedisClusterServer:
         """Until every live node says cluster_state:ok and agrees on who serves every slot."""
         deadline = time.monotonic() + timeout_seconds
         while True:
-            if all(self._ok(node) for node in self.nodes if node.process is not None):
+            if all(self._ok(node) for node in self.nodes if node.alive):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
@@ -170,7 +174,7 @@ class RedisClusterServer:
         """The nodes that are primaries now, by port."""
         ports = set()
         for node in self.nodes:
-            if node.process is None:
+            if not node.alive:
                 continue
             for _, _, primary, *_ in redis.Redis(port=node.port).cluster("SLOTS"):
                 ports.add(int(primary[1]))
@@ -430,7 +434,15 @@ def server_settings(redis_url: str, tmp_path: Path, **overrides: Any) -> Setting
     return Settings(**(values | overrides))
 
 
+def flush_redis(redis_url: str) -> None:
+    """Empty the Redis of `redis_url`: the one node, or every primary of a cluster named by comma-separated seeds."""
+    for seed in redis_url.split(","):
+        # A replica answers READONLY: its primary's FLUSHALL empties it.
+        with contextlib.suppress(redis.ReadOnlyError):
+            redis.Redis.from_url(seed).flushall()
+
+
 def start_server(redis_url: str, tmp_path: Path, **overrides: Any) -> RunningServer:
     """A real server on an emptied Redis, its ManualClock at JAN_1."""
-    redis.Redis.from_url(redis_url).flushall()
+    flush_redis(redis_url)
     return RunningServer(server_settings(redis_url, tmp_path, **overrides), ManualClock(to_ms(JAN_1)))

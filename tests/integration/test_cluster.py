@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
-from harness import RedisClusterServer
+from creditgate.v1 import admin_pb2, metering_pb2
+from harness import RedisClusterServer, start_server
+from redis.asyncio.cluster import RedisCluster
 
 
 def test_the_cluster_has_three_primaries_each_with_a_replica(redis_cluster: RedisClusterServer) -> None:
@@ -20,3 +24,32 @@ def test_the_cluster_has_three_primaries_each_with_a_replica(redis_cluster: Redi
         16384,
         6,
     )
+
+
+def test_decisions_on_the_cluster_route_by_slot_and_reach_the_ledger(
+    redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    server = start_server(redis_cluster.url, tmp_path)
+    try:
+        assert isinstance(server.app.redis, RedisCluster)
+        customers = [f"org:{n}" for n in range(24)]
+        for customer in customers:
+            server.create_customer(customer, plan="basic")
+        for customer in customers:
+            assert server.debit(customer, "api_enrichment", 3).credits_charged == 3
+        batch = server.metering.CheckAndDebitBatch(
+            metering_pb2.CheckAndDebitBatchRequest(
+                items=[
+                    metering_pb2.CheckAndDebitRequest(customer_id=customer, feature="api_enrichment", quantity=2)
+                    for customer in customers
+                ]
+            )
+        )
+        assert [result.decision.credits_charged for result in batch.results] == [2] * 24
+        assert {server.available(customer) for customer in customers} == {2495}
+        kinds = {
+            tuple(admin_pb2.LedgerEntryKind.Name(e.kind) for e in server.ledger(customer)) for customer in customers
+        }
+        assert kinds == {("LEDGER_ENTRY_KIND_GRANT", "LEDGER_ENTRY_KIND_DEBIT", "LEDGER_ENTRY_KIND_DEBIT")}
+    finally:
+        server.stop()

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import structlog
+from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import LAYOUT, KeySpace
 from creditgate.server.errors import Unavailable
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -36,7 +36,7 @@ class MigrationReport:
     keys_left: list[str] = field(default_factory=list)
 
 
-async def migrate(redis: Redis, keys: KeySpace, shards: int) -> MigrationReport:
+async def migrate(redis: RedisClient, keys: KeySpace, shards: int) -> MigrationReport:
     report = MigrationReport()
     try:
         for shard in range(shards):
@@ -52,7 +52,7 @@ async def migrate(redis: Redis, keys: KeySpace, shards: int) -> MigrationReport:
     return report
 
 
-async def _migrate_shard(redis: Redis, keys: KeySpace, shard: int, report: MigrationReport) -> None:
+async def _migrate_shard(redis: RedisClient, keys: KeySpace, shard: int, report: MigrationReport) -> None:
     prefix = keys.outbox(shard).rpartition(":")[0] + ":c:"
     found = [str(key) async for key in redis.scan_iter(match=_glob_escape(prefix) + "*", count=SCAN_COUNT)]
     tails = {key: key[len(prefix) :] for key in found}

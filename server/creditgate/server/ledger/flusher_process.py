@@ -15,6 +15,7 @@ import signal
 from multiprocessing.process import BaseProcess
 
 import uvloop
+from creditgate.server.engine.cluster import ClusterWire, RedisClient, is_cluster, new_cluster_client
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.wire import RedisWire
 from creditgate.server.ledger.flusher import Flusher
@@ -22,6 +23,7 @@ from creditgate.server.ledger.store import Store, open_store
 from creditgate.server.logs import configure
 from creditgate.server.settings import Settings
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 PR_SET_PDEATHSIG = 1
 # A flushed batch keeps thousands of records alive until it is written; with the default threshold (700) the
@@ -29,10 +31,11 @@ PR_SET_PDEATHSIG = 1
 FLUSHER_GC_THRESHOLD = 50_000
 
 
-def new_flusher(redis: Redis, redis_url: str, store: Store, settings: Settings) -> Flusher:
+def new_flusher(redis: RedisClient, redis_url: str, store: Store, settings: Settings) -> Flusher:
+    cluster = isinstance(redis, RedisCluster)
     return Flusher(
         redis,
-        RedisWire(redis_url, settings.redis_timeout_seconds),
+        (ClusterWire if cluster else RedisWire)(redis_url, settings.redis_timeout_seconds),
         store,
         KeySpace(settings.shards).all_outboxes(),
         batch_size=settings.flush_batch_size,
@@ -81,12 +84,16 @@ async def _flush_until_stopped(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     assert settings.redis_url is not None
-    redis = Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-    )
+    redis: RedisClient
+    if is_cluster(settings.redis_url, settings.redis_timeout_seconds):
+        redis = new_cluster_client(settings.redis_url, settings.redis_timeout_seconds)
+    else:
+        redis = Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+        )
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     await store.open()
     flusher = new_flusher(redis, settings.redis_url, store, settings)
