@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
 import redis
+from creditgate.server.clock import ManualClock, to_ms
+from creditgate.server.engine.keys import KeySpace
+from creditgate.server.errors import FailedPrecondition
+from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
+from creditgate.server.ledger.restore import RestoreReport, restore
+from creditgate.server.settings import CLUSTER_SHARDS
 from creditgate.v1 import admin_pb2, metering_pb2
-from harness import RedisClusterServer, start_server
+from google.protobuf.duration_pb2 import Duration
+from harness import JAN_1, RedisClusterServer, RedisServer, RunningServer, server_settings, start_server
 from redis.asyncio.cluster import RedisCluster
+
+
+def run_reconcile(server: RunningServer) -> ReconcileReport:
+    keys = KeySpace(server.app.settings.shards)
+    return server.call(reconcile(server.app.redis, server.app.store, keys, server.clock.now_ms()))
+
+
+def run_restore(server: RunningServer) -> RestoreReport:
+    keys = KeySpace(server.app.settings.shards)
+    return server.call(restore(server.app.redis, server.app.store, keys, server.clock.now_ms()))
 
 
 def test_the_cluster_has_three_primaries_each_with_a_replica(redis_cluster: RedisClusterServer) -> None:
@@ -53,3 +72,92 @@ def test_decisions_on_the_cluster_route_by_slot_and_reach_the_ledger(
         assert kinds == {("LEDGER_ENTRY_KIND_GRANT", "LEDGER_ENTRY_KIND_DEBIT", "LEDGER_ENTRY_KIND_DEBIT")}
     finally:
         server.stop()
+
+
+def test_customers_spread_over_every_primary_and_reconcile_walks_them_all(
+    redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    server = start_server(redis_cluster.url, tmp_path)
+    try:
+        assert server.app.settings.shards == CLUSTER_SHARDS
+        customers = [f"user{n}@example.com" for n in range(300)]
+        for customer in customers:
+            server.create_customer(customer, plan="basic")
+            assert server.debit(customer, "api_enrichment", 7).allowed
+        keys_per_primary = {node.port: int(redis.Redis(port=node.port).dbsize()) for node in redis_cluster.primaries()}
+        # Per primary: its customers' keys (customer, buckets, usage) and the outboxes, metas and request keys of
+        # its shards.
+        print(f"keys per primary: {keys_per_primary}")
+        assert len(keys_per_primary) == 3
+        assert all(count > 0 for count in keys_per_primary.values())
+        customers_per_primary = {
+            node.port: len(list(redis.Redis(port=node.port).scan_iter(match="cg:{s*}:c:*", count=1000)))
+            for node in redis_cluster.primaries()
+        }
+        print(f"customers per primary: {customers_per_primary}")
+        assert sum(customers_per_primary.values()) == 300
+        assert min(customers_per_primary.values()) >= 50
+
+        unflushed = run_reconcile(server)
+        assert (unflushed.customers_checked, unflushed.drifts) == (300, [])
+        assert server.flush() == 300 * 5  # five outbox entries per customer
+        flushed = run_reconcile(server)
+        assert (flushed.customers_checked, flushed.drifts) == (300, [])
+    finally:
+        server.stop()
+
+
+def test_restore_rebuilds_every_customer_on_every_primary(redis_cluster: RedisClusterServer, tmp_path: Path) -> None:
+    server = start_server(redis_cluster.url, tmp_path)
+    try:
+        customers = [f"acct-{n}" for n in range(60)]
+        for customer in customers:
+            server.create_customer(customer, plan="basic")
+            assert server.debit(customer, "api_enrichment", 11).allowed
+        server.flush()
+        for node in redis_cluster.primaries():
+            # Every customer's keys gone, as in a Redis that lost them; the outboxes, metas and groups stay.
+            client = redis.Redis(port=node.port)
+            for key in client.scan_iter(match="cg:{s*}:[cbu]:*", count=1000):
+                client.delete(key)
+        report = run_restore(server)
+        assert (report.customers, report.credits) == (60, 60 * 2489)
+        assert {server.available(customer) for customer in customers} == {2489}
+        assert run_reconcile(server).drifts == []
+    finally:
+        server.stop()
+
+
+def test_the_hold_sweeper_expires_holds_on_every_primary(redis_cluster: RedisClusterServer, tmp_path: Path) -> None:
+    server = start_server(redis_cluster.url, tmp_path, hold_sweep_interval_seconds=0.05)
+    try:
+        customers = [f"holder-{n}" for n in range(30)]
+        for customer in customers:
+            server.create_customer(customer, plan="basic")
+            server.metering.Reserve(
+                metering_pb2.ReserveRequest(
+                    customer_id=customer,
+                    feature="api_enrichment",
+                    quantity=40,
+                    ttl=Duration(seconds=2),
+                    request_id=f"hold-{customer}",
+                )
+            )
+        assert {server.reserved_in_redis(customer) for customer in customers} == {40}
+        server.clock.advance(2)
+        deadline = time.monotonic() + 10
+        while any(server.reserved_in_redis(customer) for customer in customers):
+            assert time.monotonic() < deadline, "the sweeper did not expire every hold"
+            time.sleep(0.05)
+        assert {server.available(customer) for customer in customers} == {2500}
+    finally:
+        server.stop()
+
+
+def test_a_start_with_another_shard_count_is_refused(redis_server: RedisServer, tmp_path: Path) -> None:
+    start_server(redis_server.url, tmp_path, shards=8).stop()
+    settings = server_settings(redis_server.url, tmp_path, shards=16)
+    with pytest.raises(FailedPrecondition) as refused:
+        RunningServer(settings, ManualClock(to_ms(JAN_1)))
+    assert (refused.value.field, refused.value.reason) == ("shards", "SHARDS_CHANGED")
+    assert "set CREDITGATE_SHARDS=8" in refused.value.message

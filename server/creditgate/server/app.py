@@ -24,7 +24,7 @@ from creditgate.server.engine.cluster import ClusterWire, RedisClient, is_cluste
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
-from creditgate.server.engine.migrate import migrate
+from creditgate.server.engine.migrate import check_shards, migrate
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.engine.wire import RedisWire
@@ -84,6 +84,8 @@ class App:
         except RedisError as exc:
             raise redis_error(exc, "reaching Redis") from exc
         await self.scripts.load()
+        # Customers are placed by the shard count: another count than the one they were placed by would lose them.
+        await check_shards(self.redis, KeySpace(self.settings.shards), self.settings.shards)
         # Keys of the layout before this one are renamed into it before anything reads them.
         await migrate(self.redis, KeySpace(self.settings.shards), self.settings.shards)
         await self.flusher.setup()
@@ -158,6 +160,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     wire: RedisWire | ClusterWire
     # The embedded Redis is one node; any other is asked (INFO cluster) and runs in cluster mode when it says so.
     if embedded is None and is_cluster(redis_url, settings.redis_timeout_seconds):
+        settings = settings.on_cluster()
         redis = new_cluster_client(redis_url, settings.redis_timeout_seconds)
         wire = ClusterWire(redis_url, settings.redis_timeout_seconds)
     else:

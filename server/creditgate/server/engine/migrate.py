@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import structlog
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import LAYOUT, KeySpace
-from creditgate.server.errors import Unavailable
+from creditgate.server.errors import FailedPrecondition, Unavailable
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -50,6 +50,26 @@ async def migrate(redis: RedisClient, keys: KeySpace, shards: int) -> MigrationR
     if report.keys_moved or report.keys_left:
         log.warning("redis_layout_migrated", moved=report.keys_moved, left=report.keys_left[:20])
     return report
+
+
+async def check_shards(redis: RedisClient, keys: KeySpace, shards: int) -> None:
+    """Refuse to start with another shard count than the one this Redis's customers were placed by (recorded in
+    shard 0's meta by the first start that found none: a Redis written before it was recorded is taken to be at
+    the count it is started with). Moving customers to another count is not built: they would be looked for under
+    other tags, and seem lost."""
+    try:
+        await redis.hsetnx(keys.meta(0), "shards", str(shards))
+        found = await redis.hget(keys.meta(0), "shards")
+    except RedisError as exc:
+        raise Unavailable(f"Redis: {exc}") from exc
+    recorded = int(found) if found is not None else shards
+    if recorded != shards:
+        raise FailedPrecondition(
+            f"shards is {shards} but this Redis holds customers placed over {recorded} shards; changing the shard"
+            f" count of a deployment is not supported: set CREDITGATE_SHARDS={recorded}",
+            field="shards",
+            reason="SHARDS_CHANGED",
+        )
 
 
 async def _migrate_shard(redis: RedisClient, keys: KeySpace, shard: int, report: MigrationReport) -> None:

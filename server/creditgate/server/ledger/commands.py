@@ -51,6 +51,7 @@ async def _with_connections(settings: Settings, work: Callable[[RedisClient, Sto
     url = settings.redis_url or EmbeddedRedis(settings.data_dir / "redis").url
     redis: RedisClient
     if settings.redis_url is not None and is_cluster(url, settings.redis_timeout_seconds):
+        settings = settings.on_cluster()
         redis = new_cluster_client(url, settings.redis_timeout_seconds)
     else:
         redis = Redis.from_url(url, decode_responses=True, socket_timeout=settings.redis_timeout_seconds)
