@@ -181,6 +181,42 @@ class RedisClusterServer:
             break
         return sorted((node for node in self.nodes if node.port in ports), key=lambda node: node.port)
 
+    def node_id(self, node: RedisServer) -> str:
+        return str(redis.Redis(port=node.port, decode_responses=True).cluster("MYID"))
+
+    def owner(self, slot: int) -> RedisServer:
+        """The primary that serves `slot` now."""
+        for start, end, primary, *_ in redis.Redis(port=self.primaries()[0].port).cluster("SLOTS"):
+            if int(start) <= slot <= int(end):
+                return next(node for node in self.nodes if node.port == int(primary[1]))
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def move_slot(self, slot: int, target: RedisServer, batch: int = 10) -> int:
+        """Move `slot` to `target` as `redis-cli --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE the keys
+        `batch` at a time, then NODE on every primary); returns how many keys moved."""
+        source = self.owner(slot)
+        source_client = redis.Redis(port=source.port, decode_responses=True)
+        target_id, source_id = self.node_id(target), self.node_id(source)
+        redis.Redis(port=target.port).cluster("SETSLOT", slot, "IMPORTING", source_id)
+        source_client.cluster("SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while keys := source_client.cluster("GETKEYSINSLOT", slot, batch):
+            source_client.migrate("127.0.0.1", target.port, keys, 0, 5000)
+            moved += len(keys)
+        for node in (target, source, *self.primaries()):
+            redis.Redis(port=node.port).cluster("SETSLOT", slot, "NODE", target_id)
+        return moved
+
+    def error_counts(self) -> dict[str, int]:
+        """Error replies by code (INFO errorstats) summed over every live node: MOVED, ASK, TRYAGAIN …"""
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            if node.alive:
+                for name, value in redis.Redis(port=node.port).info("errorstats").items():
+                    code = str(name).removeprefix("errorstat_")
+                    counts[code] = counts.get(code, 0) + int(value["count"])
+        return counts
+
     def flushall(self) -> None:
         """Every primary emptied (replicas follow)."""
         for node in self.primaries():

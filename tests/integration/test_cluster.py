@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
 from creditgate.server.clock import ManualClock, to_ms
+from creditgate.server.engine.cluster import slot_of
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.errors import FailedPrecondition
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
@@ -161,3 +165,77 @@ def test_a_start_with_another_shard_count_is_refused(redis_server: RedisServer, 
         RunningServer(settings, ManualClock(to_ms(JAN_1)))
     assert (refused.value.field, refused.value.reason) == ("shards", "SHARDS_CHANGED")
     assert "set CREDITGATE_SHARDS=8" in refused.value.message
+
+
+def debit_retrying(
+    server: RunningServer, customer: str, request_id: str
+) -> tuple[metering_pb2.CheckAndDebitResponse, int]:
+    """A client that retries UNAVAILABLE with the same request_id (the documented safe retry); returns the answer
+    and how many retries it took."""
+    for retries in range(50):
+        try:
+            return server.debit(customer, "api_enrichment", 1, request_id=request_id), retries
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            time.sleep(0.05)
+    raise AssertionError(f"{request_id} never answered")
+
+
+def test_slots_moved_between_primaries_under_load_fail_nothing_and_charge_once(
+    redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    server = start_server(redis_cluster.url, tmp_path, flush_interval_seconds=0.2)
+    try:
+        keys = KeySpace(server.app.settings.shards)
+        # Two busy shards, their customers hammered while their slots move to another primary.
+        shards = sorted({keys.shard_of(f"mover-{n}") for n in range(200)})[:2]
+        movers = [c for c in (f"mover-{n}" for n in range(200)) if keys.shard_of(c) in shards][:12]
+        for customer in movers:
+            server.create_customer(customer, plan="basic")
+        slots = [slot_of(keys.shard_tag(shard)[1:-1]) for shard in shards]
+        before = redis_cluster.error_counts()
+        stop = threading.Event()
+        answers: list[tuple[str, str, int, int]] = []
+
+        def client(customer: str) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                request_id = f"{customer}-{n}"
+                answer, retries = debit_retrying(server, customer, request_id)
+                # Every so often the same request_id again: the first answer, never a second charge.
+                if n % 5 == 0:
+                    again, _ = debit_retrying(server, customer, request_id)
+                    assert again.entry_id == answer.entry_id
+                answers.append((customer, answer.entry_id, answer.credits_charged, retries))
+
+        with ThreadPoolExecutor(len(movers)) as pool:
+            running = [pool.submit(client, customer) for customer in movers]
+            time.sleep(0.3)
+            moved = []
+            for slot in slots:
+                source = redis_cluster.owner(slot)
+                target = next(node for node in redis_cluster.primaries() if node.port != source.port)
+                moved.append(redis_cluster.move_slot(slot, target))
+                assert redis_cluster.owner(slot).port == target.port
+            time.sleep(0.3)
+            stop.set()
+            for future in running:
+                future.result()
+        after = redis_cluster.error_counts()
+        redirects = {code: after.get(code, 0) - before.get(code, 0) for code in ("MOVED", "ASK", "TRYAGAIN")}
+        retried = sum(retries for *_, retries in answers)
+        print(f"keys moved {moved}, decisions {len(answers)}, redirects {redirects}, client retries {retried}")
+        assert all(count > 0 for count in moved)
+        assert redirects["MOVED"] > 0
+        assert {charged for _, _, charged, _ in answers} == {1}
+        for customer in movers:
+            entries = [entry for c, entry, _, _ in answers if c == customer]
+            debits = [e for e in server.ledger(customer) if e.kind == admin_pb2.LEDGER_ENTRY_KIND_DEBIT]
+            # Each request_id charged once: one ledger debit per answered request, with the answer's entry id.
+            assert sorted(e.entry_id for e in debits) == sorted(entries)
+            assert server.available(customer) == 2500 - len(entries)
+        assert run_reconcile(server).drifts == []
+    finally:
+        server.stop()
