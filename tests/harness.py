@@ -141,12 +141,18 @@ class RedisClusterServer:
             stdout=subprocess.DEVNULL,
         )
         self.wait_ok()
-        deadline = time.monotonic() + 30
+        self.wait_replicas_online()
+
+    def wait_replicas_online(self, timeout_seconds: float = 30) -> None:
+        """Until every primary has one replica in sync (state online: WAIT counts it)."""
+        deadline = time.monotonic() + timeout_seconds
         while not all(
-            redis.Redis(port=node.port).info("replication")["connected_slaves"] == 1 for node in self.primaries()
+            redis.Redis(port=node.port, decode_responses=True).info("replication").get("slave0", {}).get("state")
+            == "online"
+            for node in self.primaries()
         ):
             if time.monotonic() > deadline:
-                raise TimeoutError("the replicas did not attach to their primaries")
+                raise TimeoutError("the replicas did not come in sync with their primaries")
             time.sleep(0.1)
 
     def wait_ok(self, timeout_seconds: float = 30) -> None:
@@ -206,6 +212,12 @@ class RedisClusterServer:
         for node in (target, source, *self.primaries()):
             redis.Redis(port=node.port).cluster("SETSLOT", slot, "NODE", target_id)
         return moved
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """The replica that follows `primary` now."""
+        replication = redis.Redis(port=primary.port, decode_responses=True).info("replication")
+        port = int(replication["slave0"]["port"])
+        return next(node for node in self.nodes if node.port == port)
 
     def error_counts(self) -> dict[str, int]:
         """Error replies by code (INFO errorstats) summed over every live node: MOVED, ASK, TRYAGAIN …"""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -237,5 +239,49 @@ def test_slots_moved_between_primaries_under_load_fail_nothing_and_charge_once(
             assert sorted(e.entry_id for e in debits) == sorted(entries)
             assert server.available(customer) == 2500 - len(entries)
         assert run_reconcile(server).drifts == []
+    finally:
+        server.stop()
+
+
+def test_with_wait_replicas_a_change_is_answered_once_its_replica_has_it(
+    redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    server = start_server(redis_cluster.url, tmp_path, redis_wait_replicas=1, redis_timeout_seconds=1)
+    try:
+        customers = [f"waiter-{n}" for n in range(12)]
+        for customer in customers:
+            server.create_customer(customer, plan="basic")
+        assert server.debit(customers[0], "api_enrichment", 5, request_id="w-1").credits_charged == 5
+        # The replica of customers[1]'s primary stopped: its changes cannot be confirmed.
+        keys = KeySpace(server.app.settings.shards)
+        primary = redis_cluster.owner(slot_of(keys.for_customer(customers[1]).customer))
+        replica = redis_cluster.replica_of(primary)
+        assert replica.process is not None
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(grpc.RpcError) as unconfirmed:
+                server.debit(customers[1], "api_enrichment", 5, request_id="w-2")
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        assert unconfirmed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "REDIS_WAIT_TIMEOUT" in str(unconfirmed.value.trailing_metadata())
+        # It ran on the primary: the retry with the same request_id gets that answer, charged once.
+        retried = server.debit(customers[1], "api_enrichment", 5, request_id="w-2")
+        assert (retried.credits_charged, retried.balance_after) == (5, 2495)
+        batch = server.metering.CheckAndDebitBatch(
+            metering_pb2.CheckAndDebitBatchRequest(
+                items=[
+                    metering_pb2.CheckAndDebitRequest(
+                        customer_id=customer, feature="api_enrichment", quantity=2, request_id=f"b-{customer}"
+                    )
+                    for customer in customers
+                ]
+            )
+        )
+        assert [result.decision.credits_charged for result in batch.results] == [2] * 12
+        debits = [
+            e for customer in customers for e in server.ledger(customer) if e.kind == admin_pb2.LEDGER_ENTRY_KIND_DEBIT
+        ]
+        assert sorted(-e.credits_delta for e in debits) == [2] * 12 + [5, 5]
     finally:
         server.stop()

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # A Redis command that takes longer fails with UNAVAILABLE (safe to retry with the same request_id).
     redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Every change is answered only once this many replicas of its Redis have it (WAIT, within half of
+    # redis_timeout_seconds, else UNAVAILABLE): a failover then loses no acknowledged decision. 0: not waited for.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
     # Unset: sqlite:///<data_dir>/creditgate.db
     database_url: str | None = None
     # PostgreSQL only: the schema owner, who applies migrations at start and grants database_url's role

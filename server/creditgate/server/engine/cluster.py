@@ -154,9 +154,10 @@ class ClusterWire:
             await self.refresh()
         return sorted({node for node in self._slots if node})
 
-    async def call_for_key(self, key: str, pack: Callable[[str], bytes]) -> Any:
+    async def call_for_key(self, key: str, pack: Callable[[str], bytes], then: bytes = b"") -> Any:
         """RedisWire.call_for_connection on the primary of `key`'s slot, following MOVED/ASK and retrying what a
-        cluster answers when it cannot run the command now, until the deadline."""
+        cluster answers when it cannot run the command now, until the deadline. `then`: a command written right
+        after it on the same connection (WAIT); the replies of both are returned, as a list."""
         deadline = time.monotonic() + self._timeout
         pause = RETRY_FIRST_SECONDS
         asking = ""
@@ -165,9 +166,7 @@ class ClusterWire:
             try:
                 if not node:
                     raise ClusterDownError(f"no primary serves slot {self.slot(key)}")
-                if asking:
-                    return await self._asking(self.wire(node), pack)
-                return await self.wire(node).call_for_connection(pack)
+                return await self._send(self.wire(node), pack, bool(asking), then)
             except MovedError as moved:
                 asking = ""
                 self._slots[moved.slot_id] = self._node_name(moved.host, moved.port, node)
@@ -182,33 +181,57 @@ class ClusterWire:
                 pause = min(pause * 2, RETRY_MAX_SECONDS)
                 await self.refresh(lazy=True)
 
-    async def _asking(self, wire: RedisWire, pack: Callable[[str], bytes]) -> Any:
-        futures = await wire.call_many_for_connection(lambda run_id: [pack_command("ASKING"), pack(run_id)])
+    @staticmethod
+    async def _send(wire: RedisWire, pack: Callable[[str], bytes], asking: bool, then: bytes) -> Any:
+        if not asking and not then:
+            return await wire.call_for_connection(pack)
+        # ASKING holds for the next command of its connection only, WAIT for the writes before it on its own:
+        # each goes out in the same write as the command, on the same connection.
+        before = [pack_command("ASKING")] if asking else []
+        after = [then] if then else []
+        futures = await wire.call_many_for_connection(lambda run_id: [*before, pack(run_id), *after])
         await asyncio.wait(futures)
-        return futures[1].result()
+        replies = [future.exception() or future.result() for future in futures[len(before) :]]
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies if then else replies[0]
 
-    async def call_many_for_keys(self, calls: list[tuple[str, Callable[[str], bytes]]]) -> list[Any]:
+    async def call_many_for_keys(self, calls: list[tuple[str, Callable[[str], bytes]]], then: bytes = b"") -> list[Any]:
         """Each call's reply, or the exception it raised, in order. The calls of one primary go out in one write, in
         their order, and the primaries' batches run concurrently; a call a primary did not run (MOVED, ASK,
-        TRYAGAIN …) is sent again alone, after its batch, by call_for_key."""
+        TRYAGAIN …) is sent again alone, after its batch, by call_for_key. `then` (WAIT) follows each primary's
+        batch, and each resent call; its reply is given with each call's: [reply, then's reply]."""
         by_node: dict[str, list[int]] = {}
         for index, (key, _) in enumerate(calls):
             by_node.setdefault(await self.node_of(key), []).append(index)
         replies: list[Any] = [None] * len(calls)
-        await asyncio.gather(*(self._call_node(node, indexes, calls, replies) for node, indexes in by_node.items()))
+        await asyncio.gather(
+            *(self._call_node(node, indexes, calls, replies, then) for node, indexes in by_node.items())
+        )
         return replies
 
     async def _call_node(
-        self, node: str, indexes: list[int], calls: list[tuple[str, Callable[[str], bytes]]], replies: list[Any]
+        self,
+        node: str,
+        indexes: list[int],
+        calls: list[tuple[str, Callable[[str], bytes]]],
+        replies: list[Any],
+        then: bytes,
     ) -> None:
         try:
             if not node:
                 raise ClusterDownError("the slot has no primary")
             futures = await self.wire(node).call_many_for_connection(
-                lambda run_id: [calls[index][1](run_id) for index in indexes]
+                lambda run_id: [*(calls[index][1](run_id) for index in indexes), *([then] if then else [])]
             )
             await asyncio.wait(futures)
             outcomes: list[Any] = [future.exception() or future.result() for future in futures]
+            if then:
+                waited = outcomes.pop()
+                outcomes = [
+                    outcome if isinstance(outcome, BaseException) else [outcome, waited] for outcome in outcomes
+                ]
         except (ClusterDownError, ConnectFailed) as exc:
             outcomes = [exc] * len(indexes)
         except RedisError as exc:
@@ -222,7 +245,7 @@ class ClusterWire:
                 # Not run: sent again on its own (in order within this node's batch).
                 key, pack = calls[index]
                 try:
-                    outcome = await self.call_for_key(key, pack)
+                    outcome = await self.call_for_key(key, pack, then)
                 except RedisError as exc:
                     outcome = exc
             replies[index] = outcome

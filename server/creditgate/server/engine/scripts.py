@@ -11,7 +11,7 @@ from typing import Any
 from creditgate.server.engine.cluster import ClusterWire, RedisClient
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.wire import RedisWire, pack_command
-from creditgate.server.errors import CreditgateError
+from creditgate.server.errors import CreditgateError, Unavailable
 from redis.exceptions import NoScriptError, RedisError
 
 # Each script is lib.lua followed by its parts; both decide scripts call the function in decide_one.lua.
@@ -46,9 +46,16 @@ def script_source(name: str) -> str:
 class Scripts:
     """The engine's scripts: loaded once, called by sha; loaded again when Redis has lost them (NOSCRIPT)."""
 
-    def __init__(self, redis: RedisClient, wire: RedisWire | ClusterWire) -> None:
+    def __init__(
+        self, redis: RedisClient, wire: RedisWire | ClusterWire, wait_replicas: int = 0, wait_timeout_ms: int = 0
+    ) -> None:
         self._redis = redis
         self._wire = wire
+        # CREDITGATE_REDIS_WAIT_REPLICAS: every call is answered only once this many replicas have its writes (a
+        # WAIT right behind it, on its connection); b"" when 0.
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        self._wait = pack_command("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else b""
         self._sources = {name: script_source(name) for name in SCRIPT_PARTS}
         self._shas = {name: redis.register_script(source).sha for name, source in self._sources.items()}
 
@@ -95,22 +102,50 @@ class Scripts:
                 result: list[Any] = await self._run_on_cluster(wire, name, keys[0], packed)
                 return result
             try:
-                result = await wire.call_for_connection(packed)
+                if self._wait:
+                    result = await self._call_waiting(wire, packed)
+                else:
+                    result = await wire.call_for_connection(packed)
             except NoScriptError:
                 # Redis lost its script cache (restart, SCRIPT FLUSH); the call did not run, so it runs again.
                 await self._redis.script_load(self._sources[name])
-                result = await wire.call_for_connection(packed)
+                if self._wait:
+                    result = await self._call_waiting(wire, packed)
+                else:
+                    result = await wire.call_for_connection(packed)
         except RedisError as exc:
             raise redis_error(exc, f"script {name}") from exc
         return result
 
     async def _run_on_cluster(self, wire: ClusterWire, name: str, key: str, packed: Callable[[str], bytes]) -> Any:
         try:
-            return await wire.call_for_key(key, packed)
+            reply = await wire.call_for_key(key, packed, self._wait)
         except NoScriptError:
             # A primary that never had them (a promoted replica: SCRIPT LOAD is not replicated) or lost them.
             await wire.call_for_key(key, lambda _: pack_command("SCRIPT", "LOAD", self._sources[name]))
-            return await wire.call_for_key(key, packed)
+            reply = await wire.call_for_key(key, packed, self._wait)
+        return self._waited(reply) if self._wait else reply
+
+    async def _call_waiting(self, wire: RedisWire, packed: Callable[[str], bytes]) -> Any:
+        futures = await wire.call_many_for_connection(lambda epoch: [packed(epoch), self._wait])
+        await asyncio.wait(futures)
+        return self._waited([future.exception() or future.result() for future in futures])
+
+    def _waited(self, replies: list[Any]) -> Any:
+        """A call's reply once WAIT (its second reply) says enough replicas have it; else UNAVAILABLE: the call ran
+        on the primary, and the caller's retry with the same request_id gets its answer (or, after a failover to a
+        replica that never had it, a fresh decision): charged once either way."""
+        reply, acknowledged = replies
+        if isinstance(reply, BaseException):
+            raise reply
+        if isinstance(acknowledged, BaseException) or int(acknowledged) < self._wait_replicas:
+            raise Unavailable(
+                f"{acknowledged} of {self._wait_replicas} Redis replicas confirmed the change within"
+                f" {self._wait_timeout_ms} ms (CREDITGATE_REDIS_WAIT_REPLICAS); a retry with the same request_id"
+                " is safe",
+                reason="REDIS_WAIT_TIMEOUT",
+            )
+        return reply
 
     async def run_many(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any] | CreditgateError]:
         """Each call's answer or error, in order; the calls go to Redis together and run there in this order (on a
@@ -118,11 +153,19 @@ class Scripts:
         sha = self._shas[name]
         wire = self._wire
         if isinstance(wire, ClusterWire):
-            replies = await wire.call_many_for_keys([(keys[0], _packer(sha, keys, args)) for keys, args in calls])
+            replies = await wire.call_many_for_keys(
+                [(keys[0], _packer(sha, keys, args)) for keys, args in calls], self._wait
+            )
+            if self._wait:
+                replies = [self._waited_or_error(reply) for reply in replies]
         else:
+            wait = [self._wait] if self._wait else []
             try:
                 futures = await wire.call_many_for_connection(
-                    lambda epoch: [pack_command("EVALSHA", sha, len(keys), *keys, *args, epoch) for keys, args in calls]
+                    lambda epoch: [
+                        *(pack_command("EVALSHA", sha, len(keys), *keys, *args, epoch) for keys, args in calls),
+                        *wait,
+                    ]
                 )
             except RedisError as exc:
                 raise redis_error(exc, f"script {name}") from exc
@@ -130,6 +173,10 @@ class Scripts:
                 # Replies arrive in order (and a lost connection fails them in order): the last one settles last.
                 await asyncio.wait((futures[-1],))
             replies = [future.exception() or future.result() for future in futures]
+            if wait:
+                # One WAIT behind the whole batch: every call of it waits for the replicas together.
+                acknowledged = replies.pop()
+                replies = [self._waited_or_error([reply, acknowledged]) for reply in replies]
         outcomes: list[list[Any] | CreditgateError] = []
         for (keys, args), reply in zip(calls, replies, strict=True):
             if isinstance(reply, NoScriptError):
@@ -146,6 +193,14 @@ class Scripts:
                 raise reply
             outcomes.append(reply)
         return outcomes
+
+    def _waited_or_error(self, replies: Any) -> Any:
+        if isinstance(replies, BaseException):
+            return replies
+        try:
+            return self._waited(replies)
+        except (RedisError, CreditgateError) as exc:
+            return exc
 
 
 def _packer(sha: str, keys: list[str], args: list[Any]) -> Callable[[str], bytes]:
