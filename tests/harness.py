@@ -100,8 +100,9 @@ class RedisClusterServer:
     """A Redis Cluster of `primaries` primaries with one replica each: redis-server children on free loopback ports,
     each in its own folder under `workdir`, joined by `redis-cli --cluster create`."""
 
-    def __init__(self, workdir: Path, primaries: int = 3, node_timeout_ms: int = 2000) -> None:
+    def __init__(self, workdir: Path, primaries: int = 3, node_timeout_ms: int = 2000, replicas: int = 1) -> None:
         self.workdir = workdir
+        self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         self.nodes = [
             RedisServer(
@@ -116,7 +117,7 @@ class RedisClusterServer:
                 "--cluster-port",
                 str(free_port()),
             )
-            for index in range(primaries * 2)
+            for index in range(primaries * (1 + replicas))
         ]
 
     @property
@@ -134,7 +135,7 @@ class RedisClusterServer:
                 "create",
                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
                 "--cluster-replicas",
-                "1",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -147,9 +148,10 @@ class RedisClusterServer:
         """Until every primary has one replica in sync (state online: WAIT counts it)."""
         deadline = time.monotonic() + timeout_seconds
         while not all(
-            redis.Redis(port=node.port, decode_responses=True).info("replication").get("slave0", {}).get("state")
+            redis.Redis(port=node.port, decode_responses=True).info("replication").get(f"slave{n}", {}).get("state")
             == "online"
             for node in self.primaries()
+            for n in range(self.replicas)
         ):
             if time.monotonic() > deadline:
                 raise TimeoutError("the replicas did not come in sync with their primaries")
