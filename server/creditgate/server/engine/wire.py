@@ -31,6 +31,10 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
+class ConnectFailed(RedisConnectionError):
+    """No connection could be made: no command was sent on it, so sending it again elsewhere is safe."""
+
+
 def pack_command(*parts: str | int | bytes) -> bytes:
     """One command in Redis's wire format, encoded in C."""
     packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]  # its stub types a 1-tuple
@@ -243,7 +247,7 @@ class RedisWire:
                     protocol.transport.close()
                     raise
         except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc
+            raise ConnectFailed(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc
         self._protocol = protocol
         return protocol
 

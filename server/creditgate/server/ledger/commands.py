@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from creditgate.server.clock import SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
+from creditgate.server.engine.cluster import RedisClient, is_cluster, new_cluster_client
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.migrate import MigrationReport, migrate
 from creditgate.server.ledger.parked import RetryReport, retry_parked
@@ -52,7 +53,7 @@ def run_migrate(settings: Settings, console: Console) -> int:
     return 1 if report.keys_left else 0
 
 
-async def _migrate(redis: Redis, store: Store, keys: KeySpace) -> MigrationReport:
+async def _migrate(redis: RedisClient, store: Store, keys: KeySpace) -> MigrationReport:
     return await migrate(redis, keys, len(keys.all_outboxes()))
 
 
@@ -98,17 +99,22 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]])
         await store.close()
 
 
-async def _reconcile(redis: Redis, store: Store, keys: KeySpace) -> ReconcileReport:
+async def _reconcile(redis: RedisClient, store: Store, keys: KeySpace) -> ReconcileReport:
     return await reconcile(redis, store, keys, await redis_now_ms(redis))
 
 
-async def _restore(redis: Redis, store: Store, keys: KeySpace) -> RestoreReport:
+async def _restore(redis: RedisClient, store: Store, keys: KeySpace) -> RestoreReport:
     return await restore(redis, store, keys, await redis_now_ms(redis))
 
 
-async def _with_connections(settings: Settings, work: Callable[[Redis, Store, KeySpace], Awaitable[T]]) -> T:
+async def _with_connections(settings: Settings, work: Callable[[RedisClient, Store, KeySpace], Awaitable[T]]) -> T:
     url = settings.redis_url or EmbeddedRedis(settings.data_dir / "redis").url
-    redis = Redis.from_url(url, decode_responses=True, socket_timeout=settings.redis_timeout_seconds)
+    redis: RedisClient
+    if settings.redis_url is not None and is_cluster(url, settings.redis_timeout_seconds):
+        settings = settings.on_cluster()
+        redis = new_cluster_client(url, settings.redis_timeout_seconds)
+    else:
+        redis = Redis.from_url(url, decode_responses=True, socket_timeout=settings.redis_timeout_seconds)
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     await store.open()
     try:
