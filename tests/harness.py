@@ -116,6 +116,10 @@ class RedisClusterServer:
                 # Its own free port for the cluster bus: the default, port + 10000, may be past 65535.
                 "--cluster-port",
                 str(free_port()),
+                # A replica (a killed primary back as one) gets its copy at once, not after the default 5 s wait
+                # for other replicas to share the transfer: until then WAIT 1 cannot be confirmed.
+                "--repl-diskless-sync-delay",
+                "0",
             )
             for index in range(primaries * (1 + replicas))
         ]
