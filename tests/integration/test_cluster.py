@@ -166,7 +166,8 @@ def test_a_start_with_another_shard_count_is_refused(redis_server: RedisServer, 
     with pytest.raises(FailedPrecondition) as refused:
         RunningServer(settings, ManualClock(to_ms(JAN_1)))
     assert (refused.value.field, refused.value.reason) == ("shards", "SHARDS_CHANGED")
-    assert "set CREDITGATE_SHARDS=8" in refused.value.message
+    assert "start with CREDITGATE_SHARDS=8" in refused.value.message
+    assert "run `creditgate reshard` with CREDITGATE_SHARDS=16" in refused.value.message
 
 
 def debit_retrying(

@@ -52,18 +52,27 @@ RESTARTS, FAILURES, FAILING_SINCE_MS = range(3)
 
 
 def new_flusher(
-    redis: RedisClient, redis_url: str, store: Store, settings: Settings, clock: Clock | None = None
+    redis: RedisClient,
+    redis_url: str,
+    store: Store,
+    settings: Settings,
+    clock: Clock | None = None,
+    keys: KeySpace | None = None,
+    claim_idle_ms: int | None = None,
 ) -> Flusher:
+    """The flusher of `keys`' outboxes (the settings' shards unless given); `claim_idle_ms` 0 takes over every
+    pending entry at once (for a command run while no sidecar is)."""
     cluster = isinstance(redis, RedisCluster)
+    keys = keys or KeySpace(settings.shards)
     return Flusher(
         redis,
         (ClusterWire if cluster else RedisWire)(redis_url, settings.redis_timeout_seconds),
         store,
-        KeySpace(settings.shards).all_outboxes(),
+        keys.all_outboxes(),
         batch_size=settings.flush_batch_size,
         interval_seconds=settings.flush_interval_seconds,
-        claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000),
-        keys=KeySpace(settings.shards),
+        claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000) if claim_idle_ms is None else claim_idle_ms,
+        keys=keys,
         clock=clock,
     )
 
