@@ -192,8 +192,9 @@ def test_a_primary_killed_under_load_with_wait_1_loses_no_acknowledged_decision(
     print(result.report())
     assert (result.lost, result.answers.reused_entry_ids, result.unacknowledged) == ([], [], [])
     assert (result.charged_twice, result.overspent, result.drifts) == ([], [], 0)
-    # Node timeout (2 s), the election, the killed node back and in sync: then WAIT 1 is confirmed again.
-    assert result.resumed_seconds() < 2 + 5
+    # Node timeout (2 s), the election, the killed node back and in sync: then WAIT 1 is confirmed again (~4.7 s
+    # on an idle 2-core machine, up to ~9.6 s seen beside other test runs).
+    assert result.resumed_seconds() < 2 + 10
 
 
 @pytest.mark.slow

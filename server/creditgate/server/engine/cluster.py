@@ -185,6 +185,13 @@ class ClusterWire:
     async def _send(wire: RedisWire, pack: Callable[[str], bytes], asking: bool, then: bytes) -> Any:
         if not asking and not then:
             return await wire.call_for_connection(pack)
+        if not asking:
+            # WAIT behind the write the call goes out in, shared by that write's calls.
+            replies = await wire.call_then(pack, then)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return replies
         # ASKING holds for the next command of its connection only, WAIT for the writes before it on its own:
         # each goes out in the same write as the command, on the same connection.
         before = [pack_command("ASKING")] if asking else []

@@ -52,7 +52,7 @@ class Scripts:
         self._redis = redis
         self._wire = wire
         # CREDITGATE_REDIS_WAIT_REPLICAS: every call is answered only once this many replicas have its writes (a
-        # WAIT right behind it, on its connection); b"" when 0.
+        # WAIT behind the write it goes out in, on its connection, shared by that write's calls); b"" when 0.
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._wait = pack_command("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else b""
@@ -127,9 +127,8 @@ class Scripts:
         return self._waited(reply) if self._wait else reply
 
     async def _call_waiting(self, wire: RedisWire, packed: Callable[[str], bytes]) -> Any:
-        futures = await wire.call_many_for_connection(lambda epoch: [packed(epoch), self._wait])
-        await asyncio.wait(futures)
-        return self._waited([future.exception() or future.result() for future in futures])
+        # One WAIT behind each write of the connection, for all its calls: one replica round trip per batch.
+        return self._waited(await wire.call_then(packed, self._wait))
 
     def _waited(self, replies: list[Any]) -> Any:
         """A call's reply once WAIT (its second reply) says enough replicas have it; else UNAVAILABLE: the call ran
