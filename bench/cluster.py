@@ -12,6 +12,7 @@ decision on each primary, which says how many decisions a second one Redis core 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -23,11 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from creditgate.server.engine.cluster import ClusterWire, new_cluster_client
+from creditgate.server.engine.wire import pack_command
 from creditgate.server.loadtest.report import as_json
 from creditgate.server.loadtest.runner import LoadSettings, run_load
 from run import BENCH, CATALOG, MIX, Processes, free_port, machine, python_env, wait_outbox_empty, wait_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The client comparison: a one-key script, this many calls, this many in flight.
+CLIENT_SCRIPT = "redis.call('INCR', KEYS[1]) return 1"
+CLIENT_CALLS = 30_000
+CLIENT_IN_FLIGHT = 64
 
 
 def start_redis(processes: Processes, workdir: Path, name: str, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
@@ -191,7 +198,52 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> dict[s
                 flush=True,
             )
     keys = {str(port): int(redis.Redis(port=port).dbsize()) for port in primaries(nodes)}
-    return {"machine": machine(), "args": vars(args) | {"out": str(args.out)}, "rows": rows, "keys_per_primary": keys}
+    clients = asyncio.run(compare_clients(cluster_url, args.rounds))
+    return {
+        "machine": machine(),
+        "args": vars(args) | {"out": str(args.out)},
+        "rows": rows,
+        "keys_per_primary": keys,
+        "clients": clients,
+    }
+
+
+async def compare_clients(url: str, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """The hot path's ClusterWire against redis-py's asyncio RedisCluster (the well-kept client, which creditgate
+    uses off the hot path): this process's CPU per EVALSHA and calls/s, rounds interleaved."""
+    cluster = new_cluster_client(url, 5)
+    await cluster.initialize()
+    sha = ""
+    for node in cluster.get_primaries():
+        sha = str(await cluster.execute_command("SCRIPT", "LOAD", CLIENT_SCRIPT, target_nodes=node))
+    wire = ClusterWire(url, 5)
+    keys = [f"bench:{{s{n}}}:calls" for n in range(256)]
+
+    async def drive(call: Any) -> dict[str, float]:
+        slots = asyncio.Semaphore(CLIENT_IN_FLIGHT)
+
+        async def one(index: int) -> None:
+            async with slots:
+                await call(keys[index % len(keys)])
+
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(one(index) for index in range(CLIENT_CALLS)))
+        return {
+            "cpu_us_per_call": (time.process_time() - cpu) / CLIENT_CALLS * 1e6,
+            "calls_per_s": CLIENT_CALLS / (time.perf_counter() - started),
+        }
+
+    results: dict[str, list[dict[str, float]]] = {"ClusterWire (creditgate)": [], "redis-py RedisCluster": []}
+    try:
+        for _ in range(rounds):
+            results["ClusterWire (creditgate)"].append(
+                await drive(lambda key: wire.call_for_key(key, lambda _: pack_command("EVALSHA", sha, 1, key)))
+            )
+            results["redis-py RedisCluster"].append(await drive(lambda key: cluster.evalsha(sha, 1, key)))
+    finally:
+        await wire.close()
+        await cluster.aclose()
+    return results
 
 
 def render(results: dict[str, Any]) -> str:
@@ -235,6 +287,17 @@ def render(results: dict[str, Any]) -> str:
         "",
         "Keys per primary after the run (customers spread over every primary): "
         + ", ".join(f"{port}: {count:,}" for port, count in results["keys_per_primary"].items()),
+        "",
+        f"The hot path's client: {CLIENT_CALLS:,} EVALSHA of a one-key script, {CLIENT_IN_FLIGHT} in flight, from"
+        " one asyncio process (CPU of that process per call, medians):",
+        "",
+        "| client | client CPU µs per call | calls/s |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {statistics.median(r['cpu_us_per_call'] for r in runs):.0f}"
+            f" | {statistics.median(r['calls_per_s'] for r in runs):,.0f} |"
+            for name, runs in results["clients"].items()
+        ),
         "",
     ]
     return "\n".join(lines)
