@@ -26,6 +26,7 @@ lint: install $(BUF) client-tools
 	$(BIN)/ruff check server tests bench client/python/creditgate/client
 	$(BIN)/ruff format --check server tests bench client/python/creditgate/client
 	$(BIN)/mypy server tests client/python/creditgate/client
+	$(BIN)/lint-imports
 	cd proto && ../$(BUF) lint
 	cd proto && ../$(BUF) breaking --against released.binpb
 	$(MAKE) --no-print-directory check-generated check-clients

@@ -14,7 +14,7 @@ import grpc
 import psycopg
 import uvloop
 from creditgate.server.api.grpc_server import new_grpc_server
-from creditgate.server.catalog.schema import DimensionCost, load_catalog
+from creditgate.server.domain.catalog import DimensionCost, load_catalog
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 from psycopg_pool import AsyncConnectionPool
 

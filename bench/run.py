@@ -759,7 +759,7 @@ def store_throughput(workdir: Path, customers: int) -> dict[str, float]:
     import asyncio
     import random
 
-    from creditgate.server.ledger.records import LedgerRecord, Record
+    from creditgate.server.domain.records import LedgerRecord, Record
     from creditgate.server.ledger.sqlite_store import SqliteStore
     from creditgate.server.settings import Settings
 

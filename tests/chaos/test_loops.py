@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 import redis
-from creditgate.server.catalog.schema import load_catalog
 from creditgate.server.clock import ManualClock, to_ms
+from creditgate.server.domain.catalog import load_catalog
 from creditgate.v1 import admin_pb2, metering_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import (

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from creditgate.server.catalog.routes import METHOD_PATTERN
+from creditgate.server.domain.routes import METHOD_PATTERN
 from creditgate.v1 import admin_pb2
 from gateway_rig import EXAMPLE_ROUTES
 from harness import RedisServer, RunningServer, start_server

@@ -10,8 +10,8 @@ from typing import ClassVar
 
 import grpc
 import pytest
-from creditgate.server.billing.periods import DAY_MS, period
 from creditgate.server.clock import to_ms
+from creditgate.server.domain.periods import DAY_MS, period
 from creditgate.v1 import admin_pb2, metering_pb2
 from google.protobuf.duration_pb2 import Duration
 from harness import JAN_1, RunningServer

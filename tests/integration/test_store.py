@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from billing import FIXTURES
+from creditgate.server.domain.records import CustomerRecord, LedgerRecord, SettingsRecord, SubscriptionRecord
 from creditgate.server.errors import FailedPrecondition, InternalError, InvalidArgument
-from creditgate.server.ledger.records import CustomerRecord, LedgerRecord, SettingsRecord, SubscriptionRecord
 from creditgate.server.ledger.sqlite_store import SCHEMA_VERSION
 from creditgate.server.ledger.store import ParkedEntry, open_store
 from harness import OWNER_ROLE, PostgresServer, StoreUnderTest
@@ -269,7 +269,7 @@ def test_postgres_single_role_set_up_revokes_its_own_ledger_edits(
 
 
 def test_periods_invoices_events_and_deliveries(store: StoreUnderTest) -> None:
-    from creditgate.server.ledger.records import PeriodRecord, event_record
+    from creditgate.server.domain.records import PeriodRecord, event_record
     from creditgate.server.ledger.store import Delivery, StoredInvoice
 
     jan = PeriodRecord("acme", "basic", 0, 1000, 2000)

@@ -6,8 +6,8 @@ import json
 from decimal import Decimal
 
 import pytest
-from creditgate.server.catalog.rules import RuleBook
-from creditgate.server.catalog.schema import DimensionCost, load_catalog
+from creditgate.server.domain.catalog import DimensionCost, load_catalog
+from creditgate.server.domain.rules import RuleBook
 from creditgate.server.errors import InvalidArgument, NotFound
 from harness import APOLLO
 

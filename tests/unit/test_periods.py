@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from creditgate.server.billing.periods import add_months, period, periods_started
 from creditgate.server.clock import to_ms
+from creditgate.server.domain.periods import add_months, period, periods_started
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from creditgate.server.ledger.records import LedgerRecord, SettingsRecord, ledger_events, parse_record
+from creditgate.server.domain.records import LedgerRecord, SettingsRecord, ledger_events, parse_record
 
 # Every field a distinct value, so that a field read into the wrong place shows.
 FULL_COMMIT = {

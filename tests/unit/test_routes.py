@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from creditgate.server.api.gateway.decide import HttpCall, parse_request
 from creditgate.server.app import build_app
-from creditgate.server.catalog.routes import load_routes
-from creditgate.server.catalog.schema import load_catalog
+from creditgate.server.domain.catalog import load_catalog
+from creditgate.server.domain.routes import load_routes
 from creditgate.server.errors import InvalidArgument
 from creditgate.server.settings import Settings
 from harness import APOLLO, REPO

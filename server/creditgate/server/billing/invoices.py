@@ -10,12 +10,12 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from creditgate.server.catalog.holder import CatalogHolder
-from creditgate.server.catalog.schema import Catalog
 from creditgate.server.clock import Clock
+from creditgate.server.domain.catalog import Catalog
+from creditgate.server.domain.records import LedgerRecord, PeriodRecord, event_record
+from creditgate.server.domain.rules import RuleSource
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.errors import NotFound
-from creditgate.server.ledger.records import LedgerRecord, PeriodRecord, event_record
 from creditgate.server.ledger.store import Store, StoredInvoice
 from creditgate.server.tasks import PeriodicTask
 
@@ -146,7 +146,7 @@ class Invoicer:
         self,
         store: Store,
         engine: CreditEngine,
-        catalog: CatalogHolder,
+        catalog: RuleSource,
         clock: Clock,
         *,
         interval_seconds: float,

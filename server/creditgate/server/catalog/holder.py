@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from creditgate.server.catalog.rules import RuleBook
-from creditgate.server.catalog.schema import load_catalog
 from creditgate.server.clock import Clock
+from creditgate.server.domain.catalog import load_catalog
+from creditgate.server.domain.rules import RuleBook
 from creditgate.server.errors import FailedPrecondition, Unavailable
 from creditgate.server.ledger.store import Store
 from creditgate.server.tasks import PeriodicTask

@@ -7,10 +7,9 @@ import json
 from dataclasses import replace
 from typing import Any, Protocol
 
-from creditgate.server.billing.periods import DAY_MS, NEVER, periods_started
-from creditgate.server.catalog.holder import CatalogHolder
-from creditgate.server.catalog.rules import RuleBook
 from creditgate.server.clock import Clock
+from creditgate.server.domain.periods import DAY_MS, NEVER, periods_started
+from creditgate.server.domain.rules import RuleBook, RuleSource
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import CustomerKeys, KeySpace
 from creditgate.server.engine.messages import explain
@@ -99,7 +98,7 @@ class CreditEngine:
         redis: RedisClient,
         scripts: Scripts,
         keys: KeySpace,
-        catalog: CatalogHolder,
+        catalog: RuleSource,
         clock: Clock,
         settings: Settings,
         verifier: Verifier,

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 
 import structlog
-from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock
+from creditgate.server.domain.rules import RuleSource
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.credits import CreditEngine, customer_not_found, fingerprint
 from creditgate.server.engine.keys import KeySpace
@@ -62,7 +62,7 @@ class Holds:
         redis: RedisClient,
         scripts: Scripts,
         keys: KeySpace,
-        catalog: CatalogHolder,
+        catalog: RuleSource,
         clock: Clock,
         settings: Settings,
         engine: CreditEngine,

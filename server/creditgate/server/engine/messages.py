@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from creditgate.server.catalog.rules import RuleBook
+from creditgate.server.domain.rules import RuleBook
 from creditgate.server.engine.model import Decision
 
 

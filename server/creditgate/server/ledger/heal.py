@@ -15,14 +15,14 @@ import json
 from typing import Any
 
 import structlog
-from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock
+from creditgate.server.domain.records import event_record
+from creditgate.server.domain.rules import RuleSource
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.ledger.rebuild import expected_state, read_durable
 from creditgate.server.ledger.reconcile import read_outbox
-from creditgate.server.ledger.records import event_record
 from creditgate.server.ledger.store import Store
 from creditgate.server.ops.metrics import Metrics
 
@@ -38,7 +38,7 @@ class Healer:
         scripts: Scripts,
         keys: KeySpace,
         store: Store,
-        catalog: CatalogHolder,
+        catalog: RuleSource,
         clock: Clock,
         metrics: Metrics,
     ) -> None:

@@ -7,8 +7,8 @@ import ast
 from dataclasses import dataclass, field
 
 import structlog
+from creditgate.server.domain.records import parse_record
 from creditgate.server.errors import InternalError
-from creditgate.server.ledger.records import parse_record
 from creditgate.server.ledger.store import ParkedEntry, Store
 
 log = structlog.get_logger(__name__)

@@ -10,9 +10,8 @@ from typing import Any
 
 import psycopg
 import structlog
-from creditgate.server.errors import InternalError, Unavailable
-from creditgate.server.ledger.conflicts import LedgerConflict, conflict_event, digest, moved, same_entry
-from creditgate.server.ledger.records import (
+from creditgate.server.domain.conflicts import LedgerConflict, conflict_event, digest, moved, same_entry
+from creditgate.server.domain.records import (
     CustomerRecord,
     EventRecord,
     LedgerRecord,
@@ -24,6 +23,7 @@ from creditgate.server.ledger.records import (
     ledger_record_from_row,
     ledger_row,
 )
+from creditgate.server.errors import InternalError, Unavailable
 from creditgate.server.ledger.store import Delivery, ParkedEntry, StoredInvoice
 from psycopg import sql
 from psycopg.rows import TupleRow

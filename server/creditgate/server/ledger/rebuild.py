@@ -8,11 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from creditgate.server.billing.periods import DAY_MS, Period, period
-from creditgate.server.catalog.rules import RuleBook
-from creditgate.server.engine.holds import split_reservation_id
-from creditgate.server.errors import CreditgateError
-from creditgate.server.ledger.records import (
+from creditgate.server.domain.periods import DAY_MS, Period, period
+from creditgate.server.domain.records import (
     CustomerRecord,
     LedgerRecord,
     Record,
@@ -20,6 +17,9 @@ from creditgate.server.ledger.records import (
     SubscriptionRecord,
     parse_record,
 )
+from creditgate.server.domain.rules import RuleBook
+from creditgate.server.engine.holds import split_reservation_id
+from creditgate.server.errors import CreditgateError
 from creditgate.server.ledger.store import Store
 
 # Ledger kinds that create a bucket, and the bucket source the engine gives it.

@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from creditgate.server.catalog.rules import RuleBook
-from creditgate.server.catalog.schema import load_catalog
+from creditgate.server.domain.catalog import load_catalog
+from creditgate.server.domain.rules import RuleBook
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import orjson
-from creditgate.server.errors import FailedPrecondition, InternalError, Unavailable
-from creditgate.server.ledger.conflicts import LedgerConflict, conflict_event, digest, moved, same_entry
-from creditgate.server.ledger.records import (
+from creditgate.server.domain.conflicts import LedgerConflict, conflict_event, digest, moved, same_entry
+from creditgate.server.domain.records import (
     CustomerRecord,
     EventRecord,
     LedgerRecord,
@@ -26,6 +25,7 @@ from creditgate.server.ledger.records import (
     ledger_record_from_row,
     ledger_row,
 )
+from creditgate.server.errors import FailedPrecondition, InternalError, Unavailable
 from creditgate.server.ledger.store import Delivery, ParkedEntry, StoredInvoice
 
 T = TypeVar("T")

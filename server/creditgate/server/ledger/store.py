@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from creditgate.server.errors import InvalidArgument
-from creditgate.server.ledger.conflicts import LedgerConflict
-from creditgate.server.ledger.records import (
+from creditgate.server.domain.conflicts import LedgerConflict
+from creditgate.server.domain.records import (
     CustomerRecord,
     EventRecord,
     LedgerRecord,
@@ -16,6 +15,7 @@ from creditgate.server.ledger.records import (
     SettingsRecord,
     SubscriptionRecord,
 )
+from creditgate.server.errors import InvalidArgument
 
 
 @dataclass(frozen=True, slots=True)

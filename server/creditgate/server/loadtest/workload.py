@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 
 import grpc
-from creditgate.server.catalog.schema import DimensionCost, load_catalog
+from creditgate.server.domain.catalog import DimensionCost, load_catalog
 from creditgate.server.errors import InvalidArgument
 from creditgate.v1 import metering_pb2
 

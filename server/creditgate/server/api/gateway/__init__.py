@@ -11,7 +11,7 @@ from creditgate.server.api.gateway.decide import Gateway
 from creditgate.server.api.gateway.ext_authz import AUTHORIZATION_SERVICE, AuthorizationServicer
 from creditgate.server.api.gateway.forward_auth import ForwardAuthServer
 from creditgate.server.catalog.holder import CatalogHolder
-from creditgate.server.catalog.routes import RouteTable, load_routes
+from creditgate.server.domain.routes import RouteTable, load_routes
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.errors import FailedPrecondition
 from creditgate.server.ops.metrics import Metrics

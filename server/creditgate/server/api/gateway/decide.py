@@ -15,9 +15,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 from creditgate.server.api import convert
-from creditgate.server.billing.periods import DAY_MS
 from creditgate.server.catalog.holder import CatalogHolder
-from creditgate.server.catalog.routes import METHOD_PATTERN, RouteTable, Source
+from creditgate.server.domain.periods import DAY_MS
+from creditgate.server.domain.routes import METHOD_PATTERN, RouteTable, Source
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.engine.model import Decision
 from creditgate.server.errors import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from creditgate.server.catalog.schema import Plan
 from creditgate.server.clock import from_ms, to_ms
+from creditgate.server.domain.catalog import Plan
 
 DAY_MS = 86_400_000
 NEVER = 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
-from creditgate.server.catalog.schema import Catalog
+from creditgate.server.domain.catalog import Catalog
 from creditgate.server.errors import InvalidArgument
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 
-from creditgate.server.ledger.records import EventRecord, LedgerRecord, event_record, ledger_row
+from creditgate.server.domain.records import EventRecord, LedgerRecord, event_record, ledger_row
 
 
 @dataclass(frozen=True, slots=True)

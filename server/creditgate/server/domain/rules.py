@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Protocol
 
-from creditgate.server.catalog.schema import Catalog, Cost, DimensionCost, Feature, LoadedCatalog, Plan
+from creditgate.server.domain.catalog import Catalog, Cost, DimensionCost, Feature, LoadedCatalog, Plan
 from creditgate.server.errors import InvalidArgument, NotFound
 
 MAX_DIMENSION_VALUE = 128
@@ -113,3 +114,11 @@ def _compile(key: str, feature: Feature, catalog: Catalog) -> FeatureRules:
             ]
     rules_json = {value: json.dumps(by_plan, separators=(",", ":")) for value, by_plan in rules.items()}
     return FeatureRules(feature, priced_by, cap_by, rules_json, frozenset(feature.dimension_names()))
+
+
+class RuleSource(Protocol):
+    """Where the rules in force are read (catalog/holder.py's CatalogHolder follows the store's latest catalog): the
+    engine, billing and healing read through this, so they need nothing of the store."""
+
+    @property
+    def rules(self) -> RuleBook: ...
