@@ -72,11 +72,23 @@ def is_cluster(url: str, timeout_seconds: float) -> bool:
     raise RedisConnectionError(f"no Redis of {url!r} answered: {error}")
 
 
+class _RedisCluster(RedisCluster):
+    """redis-py's asyncio RedisCluster, with the errors its connections raise while a failover tears them down
+    (AttributeError / TypeError from inside redis-py: a writer already gone, a node no longer in its map — redis-py
+    issues #3546, #3835) turned into the ConnectionError they are, which the caller answers as UNAVAILABLE."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except (AttributeError, TypeError) as exc:
+            raise RedisConnectionError(f"Redis Cluster connection torn down during a topology change: {exc}") from exc
+
+
 def new_cluster_client(url: str, timeout_seconds: float) -> RedisCluster:
     """redis-py's cluster client for the seeds of `url` (first seed's credentials and TLS for every node)."""
     seeds = seed_urls(url)
     options: dict[str, Any] = dict(parse_url(seeds[0]))
-    return RedisCluster(
+    return _RedisCluster(
         startup_nodes=[ClusterNode(str(host), int(port)) for host, port in (_address(seed) for seed in seeds)],
         username=options.get("username"),
         password=options.get("password"),
@@ -204,17 +216,21 @@ class ClusterWire:
                 raise reply
         return replies if then else replies[0]
 
-    async def call_many_for_keys(self, calls: list[tuple[str, Callable[[str], bytes]]], then: bytes = b"") -> list[Any]:
+    async def call_many_for_keys(
+        self, calls: list[tuple[str, Callable[[str], bytes]]], then: bytes = b"", resend: bool = True
+    ) -> list[Any]:
         """Each call's reply, or the exception it raised, in order. The calls of one primary go out in one write, in
         their order, and the primaries' batches run concurrently; a call a primary did not run (MOVED, ASK,
-        TRYAGAIN …) is sent again alone, after its batch, by call_for_key. `then` (WAIT) follows each primary's
-        batch, and each resent call; its reply is given with each call's: [reply, then's reply]."""
+        TRYAGAIN …) is sent again alone, after its batch, by call_for_key — unless `resend` is False (calls that
+        only make sense together, such as MULTI … EXEC: resent apart, a MULTI would leave its connection queueing
+        whatever comes next); then its error is its reply and the map is read again. `then` (WAIT) follows each
+        primary's batch, and each resent call; its reply is given with each call's: [reply, then's reply]."""
         by_node: dict[str, list[int]] = {}
         for index, (key, _) in enumerate(calls):
             by_node.setdefault(await self.node_of(key), []).append(index)
         replies: list[Any] = [None] * len(calls)
         await asyncio.gather(
-            *(self._call_node(node, indexes, calls, replies, then) for node, indexes in by_node.items())
+            *(self._call_node(node, indexes, calls, replies, then, resend) for node, indexes in by_node.items())
         )
         return replies
 
@@ -225,6 +241,7 @@ class ClusterWire:
         calls: list[tuple[str, Callable[[str], bytes]]],
         replies: list[Any],
         then: bytes,
+        resend: bool,
     ) -> None:
         try:
             if not node:
@@ -248,7 +265,9 @@ class ClusterWire:
         for index, outcome in zip(indexes, outcomes, strict=True):
             if isinstance(outcome, MovedError):
                 self._slots[outcome.slot_id] = self._node_name(outcome.host, outcome.port, node)
-            if isinstance(outcome, AskError | TryAgainError | ClusterDownError | ConnectFailed):
+            if not resend and isinstance(outcome, AskError | TryAgainError | ClusterDownError | ConnectFailed):
+                await self.refresh(lazy=True)
+            elif isinstance(outcome, AskError | TryAgainError | ClusterDownError | ConnectFailed):
                 # Not run: sent again on its own (in order within this node's batch).
                 key, pack = calls[index]
                 try:

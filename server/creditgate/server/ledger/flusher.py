@@ -27,9 +27,12 @@ from creditgate.server.errors import CreditgateError, InternalError
 from creditgate.server.ledger.store import ParkedEntry, Store
 from creditgate.server.tasks import PeriodicTask
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AskError, ClusterDownError, MovedError, RedisError, ResponseError, TryAgainError
 
 GROUP = "flushers"
+# drain(): rounds a cluster may refuse in a row while its map changes, and the pause before the next.
+DRAIN_REFUSALS = 20
+DRAIN_RETRY_SECONDS = 0.1
 # How often the loop logs the backlog while there is one, and removes dead consumers.
 STATUS_LOG_SECONDS = 10.0
 # Another consumer idle for this many claim periods with nothing pending is a flusher that is gone: it is removed,
@@ -122,10 +125,16 @@ class Flusher:
             batches = await self._read_batches()
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
+                self._unacknowledged.update(self._streams)
                 raise
             # Redis lost its data (restarted without persistence): the groups are made again.
             await self.setup()
             batches = await self._read_batches()
+        except BaseException:
+            # A read whose reply was lost may have handed this flusher entries: the next round reads its own
+            # pending entries first, rather than leaving them until another flusher claims them as idle.
+            self._unacknowledged.update(self._streams)
+            raise
         entries = [_parse(stream, entry_id, fields) for stream, raw in batches.items() for entry_id, fields in raw]
         if not entries:
             return 0
@@ -145,10 +154,19 @@ class Flusher:
         return len(entries)
 
     async def drain(self, max_rounds: int = 10_000) -> int:
-        """Flush until the outbox is empty (tests, shutdown)."""
+        """Flush until the outbox is empty (tests, shutdown). A round a cluster refused while a slot moves or a
+        replica takes over (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) is tried again, a few times, on the new map."""
         total = 0
+        refused = 0
         for _ in range(max_rounds):
-            moved = await self.flush_once()
+            try:
+                moved = await self.flush_once()
+            except (MovedError, AskError, TryAgainError, ClusterDownError):
+                refused += 1
+                if refused > DRAIN_REFUSALS:
+                    raise
+                await asyncio.sleep(DRAIN_RETRY_SECONDS)
+                continue
             total += moved
             if moved == 0:
                 return total
@@ -253,7 +271,12 @@ class Flusher:
         too, not sent): on a cluster, each goes to the primary of its stream's slot."""
         wire = self._wire
         if isinstance(wire, ClusterWire):
-            replies = await wire.call_many_for_keys([(_stream_of(command), _packed(command)) for command in commands])
+            # Never resent one by one: a MULTI resent apart from its EXEC would leave its connection in a
+            # transaction. What a primary did not run fails the round, which is retried whole (XACK and XDEL of
+            # entries already written are harmless to repeat; the store ignores a replay).
+            replies = await wire.call_many_for_keys(
+                [(_stream_of(command), _packed(command)) for command in commands], resend=False
+            )
         else:
             futures = await wire.call_many([_packed(command)("") for command in commands])
             if futures:
