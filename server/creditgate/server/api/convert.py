@@ -15,7 +15,7 @@ from creditgate.server.engine.model import (
     SubscriptionView,
 )
 from creditgate.server.ledger.records import EventRecord, LedgerRecord
-from creditgate.server.ledger.store import Delivery
+from creditgate.server.store.events import Delivery
 from creditgate.v1 import admin_pb2, metering_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 

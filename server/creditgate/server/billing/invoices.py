@@ -16,7 +16,8 @@ from creditgate.server.clock import Clock
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.errors import NotFound
 from creditgate.server.ledger.records import LedgerRecord, PeriodRecord, event_record
-from creditgate.server.ledger.store import Store, StoredInvoice
+from creditgate.server.store.invoices import StoredInvoice
+from creditgate.server.store.store import Store
 from creditgate.server.tasks import PeriodicTask
 
 log = structlog.get_logger(__name__)

@@ -20,9 +20,10 @@ from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.wire import RedisWire, pack_command, response_error
 from creditgate.server.errors import CreditgateError, InternalError
-from creditgate.server.ledger.conflicts import LedgerConflict
 from creditgate.server.ledger.records import Record, parse_record
-from creditgate.server.ledger.store import ParkedEntry, Store
+from creditgate.server.store.conflicts import LedgerConflict
+from creditgate.server.store.ledger import ParkedEntry
+from creditgate.server.store.store import Store
 from creditgate.server.tasks import PeriodicTask
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError

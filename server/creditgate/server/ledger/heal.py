@@ -22,8 +22,8 @@ from creditgate.server.engine.scripts import Scripts
 from creditgate.server.ledger.rebuild import expected_state, read_durable
 from creditgate.server.ledger.reconcile import read_outbox
 from creditgate.server.ledger.records import event_record
-from creditgate.server.ledger.store import Store
 from creditgate.server.ops.metrics import Metrics
+from creditgate.server.store.store import Store
 from redis.asyncio import Redis
 
 log = structlog.get_logger(__name__)

@@ -20,7 +20,7 @@ from creditgate.server.ledger.records import (
     SubscriptionRecord,
     parse_record,
 )
-from creditgate.server.ledger.store import Store
+from creditgate.server.store.store import Store
 
 # Ledger kinds that create a bucket, and the bucket source the engine gives it.
 BUCKET_SOURCES = {"grant": "grant", "topup": "topup", "adjustment": "adjustment", "rollover": "rollover"}

@@ -12,7 +12,7 @@ from creditgate.server.catalog.schema import load_catalog
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.ledger.rebuild import DurableView, expected_state, read_durable, relevant_usage_field
-from creditgate.server.ledger.store import Store
+from creditgate.server.store.store import Store
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
