@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from billing import FIXTURES
+from creditgate.server.errors import FailedPrecondition
 from creditgate.server.ledger.records import (
     CustomerRecord,
     LedgerRecord,
@@ -225,3 +226,19 @@ def test_an_upgraded_postgres_database_has_the_schema_of_a_new_one(postgres_serv
     old_schema = set(postgres_server.query(old, POSTGRES_SCHEMA))
     assert old_schema == set(postgres_server.query(new, POSTGRES_SCHEMA))
     assert ("trigger", "ledger_entries", "ledger_entries_no_update_or_delete DELETE") in old_schema
+
+
+def test_a_sqlite_file_a_newer_creditgate_migrated_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    StoreUnderTest("sqlite", f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_migrations (id, applied_ms) VALUES ('0099.from_the_future', 1)")
+    with pytest.raises(FailedPrecondition) as raised:
+        StoreUnderTest("sqlite", f"sqlite:///{path}")
+    assert (raised.value.reason, raised.value.field) == ("STORE_SCHEMA_TOO_NEW", "database_url")
+    assert "0099.from_the_future" in raised.value.message
+    with sqlite3.connect(path) as db:
+        assert [row[0] for row in db.execute("SELECT id FROM schema_migrations ORDER BY id")] == [
+            *MIGRATIONS,
+            "0099.from_the_future",
+        ]
