@@ -151,9 +151,11 @@ $(NODE_CLIENT)/dist/.built: $(NODE_STAMP) $(NODE_SOURCES) $(NODE_CLIENT)/tsconfi
 	touch $@
 
 # Speed: the no-op ceiling, creditgate, the PostgreSQL baseline and redis-benchmark in one run (~15 min);
-# writes bench/RESULTS.md, bench/results.json and bench/latency_vs_throughput.png. Not part of `make test`.
+# writes bench/RESULTS.md, bench/results.json and bench/latency_vs_throughput.png. Then one Redis node against a
+# 3+3 Redis Cluster and WAIT 1 (~3 min): bench/CLUSTER.md, bench/cluster.json. Not part of `make test`.
 bench: install system-deps bench-deps
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/cluster.py
 
 # h2load (nghttp2-client) and PostgreSQL 15 from Debian when root.
 bench-deps:

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from creditgate.server.embedded_redis import redis_server_binary
-from harness import OWNER_ROLE, PostgresServer, RedisServer, RunningServer, StoreUnderTest, start_server
+from harness import (
+    OWNER_ROLE,
+    PostgresServer,
+    RedisClusterServer,
+    RedisServer,
+    RunningServer,
+    StoreUnderTest,
+    start_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +27,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster, 3 primaries + 3 replicas, started once for the tests that ask for it."""
+    cluster = RedisClusterServer(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +67,27 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnder
     under_test.close()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Tests marked cluster_too run their `server` on a single Redis and on the Redis Cluster; the slow ones (load,
+    # thousands of calls) on the single Redis only, so that the suite stays fast.
+    marked = metafunc.definition.get_closest_marker
+    if "server" in metafunc.fixturenames and marked("cluster_too") and not marked("slow"):
+        metafunc.parametrize("redis_kind", ["redis", "redis-cluster"], indirect=True)
+
+
 @pytest.fixture
-def server(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_server(redis_server.url, tmp_path)
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """Which Redis the `server` fixture runs on: "redis" (one node) unless a test is marked cluster_too."""
+    kind: str = getattr(request, "param", "redis")
+    return kind
+
+
+@pytest.fixture
+def server(redis_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+    redis: RedisServer | RedisClusterServer = request.getfixturevalue(
+        "redis_cluster" if redis_kind == "redis-cluster" else "redis_server"
+    )
+    running = start_server(redis.url, tmp_path)
     yield running
     running.stop()
 

@@ -4,6 +4,7 @@ thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -86,10 +87,163 @@ class RedisServer:
                     raise
                 time.sleep(0.05)
 
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
+
+
+class RedisClusterServer:
+    """A Redis Cluster of `primaries` primaries with one replica each: redis-server children on free loopback ports,
+    each in its own folder under `workdir`, joined by `redis-cli --cluster create`."""
+
+    def __init__(self, workdir: Path, primaries: int = 3, node_timeout_ms: int = 2000, replicas: int = 1) -> None:
+        self.workdir = workdir
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes = [
+            RedisServer(
+                workdir / f"node{index}",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+                # Its own free port for the cluster bus: the default, port + 10000, may be past 65535.
+                "--cluster-port",
+                str(free_port()),
+                # A replica (a killed primary back as one) gets its copy at once, not after the default 5 s wait
+                # for other replicas to share the transfer: until then WAIT 1 cannot be confirmed.
+                "--repl-diskless-sync-delay",
+                "0",
+            )
+            for index in range(primaries * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node as a seed, comma-separated (CREDITGATE_REDIS_URL's cluster form)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                shutil.which("redis-cli") or "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        self.wait_ok()
+        self.wait_replicas_online()
+
+    def wait_replicas_online(self, timeout_seconds: float = 30) -> None:
+        """Until every primary has one replica in sync (state online: WAIT counts it)."""
+        deadline = time.monotonic() + timeout_seconds
+        while not all(
+            redis.Redis(port=node.port, decode_responses=True).info("replication").get(f"slave{n}", {}).get("state")
+            == "online"
+            for node in self.primaries()
+            for n in range(self.replicas)
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replicas did not come in sync with their primaries")
+            time.sleep(0.1)
+
+    def wait_ok(self, timeout_seconds: float = 30) -> None:
+        """Until every live node says cluster_state:ok and agrees on who serves every slot."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            if all(self._ok(node) for node in self.nodes if node.alive):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _ok(node: RedisServer) -> bool:
+        try:
+            client = redis.Redis(port=node.port, decode_responses=True)
+            info = client.cluster("INFO")
+            slots = client.cluster("SLOTS")
+        except redis.RedisError:
+            return False
+        covered = sum(int(end) - int(start) + 1 for start, end, *_ in slots)
+        return bool(info["cluster_state"] == "ok" and covered == 16384)
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes that are primaries now, by port."""
+        ports = set()
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            for _, _, primary, *_ in redis.Redis(port=node.port).cluster("SLOTS"):
+                ports.add(int(primary[1]))
+            break
+        return sorted((node for node in self.nodes if node.port in ports), key=lambda node: node.port)
+
+    def node_id(self, node: RedisServer) -> str:
+        return str(redis.Redis(port=node.port, decode_responses=True).cluster("MYID"))
+
+    def owner(self, slot: int) -> RedisServer:
+        """The primary that serves `slot` now."""
+        for start, end, primary, *_ in redis.Redis(port=self.primaries()[0].port).cluster("SLOTS"):
+            if int(start) <= slot <= int(end):
+                return next(node for node in self.nodes if node.port == int(primary[1]))
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def move_slot(self, slot: int, target: RedisServer, batch: int = 10) -> int:
+        """Move `slot` to `target` as `redis-cli --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE the keys
+        `batch` at a time, then NODE on every primary); returns how many keys moved."""
+        source = self.owner(slot)
+        source_client = redis.Redis(port=source.port, decode_responses=True)
+        target_id, source_id = self.node_id(target), self.node_id(source)
+        redis.Redis(port=target.port).cluster("SETSLOT", slot, "IMPORTING", source_id)
+        source_client.cluster("SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while keys := source_client.cluster("GETKEYSINSLOT", slot, batch):
+            source_client.migrate("127.0.0.1", target.port, keys, 0, 5000)
+            moved += len(keys)
+        for node in (target, source, *self.primaries()):
+            redis.Redis(port=node.port).cluster("SETSLOT", slot, "NODE", target_id)
+        return moved
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """The replica that follows `primary` now."""
+        replication = redis.Redis(port=primary.port, decode_responses=True).info("replication")
+        port = int(replication["slave0"]["port"])
+        return next(node for node in self.nodes if node.port == port)
+
+    def error_counts(self) -> dict[str, int]:
+        """Error replies by code (INFO errorstats) summed over every live node: MOVED, ASK, TRYAGAIN …"""
+        counts: dict[str, int] = {}
+        for node in self.nodes:
+            if node.alive:
+                for name, value in redis.Redis(port=node.port).info("errorstats").items():
+                    code = str(name).removeprefix("errorstat_")
+                    counts[code] = counts.get(code, 0) + int(value["count"])
+        return counts
+
+    def flushall(self) -> None:
+        """Every primary emptied (replicas follow)."""
+        for node in self.primaries():
+            redis.Redis(port=node.port).flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -336,7 +490,15 @@ def server_settings(redis_url: str, tmp_path: Path, **overrides: Any) -> Setting
     return Settings(**(values | overrides))
 
 
+def flush_redis(redis_url: str) -> None:
+    """Empty the Redis of `redis_url`: the one node, or every primary of a cluster named by comma-separated seeds."""
+    for seed in redis_url.split(","):
+        # A replica answers READONLY: its primary's FLUSHALL empties it.
+        with contextlib.suppress(redis.ReadOnlyError):
+            redis.Redis.from_url(seed).flushall()
+
+
 def start_server(redis_url: str, tmp_path: Path, **overrides: Any) -> RunningServer:
     """A real server on an emptied Redis, its ManualClock at JAN_1."""
-    redis.Redis.from_url(redis_url).flushall()
+    flush_redis(redis_url)
     return RunningServer(server_settings(redis_url, tmp_path, **overrides), ManualClock(to_ms(JAN_1)))

@@ -7,9 +7,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
 from creditgate.v1 import admin_pb2
 from google.protobuf.duration_pb2 import Duration
 from harness import JAN_1, RunningServer
+
+pytestmark = pytest.mark.cluster_too
 
 CONCURRENCY = 64
 

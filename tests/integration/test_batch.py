@@ -13,6 +13,8 @@ from creditgate.server.engine.scripts import script_source
 from creditgate.v1 import metering_pb2
 from harness import RedisServer, RunningServer
 
+pytestmark = pytest.mark.cluster_too
+
 
 def item(
     customer: str, feature: str, request_id: str = "", quantity: int | None = None, **dims: str

@@ -13,6 +13,8 @@ from creditgate.server.engine.keys import KeySpace
 from creditgate.v1 import admin_pb2, metering_pb2
 from harness import RunningServer, awaited
 
+pytestmark = pytest.mark.cluster_too
+
 CLIENTS = 64
 
 

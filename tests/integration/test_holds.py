@@ -17,6 +17,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from harness import RunningServer
 
+pytestmark = pytest.mark.cluster_too
+
 
 def reserve(
     server: RunningServer, customer_id: str, feature: str, quantity: int, ttl_seconds: int = 300, **dimensions: str

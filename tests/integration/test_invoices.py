@@ -13,6 +13,8 @@ from creditgate.v1 import admin_pb2
 from harness import JAN_1, RedisServer, RunningServer
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.cluster_too
+
 FEB_1 = datetime(2027, 2, 1, tzinfo=UTC)
 MAR_1 = datetime(2027, 3, 1, tzinfo=UTC)
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from creditgate.server.clock import to_ms
 from creditgate.server.engine.model import DebitRequest
 from creditgate.v1 import admin_pb2, metering_pb2
 from harness import JAN_1, RunningServer
+
+pytestmark = pytest.mark.cluster_too
 
 FEB_1 = JAN_1.replace(month=2)
 MAR_1 = JAN_1.replace(month=3)

@@ -15,6 +15,7 @@ import pytest
 import redis
 from billing import error_reason
 from creditgate.client import Client, RetryPolicy
+from creditgate.server.engine.wire import RedisWire
 from creditgate.v1 import metering_pb2
 from harness import RedisServer, RunningServer, free_port, start_server
 from redis.exceptions import BusyLoadingError, ResponseError
@@ -89,7 +90,9 @@ def test_a_batch_on_a_replica_answers_unavailable_and_reconnects(
     try:
         with pytest.raises(grpc.RpcError) as failure:
             sidecar.metering.CheckAndDebitBatch(batch)
-        wire_dropped = sidecar.app.scripts._wire._protocol is None
+        wire = sidecar.app.scripts._wire
+        assert isinstance(wire, RedisWire)
+        wire_dropped = wire._protocol is None
     finally:
         admin.replicaof("NO", "ONE")
     assert error_reason(failure.value) == (UNAVAILABLE, "REDIS_READONLY")

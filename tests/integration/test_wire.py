@@ -331,3 +331,56 @@ def test_a_read_only_answer_retires_the_connection_after_its_calls_are_answered(
     finally:
         admin.replicaof("NO", "ONE")
         server.stop()
+
+
+def test_one_wait_confirms_every_call_of_a_write_and_a_missing_replica_fails_them_all(tmp_path: Path) -> None:
+    primary = RedisServer(tmp_path / "primary")
+    primary.start()
+    replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port))
+    replica.start()
+    admin = redis.Redis.from_url(primary.url, decode_responses=True)
+    wait = pack_command("WAIT", 1, 300)
+    try:
+        deadline = time.monotonic() + 10
+        while admin.info("replication").get("slave0", {}).get("state") != "online":
+            assert time.monotonic() < deadline, "the replica did not come online"
+            time.sleep(0.05)
+
+        async def calls(wire: RedisWire, n: int) -> list[list[Any]]:
+            return list(
+                await asyncio.gather(*(wire.call_then(lambda _: pack_command("INCR", "w"), wait) for _ in range(n)))
+            )
+
+        async def main() -> tuple[list[list[Any]], int, list[list[Any]], int]:
+            wire = RedisWire(primary.url, timeout_seconds=5)
+            try:
+                await wire.call(pack_command("PING"))  # connected: the calls below go out in one write
+                admin.config_resetstat()
+                confirmed = await calls(wire, 10)
+                waits = int(admin.info("commandstats")["cmdstat_wait"]["calls"])
+                assert replica.process is not None
+                os.kill(replica.process.pid, signal.SIGSTOP)
+                try:
+                    unconfirmed = await calls(wire, 5)
+                finally:
+                    os.kill(replica.process.pid, signal.SIGCONT)
+                return confirmed, waits, unconfirmed, int(admin.info("commandstats")["cmdstat_wait"]["calls"])
+            finally:
+                await wire.close()
+
+        confirmed, waits, unconfirmed, waits_after = run(main())
+        # Ten INCRs, one WAIT behind them, confirmed by the one replica for all ten.
+        assert (sorted(reply for reply, _ in confirmed), {acked for _, acked in confirmed}, waits) == (
+            list(range(1, 11)),
+            {1},
+            1,
+        )
+        # A replica that does not answer: each call ran (11..15) and each learns 0 replicas have it.
+        assert (sorted(reply for reply, _ in unconfirmed), {acked for _, acked in unconfirmed}, waits_after) == (
+            list(range(11, 16)),
+            {0},
+            2,
+        )
+    finally:
+        replica.stop()
+        primary.stop()

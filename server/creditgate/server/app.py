@@ -18,11 +18,12 @@ from creditgate.server.billing.webhooks import WebhookSender
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock, ManualClock, SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
+from creditgate.server.engine.cluster import ClusterWire, RedisClient, is_cluster, new_cluster_client
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.engine.eviction import check_eviction_policy
 from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
-from creditgate.server.engine.migrate import migrate
+from creditgate.server.engine.migrate import check_shards, migrate
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.engine.wire import RedisWire
@@ -62,7 +63,7 @@ SERVES_LEDGER = (ADMIN_SERVICE.full_name,)
 class App:
     settings: Settings
     clock: Clock
-    redis: Redis
+    redis: RedisClient
     scripts: Scripts
     store: Store
     catalog: CatalogHolder
@@ -91,6 +92,8 @@ class App:
             raise redis_error(exc, "reaching Redis") from exc
         await check_eviction_policy(self.redis)
         await self.scripts.load()
+        # Customers are placed by the shard count: another count than the one they were placed by would lose them.
+        await check_shards(self.redis, KeySpace(self.settings.shards), self.settings.shards)
         # Keys of the layout before this one are renamed into it before anything reads them.
         await migrate(self.redis, KeySpace(self.settings.shards), self.settings.shards)
         await self.flusher.setup()
@@ -178,19 +181,28 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         embedded = EmbeddedRedis(settings.data_dir / "redis")
         embedded.start()
         redis_url = embedded.url
-    # No automatic retries: a command that timed out may have run, and only a retry with the same request_id
-    # (the caller's) is safe to repeat. A stuck Redis fails calls after redis_timeout_seconds.
-    redis = Redis.from_url(
-        redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=Retry(NoBackoff(), 0),
-    )
+    redis: RedisClient
+    wire: RedisWire | ClusterWire
+    # The embedded Redis is one node; any other is asked (INFO cluster) and runs in cluster mode when it says so.
+    if embedded is None and is_cluster(redis_url, settings.redis_timeout_seconds):
+        settings = settings.on_cluster()
+        redis = new_cluster_client(redis_url, settings.redis_timeout_seconds)
+        wire = ClusterWire(redis_url, settings.redis_timeout_seconds)
+    else:
+        # No automatic retries: a command that timed out may have run, and only a retry with the same request_id
+        # (the caller's) is safe to repeat. A stuck Redis fails calls after redis_timeout_seconds.
+        redis = Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            retry=Retry(NoBackoff(), 0),
+        )
+        wire = RedisWire(redis_url, settings.redis_timeout_seconds)
     keys = KeySpace(settings.shards)
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     catalog = CatalogHolder(store, clock, settings.catalog_refresh_interval_seconds)
-    scripts = Scripts(redis, RedisWire(redis_url, settings.redis_timeout_seconds))
+    scripts = Scripts(redis, wire, settings.redis_wait_replicas, int(settings.redis_timeout_seconds * 1000 / 2))
     metrics = Metrics()
     healer = Healer(redis, scripts, keys, store, catalog, clock, metrics)
     engine = CreditEngine(redis, scripts, keys, catalog, clock, settings, healer)

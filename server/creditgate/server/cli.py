@@ -307,6 +307,15 @@ def migrate() -> None:
 
 
 @app.command()
+def reshard() -> None:
+    """Move every customer to CREDITGATE_SHARDS shards from the count Redis was written with (e.g. 8 -> 256 before
+    a Redis Cluster); stop every sidecar first."""
+    from creditgate.server.ledger.commands import run_reshard
+
+    raise typer.Exit(run_reshard(Settings(), console))
+
+
+@app.command()
 def restore() -> None:
     """Rebuild every customer's Redis state from the durable store (after Redis lost data; no sidecar serving)."""
     from creditgate.server.ledger.commands import run_restore

@@ -8,6 +8,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Hash-tag shards on a Redis Cluster unless `shards` is set: each {sN} tag is one slot, so 8 would put every
+# customer on at most 8 slots (of 16,384) and leave primaries empty; 256 spreads them over every primary, and a
+# slot moved between primaries carries 1/256 of them.
+CLUSTER_SHARDS = 256
+
 
 class ApiKey(BaseModel):
     """One accepted API key: only its SHA-256 (hex) is configured, never the key itself."""
@@ -29,6 +34,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # A Redis command that takes longer fails with UNAVAILABLE (safe to retry with the same request_id).
     redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Every change is answered only once this many replicas of its Redis have it (WAIT, within half of
+    # redis_timeout_seconds, else UNAVAILABLE): a failover then loses no acknowledged decision. 0: not waited for.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
     # Unset: sqlite:///<data_dir>/creditgate.db
     database_url: str | None = None
     # PostgreSQL only: the schema owner, who applies migrations at start and grants database_url's role
@@ -36,7 +44,8 @@ class Settings(BaseSettings):
     database_migration_url: str | None = None
     catalog: Path | None = None
     data_dir: Path = Path("data")
-    # Customers are spread over this many Redis hash slots ({sN} tags); fixed for a deployment.
+    # Customers are spread over this many Redis hash slots ({sN} tags); fixed for a deployment (Redis records it
+    # and a start with another count is refused). Unset: 8 on one Redis, CLUSTER_SHARDS on a Redis Cluster.
     shards: int = Field(default=8, ge=1, le=1024)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
     flush_interval_seconds: float = Field(default=0.2, gt=0, le=60)
@@ -132,6 +141,12 @@ class Settings(BaseSettings):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
         return self
+
+    def on_cluster(self) -> Settings:
+        """These settings for a Redis Cluster: `shards` is CLUSTER_SHARDS unless it was set."""
+        if "shards" in self.model_fields_set:
+            return self
+        return self.model_copy(update={"shards": CLUSTER_SHARDS})
 
     @property
     def effective_database_url(self) -> str:

@@ -11,6 +11,7 @@ from creditgate.server.billing.periods import DAY_MS, NEVER, periods_started
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.catalog.rules import RuleBook
 from creditgate.server.clock import Clock
+from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import CustomerKeys, KeySpace
 from creditgate.server.engine.messages import explain
 from creditgate.server.engine.model import (
@@ -37,7 +38,6 @@ from creditgate.server.errors import (
     Unavailable,
 )
 from creditgate.server.settings import Settings
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 # A call that finds a new period, due holds or due buckets settles them and tries again; five rounds suffice.
@@ -96,7 +96,7 @@ def customer_not_found(customer_id: str) -> NotFound:
 class CreditEngine:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         keys: KeySpace,
         catalog: CatalogHolder,
@@ -169,8 +169,11 @@ class CreditEngine:
         for chunk, answers in zip(chunks, await self._scripts.run_many("decide_many", sent), strict=True):
             for position, index in enumerate(chunk):
                 replies[index] = answers if isinstance(answers, CreditgateError) else _decided(answers[position])
-        if any(isinstance(reply, Unavailable) and reply.reason == READONLY_REASON for reply in replies):
-            self._scripts.reconnect()  # the wire saw a normal reply; the decisions inside it saw a replica
+        for index, reply in enumerate(replies):
+            if isinstance(reply, Unavailable) and reply.reason == READONLY_REASON:
+                # The wire saw a normal reply; the decisions inside it saw a replica.
+                self._scripts.reconnect(calls[index][0][0])
+                break
         return replies
 
     def _decide_call(self, request: DebitRequest, rules: RuleBook, now: int) -> DecideCall:
@@ -331,7 +334,7 @@ class CreditEngine:
         now = self._clock.now_ms()
         for _ in range(MAX_ROLLOVER_ROUNDS):
             customer, buckets, usage = await self._read_customer(keys)
-            if not customer or customer.get("ep") != self._scripts.epoch:
+            if not customer or customer.get("ep") != self._scripts.epoch_of(keys.customer):
                 # Lost, or perhaps older than the ledger (Redis restarted, failed over, was restored since it was
                 # last verified): shown only once verified, as it would be changed.
                 if not await self._verifier.verify(customer_id):

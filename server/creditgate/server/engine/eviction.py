@@ -8,20 +8,30 @@ again: a warning. `noeviction` makes a full Redis refuse writes, which the calls
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
+from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.errors import FailedPrecondition, Unavailable
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 log = structlog.get_logger(__name__)
 SAFE_POLICY = "noeviction"
 
 
-async def check_eviction_policy(redis: Redis) -> str | None:
-    """The Redis's maxmemory-policy, or None when CONFIG is renamed or not allowed (then it cannot be checked: a
-    warning). Raises FailedPrecondition for a policy that can evict balances or the outbox."""
+async def check_eviction_policy(redis: RedisClient) -> str | None:
+    """The Redis's maxmemory-policy (on a cluster, the first unsafe one of its primaries', each asked), or None when
+    CONFIG is renamed or not allowed (then it cannot be checked: a warning). Raises FailedPrecondition for a policy
+    that can evict balances or the outbox."""
     try:
-        policy = str((await redis.config_get("maxmemory-policy")).get("maxmemory-policy", ""))
+        if isinstance(redis, RedisCluster):
+            answers: Any = await redis.config_get("maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)
+            policies = [str(answer.get("maxmemory-policy", "")) for answer in answers.values()]
+            # The most dangerous one is the one to look at: allkeys-* first, then volatile-*.
+            policy = min(policies, key=lambda name: (not name.startswith("allkeys-"), not name.startswith("volatile-")))
+        else:
+            policy = str((await redis.config_get("maxmemory-policy")).get("maxmemory-policy", ""))
     except ResponseError as exc:  # CONFIG renamed away (managed Redis services do) or not in the user's ACL
         log.warning(
             "redis_eviction_policy_unchecked",

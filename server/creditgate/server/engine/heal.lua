@@ -22,4 +22,5 @@ for hold_id, record in pairs(state.holds) do
   end
 end
 redis.call('HSET', customer_key, 'ep', EPOCH)
+mark_renumber(customer_key)
 return {'healed'}

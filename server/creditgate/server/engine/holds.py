@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import structlog
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock
+from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.credits import CreditEngine, customer_not_found, fingerprint
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.messages import explain
@@ -22,7 +23,6 @@ from creditgate.server.errors import (
 )
 from creditgate.server.settings import Settings
 from creditgate.server.tasks import PeriodicTask
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -59,7 +59,7 @@ def split_reservation_id(reservation_id: str) -> tuple[str, str]:
 class Holds:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         keys: KeySpace,
         catalog: CatalogHolder,

@@ -119,3 +119,8 @@ class KeySpace:
             holds_due=self.holds_due(shard),
             request_prefix=f"{base}{REQUEST}:{len(customer_id)}:{customer_id}:",
         )
+
+
+def scan_literal(text: str) -> str:
+    """`text` matched literally by SCAN's MATCH (ids may hold the pattern's `*?[]\\`)."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

@@ -16,6 +16,24 @@ local function unverified(customer_key)
   return redis.call('HGET', customer_key, 'ep') ~= EPOCH
 end
 
+-- What Redis lost in a rewind may have been acknowledged already: entries and holds numbered above what survived.
+-- So a customer stamped into a new epoch (verify.lua, heal.lua: fields renumber_seq, renumber_hold_seq) numbers
+-- its next entry and hold from the next multiple of NUMBER_BLOCK + 1, and no entry or hold id names two things.
+local NUMBER_BLOCK = 1000000
+local RENUMBER = {seq = 'renumber_seq', hold_seq = 'renumber_hold_seq'}
+local function mark_renumber(customer_key)
+  redis.call('HSET', customer_key, RENUMBER.seq, '1', RENUMBER.hold_seq, '1')
+end
+local function next_number(customer_key, field)
+  if redis.call('HDEL', customer_key, RENUMBER[field]) == 1 then
+    local current = tonumber(redis.call('HGET', customer_key, field) or '0')
+    local first = (math.floor(current / NUMBER_BLOCK) + 1) * NUMBER_BLOCK + 1
+    redis.call('HSET', customer_key, field, int(first))
+    return first
+  end
+  return redis.call('HINCRBY', customer_key, field, '1')
+end
+
 local function parse_bucket(id, value)
   local remaining, priority, expires_at, source, cap = string.match(value, '^(%d+)|(%d+)|(%d+)|(%a+)|?(%d*)$')
   return {id = id, seq = tonumber(string.sub(id, 2)), remaining = tonumber(remaining),
@@ -87,7 +105,7 @@ local function append_entry(customer_key, outbox_key, customer_id, entry)
     entry.ev = #events > 0 and events or nil
   end
   entry.known = nil
-  local seq = redis.call('HINCRBY', customer_key, 'seq', '1')
+  local seq = next_number(customer_key, 'seq')
   entry.id = customer_id .. '/' .. int(seq)
   entry.c = customer_id
   entry.n = seq

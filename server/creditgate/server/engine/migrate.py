@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import structlog
-from creditgate.server.engine.keys import LAYOUT, KeySpace
-from creditgate.server.errors import Unavailable
-from redis.asyncio import Redis
+from creditgate.server.engine.cluster import RedisClient
+from creditgate.server.engine.keys import LAYOUT, KeySpace, scan_literal
+from creditgate.server.errors import FailedPrecondition, Unavailable
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -36,7 +36,7 @@ class MigrationReport:
     keys_left: list[str] = field(default_factory=list)
 
 
-async def migrate(redis: Redis, keys: KeySpace, shards: int) -> MigrationReport:
+async def migrate(redis: RedisClient, keys: KeySpace, shards: int) -> MigrationReport:
     report = MigrationReport()
     try:
         for shard in range(shards):
@@ -52,9 +52,30 @@ async def migrate(redis: Redis, keys: KeySpace, shards: int) -> MigrationReport:
     return report
 
 
-async def _migrate_shard(redis: Redis, keys: KeySpace, shard: int, report: MigrationReport) -> None:
+async def check_shards(redis: RedisClient, keys: KeySpace, shards: int) -> None:
+    """Refuse to start with another shard count than the one this Redis's customers were placed by (recorded in
+    shard 0's meta by the first start that found none: a Redis written before it was recorded is taken to be at
+    the count it is started with). Another count would look for customers under other tags, and they would seem lost:
+    `creditgate reshard` moves them (engine/reshard.py)."""
+    try:
+        await redis.hsetnx(keys.meta(0), "shards", str(shards))
+        found = await redis.hget(keys.meta(0), "shards")
+    except RedisError as exc:
+        raise Unavailable(f"Redis: {exc}") from exc
+    recorded = int(found) if found is not None else shards
+    if recorded != shards:
+        raise FailedPrecondition(
+            f"shards is {shards} but this Redis holds customers placed over {recorded} shards; a new count moves"
+            f" every customer: stop every sidecar and run `creditgate reshard` with CREDITGATE_SHARDS={shards},"
+            f" or start with CREDITGATE_SHARDS={recorded}",
+            field="shards",
+            reason="SHARDS_CHANGED",
+        )
+
+
+async def _migrate_shard(redis: RedisClient, keys: KeySpace, shard: int, report: MigrationReport) -> None:
     prefix = keys.outbox(shard).rpartition(":")[0] + ":c:"
-    found = [str(key) async for key in redis.scan_iter(match=_glob_escape(prefix) + "*", count=SCAN_COUNT)]
+    found = [str(key) async for key in redis.scan_iter(match=scan_literal(prefix) + "*", count=SCAN_COUNT)]
     tails = {key: key[len(prefix) :] for key in found}
     customers: set[str] = set()
     for key, tail in tails.items():
@@ -88,8 +109,3 @@ async def _migrate_shard(redis: Redis, keys: KeySpace, shard: int, report: Migra
             report.keys_moved += 1
         else:
             report.keys_left.append(key)
-
-
-def _glob_escape(text: str) -> str:
-    """`text` matched literally by SCAN's MATCH."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

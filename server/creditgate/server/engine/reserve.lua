@@ -32,7 +32,7 @@ if e.reason then return answer({0, e.reason, e.cost, 0, 0, 0, balance, 0, '', 0,
 
 local takes = take_credits(k.buckets, live, e.charged)
 count_usage(k.usage, e.period_field, e.cap_field, quantity, e.overage, 1)
-local hold_id = 'h' .. redis.call('HINCRBY', k.customer, 'hold_seq', 1)
+local hold_id = 'h' .. int(next_number(k.customer, 'hold_seq'))
 local reservation_id = customer_id .. '/' .. hold_id
 local expires_at = now + hold_ttl_ms
 local dims = cjson.decode(dimensions)

@@ -31,6 +31,10 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
+class ConnectFailed(RedisConnectionError):
+    """No connection could be made: no command was sent on it, so sending it again elsewhere is safe."""
+
+
 def pack_command(*parts: str | int | bytes) -> bytes:
     """One command in Redis's wire format, encoded in C."""
     packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]  # its stub types a 1-tuple
@@ -61,6 +65,9 @@ class _Protocol(asyncio.Protocol):
         self.retired = False
         # The timer of RedisWire._check_oldest for this connection, while one is set.
         self.watchdog: asyncio.TimerHandle | None = None
+        # Commands to write behind the next write (WAIT), each answering every call of that write that asked for
+        # it: its reply's future and deadline.
+        self._trailers: dict[bytes, tuple[asyncio.Future[Any], float]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport, as asked for
@@ -74,11 +81,28 @@ class _Protocol(asyncio.Protocol):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def send_then(
+        self, future: asyncio.Future[Any], packed: bytes, then: bytes, deadline: float
+    ) -> asyncio.Future[Any]:
+        """Queue a command, and `then` behind the write it goes out in: one `then` per write, shared by every
+        command of that write that asks for it (a WAIT confirms all the writes before it on its connection).
+        Returns the future of `then`'s reply."""
+        self.send(future, packed, deadline)
+        trailer = self._trailers.get(then)
+        if trailer is None:
+            trailer = self._trailers[then] = (asyncio.get_running_loop().create_future(), deadline)
+        return trailer[0]
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         outgoing, self._outgoing = self._outgoing, []
         if not outgoing:
             return
+        if self._trailers and self.transport is not None and not self.transport.is_closing():
+            for then, (future, deadline) in self._trailers.items():
+                outgoing.append(then)
+                self.waiting.append((future, deadline))
+            self._trailers = {}
         if self.transport is None or self.transport.is_closing():
             self.fail_all(RedisConnectionError("connection to Redis lost before the command was sent"))
             return
@@ -115,6 +139,10 @@ class _Protocol(asyncio.Protocol):
 
     def fail_all(self, error: Exception) -> None:
         self._outgoing = []
+        trailers, self._trailers = self._trailers, {}
+        for future, _ in trailers.values():
+            if not future.done():
+                future.set_exception(error)
         while self.waiting:
             future = self.waiting.popleft()[0]
             if not future.done():
@@ -163,6 +191,19 @@ class RedisWire:
         connection it goes out on, and it goes out on no other (a lost connection fails it)."""
         protocol = self._protocol or await self._connect()
         return await self._send(protocol, pack(protocol.run_id))
+
+    async def call_then(self, pack: Callable[[str], bytes], then: bytes) -> list[Any]:
+        """call_for_connection, and `then` (WAIT) on the same connection behind the write the command goes out in,
+        shared with the other calls of that write: [the command's reply, then's reply], either an exception."""
+        protocol = self._protocol or await self._connect()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        deadline = time.monotonic() + self._timeout
+        confirmed = protocol.send_then(future, pack(protocol.run_id), then, deadline)
+        if protocol.watchdog is None:
+            protocol.watchdog = loop.call_later(self._timeout, self._check_oldest, protocol)
+        await asyncio.wait((future, confirmed))
+        return [f.exception() or f.result() for f in (future, confirmed)]
 
     async def call_many_for_connection(self, pack: Callable[[str], list[bytes]]) -> list[asyncio.Future[Any]]:
         """call_many for commands packed as call_for_connection packs its one."""
@@ -243,7 +284,7 @@ class RedisWire:
                     protocol.transport.close()
                     raise
         except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc
+            raise ConnectFailed(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc
         self._protocol = protocol
         return protocol
 

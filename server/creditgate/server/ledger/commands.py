@@ -1,4 +1,4 @@
-"""`creditgate reconcile`, `creditgate restore`, `creditgate migrate` and `creditgate ledger parked / retry-parked`:
+"""`creditgate reconcile`, `restore`, `migrate`, `reshard` and `creditgate ledger parked / retry-parked`:
 connect to Redis and the durable store from the settings, run, print; the exit code says whether Redis and the
 ledger agree, or whether entries are (still) parked."""
 
@@ -10,8 +10,11 @@ from typing import TypeVar
 
 from creditgate.server.clock import SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
+from creditgate.server.engine.cluster import RedisClient, is_cluster, new_cluster_client
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.migrate import MigrationReport, migrate
+from creditgate.server.engine.reshard import ReshardReport, recorded_shards, reshard
+from creditgate.server.ledger.flusher_process import new_flusher
 from creditgate.server.ledger.parked import RetryReport, retry_parked
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile, redis_now_ms
 from creditgate.server.ledger.restore import RestoreReport, restore
@@ -53,8 +56,38 @@ def run_migrate(settings: Settings, console: Console) -> int:
     return 1 if report.keys_left else 0
 
 
-async def _migrate(redis: Redis, store: Store, keys: KeySpace) -> MigrationReport:
+async def _migrate(redis: RedisClient, store: Store, keys: KeySpace) -> MigrationReport:
     return await migrate(redis, keys, len(keys.all_outboxes()))
+
+
+def run_reshard(settings: Settings, console: Console) -> int:
+    """Moves every customer from the shard count Redis records to the settings' (sidecars stopped): the old
+    outboxes are drained into the ledger first. Exit code 1 when keys were left that no customer owns."""
+
+    async def work(redis: RedisClient, store: Store, keys: KeySpace) -> ReshardReport | None:
+        recorded = await recorded_shards(redis, keys)
+        if recorded is None or recorded == len(keys.all_outboxes()):
+            return None
+        old = KeySpace(recorded)
+        # Every sidecar is stopped: what their flushers had read and not acknowledged is taken over at once.
+        url = settings.redis_url or EmbeddedRedis(settings.data_dir / "redis").url
+        flusher = new_flusher(redis, url, store, settings, SystemClock(), keys=old, claim_idle_ms=0)
+        await flusher.setup()
+        drained = await flusher.drain()
+        console.print(f"{drained:,} outbox entries of the {recorded} old shards moved into the ledger")
+        return await reshard(redis, old, keys)
+
+    report = asyncio.run(_with_connections(settings, work))
+    if report is None:
+        console.print("nothing to move: Redis is at the configured shard count (or holds no customers yet)")
+        return 0
+    console.print(
+        f"{report.customers_moved:,} customers moved from {report.shards_from} to {report.shards_to} shards"
+        f" ({report.keys_moved:,} keys, {report.holds_due_moved:,} due holds)"
+    )
+    for key in report.keys_left:
+        console.print(f"left in place (no customer of its shard owns it): {key}", markup=False)
+    return 1 if report.keys_left else 0
 
 
 def run_parked(settings: Settings, console: Console) -> int:
@@ -99,17 +132,22 @@ async def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]])
         await store.close()
 
 
-async def _reconcile(redis: Redis, store: Store, keys: KeySpace) -> ReconcileReport:
+async def _reconcile(redis: RedisClient, store: Store, keys: KeySpace) -> ReconcileReport:
     return await reconcile(redis, store, keys, await redis_now_ms(redis))
 
 
-async def _restore(redis: Redis, store: Store, keys: KeySpace) -> RestoreReport:
+async def _restore(redis: RedisClient, store: Store, keys: KeySpace) -> RestoreReport:
     return await restore(redis, store, keys, await redis_now_ms(redis))
 
 
-async def _with_connections(settings: Settings, work: Callable[[Redis, Store, KeySpace], Awaitable[T]]) -> T:
+async def _with_connections(settings: Settings, work: Callable[[RedisClient, Store, KeySpace], Awaitable[T]]) -> T:
     url = settings.redis_url or EmbeddedRedis(settings.data_dir / "redis").url
-    redis = Redis.from_url(url, decode_responses=True, socket_timeout=settings.redis_timeout_seconds)
+    redis: RedisClient
+    if settings.redis_url is not None and is_cluster(url, settings.redis_timeout_seconds):
+        settings = settings.on_cluster()
+        redis = new_cluster_client(url, settings.redis_timeout_seconds)
+    else:
+        redis = Redis.from_url(url, decode_responses=True, socket_timeout=settings.redis_timeout_seconds)
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     await store.open()
     try:

@@ -9,6 +9,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -16,6 +17,7 @@ from typing import Any, cast
 import hiredis
 import structlog
 from creditgate.server.clock import Clock, SystemClock
+from creditgate.server.engine.cluster import ClusterWire, RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.wire import RedisWire, pack_command, response_error
@@ -25,7 +27,7 @@ from creditgate.server.store.conflicts import LedgerConflict
 from creditgate.server.store.ledger import ParkedEntry
 from creditgate.server.store.store import Store
 from creditgate.server.tasks import PeriodicTask
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 GROUP = "flushers"
@@ -61,8 +63,8 @@ class _Entry:
 class Flusher:
     def __init__(
         self,
-        redis: Redis,
-        wire: RedisWire,
+        redis: RedisClient,
+        wire: RedisWire | ClusterWire,
         store: Store,
         streams: list[str],
         *,
@@ -130,12 +132,14 @@ class Flusher:
             return 0
         self._unacknowledged.update(batches)
         await self._write(entries)
-        # One MULTI: an entry is never acknowledged without leaving the stream, so the backlog stays exact.
-        acknowledge: list[tuple[Any, ...]] = [("MULTI",)]
+        # One MULTI per stream (a stream is one slot; a cluster refuses a MULTI across slots), all in one write:
+        # an entry is never acknowledged without leaving the stream, so the backlog stays exact.
+        acknowledge: list[tuple[Any, ...]] = []
         for stream, raw in batches.items():
             ids = [entry_id for entry_id, _ in raw]
-            acknowledge += [("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids)]
-        for reply in (await self._send([*acknowledge, ("EXEC",)]))[-1] or ():
+            acknowledge += [("MULTI", stream), ("XACK", stream, GROUP, *ids), ("XDEL", stream, *ids), ("EXEC", stream)]
+        replies = await self._send(acknowledge)
+        for reply in (item for executed in replies[3::4] for item in executed or ()):
             if isinstance(reply, hiredis.ReplyError):
                 raise response_error(str(reply))
         self._unacknowledged.difference_update(stream for stream, raw in batches.items() if len(raw) < self._batch_size)
@@ -154,13 +158,18 @@ class Flusher:
     async def status(self) -> LedgerStatus:
         """Backlog, in-flight entries and the oldest unflushed entry's age, read from Redis in one round trip."""
         try:
+            # A cluster's pipeline sends each command to its key's primary and refuses a keyless TIME: asked apart.
+            cluster = isinstance(self._redis, RedisCluster)
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.time()
+                if not cluster:
+                    pipe.time()
                 for stream in self._streams:
                     pipe.xlen(stream)
                     pipe.xpending(stream, GROUP)
                     pipe.xrange(stream, count=1)
                 replies = await pipe.execute(raise_on_error=False)
+            if cluster:
+                replies = [await self._redis.time(), *replies]
         except RedisError as exc:
             raise redis_error(exc, "flusher") from exc
         seconds, micros = replies[0]
@@ -241,14 +250,20 @@ class Flusher:
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies of commands written together, in order; the first error reply is raised (after every reply
-        is in, so that none is left unread)."""
-        futures = await self._wire.call_many([pack_command(*command) for command in commands])
-        if futures:
-            await asyncio.wait(futures)
-        errors = [error for future in futures if (error := future.exception()) is not None]
+        is in, so that none is left unread). Each command's second part is its stream (MULTI and EXEC carry one
+        too, not sent): on a cluster, each goes to the primary of its stream's slot."""
+        wire = self._wire
+        if isinstance(wire, ClusterWire):
+            replies = await wire.call_many_for_keys([(_stream_of(command), _packed(command)) for command in commands])
+        else:
+            futures = await wire.call_many([_packed(command)("") for command in commands])
+            if futures:
+                await asyncio.wait(futures)
+            replies = [future.exception() or future.result() for future in futures]
+        errors = [reply for reply in replies if isinstance(reply, BaseException)]
         if errors:
             raise errors[0]
-        return [future.result() for future in futures]
+        return replies
 
     async def _write(self, entries: list[_Entry]) -> None:
         records = [entry.record for entry in entries if entry.record is not None]
@@ -337,6 +352,17 @@ class Flusher:
                         oldest_age_ms=status.oldest_age_ms,
                     )
         return moved
+
+
+def _stream_of(command: tuple[Any, ...]) -> str:
+    return str(command[7] if command[0] == "XREADGROUP" else command[1])
+
+
+def _packed(command: tuple[Any, ...]) -> Callable[[str], bytes]:
+    """The command packed (for the wire's epoch-taking calls, which it ignores); MULTI and EXEC without their
+    stream."""
+    packed = pack_command(command[0]) if command[0] in ("MULTI", "EXEC") else pack_command(*command)
+    return lambda _: packed
 
 
 def _parse(stream: str, entry_id: str, fields: dict[str, str]) -> _Entry:

@@ -20,6 +20,7 @@ from multiprocessing.sharedctypes import SynchronizedArray
 import structlog
 import uvloop
 from creditgate.server.clock import Clock, SystemClock
+from creditgate.server.engine.cluster import ClusterWire, RedisClient, is_cluster, new_cluster_client
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.wire import RedisWire
 from creditgate.server.ledger.flusher import Flusher
@@ -35,6 +36,7 @@ from creditgate.server.tasks import (
     backoff_seconds,
 )
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 log = structlog.get_logger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -49,16 +51,28 @@ STABLE_SECONDS = 60.0
 RESTARTS, FAILURES, FAILING_SINCE_MS = range(3)
 
 
-def new_flusher(redis: Redis, redis_url: str, store: Store, settings: Settings, clock: Clock | None = None) -> Flusher:
+def new_flusher(
+    redis: RedisClient,
+    redis_url: str,
+    store: Store,
+    settings: Settings,
+    clock: Clock | None = None,
+    keys: KeySpace | None = None,
+    claim_idle_ms: int | None = None,
+) -> Flusher:
+    """The flusher of `keys`' outboxes (the settings' shards unless given); `claim_idle_ms` 0 takes over every
+    pending entry at once (for a command run while no sidecar is)."""
+    cluster = isinstance(redis, RedisCluster)
+    keys = keys or KeySpace(settings.shards)
     return Flusher(
         redis,
-        RedisWire(redis_url, settings.redis_timeout_seconds),
+        (ClusterWire if cluster else RedisWire)(redis_url, settings.redis_timeout_seconds),
         store,
-        KeySpace(settings.shards).all_outboxes(),
+        keys.all_outboxes(),
         batch_size=settings.flush_batch_size,
         interval_seconds=settings.flush_interval_seconds,
-        claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000),
-        keys=KeySpace(settings.shards),
+        claim_idle_ms=int(settings.flush_claim_idle_seconds * 1000) if claim_idle_ms is None else claim_idle_ms,
+        keys=keys,
         clock=clock,
     )
 
@@ -202,12 +216,16 @@ async def _flush_until_stopped(settings: Settings, shared: SynchronizedArray[int
     for signum in (signal.SIGTERM, signal.SIGHUP):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     assert settings.redis_url is not None
-    redis = Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-    )
+    redis: RedisClient
+    if is_cluster(settings.redis_url, settings.redis_timeout_seconds):
+        redis = new_cluster_client(settings.redis_url, settings.redis_timeout_seconds)
+    else:
+        redis = Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+        )
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     await store.open()
     flusher = new_flusher(redis, settings.redis_url, store, settings, SystemClock())

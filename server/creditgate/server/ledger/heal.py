@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock
+from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.ledger.rebuild import expected_state, read_durable
@@ -24,7 +25,6 @@ from creditgate.server.ledger.reconcile import read_outbox
 from creditgate.server.ledger.records import event_record
 from creditgate.server.ops.metrics import Metrics
 from creditgate.server.store.store import Store
-from redis.asyncio import Redis
 
 log = structlog.get_logger(__name__)
 # Customers whose verification lock is kept; past it the locks of idle customers are dropped.
@@ -34,7 +34,7 @@ LOCKS_KEPT = 4096
 class Healer:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         keys: KeySpace,
         store: Store,

@@ -9,11 +9,11 @@ from typing import Any
 
 from creditgate.server.catalog.rules import RuleBook
 from creditgate.server.catalog.schema import load_catalog
+from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.ledger.rebuild import DurableView, expected_state, read_durable, relevant_usage_field
 from creditgate.server.store.store import Store
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 # Customer hash fields reconcile checks (others, like holds, are not rebuilt from the ledger).
@@ -63,7 +63,7 @@ async def load_rules(store: Store) -> RuleBook | None:
 
 
 async def read_outbox(
-    redis: Redis, keys: KeySpace, streams: list[str] | None = None
+    redis: RedisClient, keys: KeySpace, streams: list[str] | None = None
 ) -> list[tuple[str, str, dict[str, str]]]:
     """Every entry still in the outbox streams (all shards', or those named): not yet in the durable store."""
     entries: list[tuple[str, str, dict[str, str]]] = []
@@ -77,7 +77,7 @@ async def read_outbox(
     return entries
 
 
-async def redis_customer_ids(redis: Redis, keys: KeySpace) -> set[str]:
+async def redis_customer_ids(redis: RedisClient, keys: KeySpace) -> set[str]:
     found: set[str] = set()
     try:
         async for key in redis.scan_iter(match=keys.customer_scan_pattern(), count=SCAN_COUNT, _type="hash"):
@@ -89,7 +89,7 @@ async def redis_customer_ids(redis: Redis, keys: KeySpace) -> set[str]:
     return found
 
 
-async def read_customer(redis: Redis, keys: KeySpace, customer_id: str) -> tuple[dict[str, str], ...]:
+async def read_customer(redis: RedisClient, keys: KeySpace, customer_id: str) -> tuple[dict[str, str], ...]:
     customer_keys = keys.for_customer(customer_id)
     try:
         async with redis.pipeline(transaction=True) as pipe:
@@ -102,7 +102,7 @@ async def read_customer(redis: Redis, keys: KeySpace, customer_id: str) -> tuple
     return tuple({_text(k): _text(v) for k, v in reply.items()} for reply in replies)
 
 
-async def redis_now_ms(redis: Redis) -> int:
+async def redis_now_ms(redis: RedisClient) -> int:
     try:
         seconds, micros = await redis.time()
     except RedisError as exc:
@@ -110,7 +110,7 @@ async def redis_now_ms(redis: Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def reconcile(redis: Redis, store: Store, keys: KeySpace, now_ms: int, rounds: int = 3) -> ReconcileReport:
+async def reconcile(redis: RedisClient, store: Store, keys: KeySpace, now_ms: int, rounds: int = 3) -> ReconcileReport:
     """Compare every customer; a customer that differs is looked at again (up to `rounds` times in all), so
     decisions made while reconcile runs are not taken for drift."""
     rules = await load_rules(store)

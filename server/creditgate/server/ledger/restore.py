@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.ledger.rebuild import expected_state, read_durable
 from creditgate.server.ledger.reconcile import load_rules, read_outbox
 from creditgate.server.store.store import Store
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 
@@ -24,7 +24,7 @@ class RestoreReport:
     holds: int = 0
 
 
-async def restore(redis: Redis, store: Store, keys: KeySpace, now_ms: int) -> RestoreReport:
+async def restore(redis: RedisClient, store: Store, keys: KeySpace, now_ms: int) -> RestoreReport:
     rules = await load_rules(store)
     view = await read_durable(store, await read_outbox(redis, keys))
     customers = buckets = credits = holds = 0

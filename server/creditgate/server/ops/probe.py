@@ -10,12 +10,13 @@ from typing import Any, TypeVar
 
 import structlog
 from creditgate.server.clock import Clock
+from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.ops.metrics import Metrics
 from creditgate.server.store.store import Store
 from creditgate.server.tasks import PeriodicTask, Supervised, TaskState
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -28,7 +29,7 @@ PROBE_CUSTOMER_ID = "#health-probe"
 class HealthProbe:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         store: Store,
         health: health_aio.HealthServicer,
         services_on_redis: Sequence[str],
@@ -139,18 +140,23 @@ class HealthProbe:
         await self.task.stop(3 * self._timeout + 1)
 
 
-async def outbox_backlog(redis: Redis, outboxes: Sequence[str]) -> tuple[int, int, int]:
+async def outbox_backlog(redis: RedisClient, outboxes: Sequence[str]) -> tuple[int, int, int]:
     """(entries waiting in all outboxes, the oldest one's Redis time in ms, Redis's time now in ms).
 
     The flusher deletes an entry once the store has it, so a stream's length is its backlog, and its first
     entry's id (Redis time at XADD) tells how long the oldest has waited.
     """
+    # A cluster's pipeline sends each command to its key's primary and refuses a keyless TIME: asked apart.
+    cluster = isinstance(redis, RedisCluster)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
+        if not cluster:
+            pipe.time()
         for stream in outboxes:
             pipe.xlen(stream)
             pipe.xrange(stream, count=1)
         replies = await pipe.execute()
+    if cluster:
+        replies = [await redis.time(), *replies]
     seconds, micros = replies[0]
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     backlog, oldest_ms = 0, now_ms
