@@ -760,8 +760,8 @@ def store_throughput(workdir: Path, customers: int) -> dict[str, float]:
     import random
 
     from creditgate.server.domain.records import LedgerRecord, Record
-    from creditgate.server.ledger.sqlite_store import SqliteStore
     from creditgate.server.settings import Settings
+    from creditgate.server.store.store import open_store
 
     per_stream = Settings.model_fields["flush_batch_size"].default
     streams = Settings.model_fields["shards"].default
@@ -791,7 +791,7 @@ def store_throughput(workdir: Path, customers: int) -> dict[str, float]:
         return records
 
     async def write() -> float:
-        store = SqliteStore(str(workdir / "store-bench.db"))
+        store = open_store(f"sqlite:///{workdir / 'store-bench.db'}")
         await store.open()
         for _ in range(STORE_PREFILL // size):
             await store.write(batch(), [])

@@ -24,11 +24,12 @@ import psycopg
 import redis
 from creditgate.server.app import App, build_app
 from creditgate.server.clock import ManualClock, from_ms, to_ms
-from creditgate.server.domain.records import Record
 from creditgate.server.embedded_redis import redis_server_binary
 from creditgate.server.engine.keys import KeySpace
-from creditgate.server.ledger.store import ParkedEntry, Store, open_store
+from creditgate.server.domain.records import Record
 from creditgate.server.settings import Settings
+from creditgate.server.store.ledger import ParkedEntry
+from creditgate.server.store.store import Store, open_store
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ import pytest
 import redis
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile, redis_now_ms
-from creditgate.server.ledger.store import open_store
+from creditgate.server.store.store import open_store
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import APOLLO, OWNER_ROLE, REPO, PostgresServer, RedisServer, free_port

@@ -11,7 +11,7 @@ import redis
 from creditgate.server.cli import app as cli
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.ledger.parked import retry_parked
-from creditgate.server.ledger.store import ParkedEntry
+from creditgate.server.store.ledger import ParkedEntry
 from creditgate.v1 import admin_pb2
 from harness import OWNER_ROLE, PostgresServer, RedisServer, RunningServer, StoreUnderTest
 from typer.testing import CliRunner

@@ -9,14 +9,15 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from billing import FIXTURES
-from creditgate.server.domain.records import CustomerRecord, LedgerRecord, SettingsRecord, SubscriptionRecord
 from creditgate.server.errors import FailedPrecondition, InternalError, InvalidArgument
-from creditgate.server.ledger.sqlite_store import SCHEMA_VERSION
-from creditgate.server.ledger.store import ParkedEntry, open_store
+from creditgate.server.domain.records import CustomerRecord, LedgerRecord, SettingsRecord, SubscriptionRecord
+from creditgate.server.store.ledger import ParkedEntry
+from creditgate.server.store.sqlite import SCHEMA_VERSION
+from creditgate.server.store.store import open_store
 from harness import OWNER_ROLE, PostgresServer, StoreUnderTest
 
 T = TypeVar("T")
-MIGRATIONS = Path(__file__).resolve().parents[2] / "server" / "creditgate" / "server" / "ledger" / "pg_migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "server" / "creditgate" / "server" / "store" / "migrations"
 
 
 def entry(customer_id: str, seq: int, **fields: Any) -> LedgerRecord:
@@ -262,15 +263,17 @@ def test_postgres_single_role_set_up_revokes_its_own_ledger_edits(
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"),
     ):
         conn.execute(b"DELETE FROM ledger_entries")
-    applied = postgres_server.query(postgres_database, "SELECT migration_id FROM _yoyo_migration ORDER BY 1")
-    shipped = sorted(path.stem for path in MIGRATIONS.glob("*.sql"))
+    applied = postgres_server.query(postgres_database, "SELECT id FROM schema_migrations ORDER BY 1")
+    # A migration's id is its file name up to the engine's part: NNNN.name[.sqlite|.postgresql].sql.
+    shipped = sorted({".".join(path.name.split(".")[:2]) for path in MIGRATIONS.glob("*.sql")})
     assert [row[0] for row in applied] == shipped
     assert shipped[0] == "0001.initial"
 
 
 def test_periods_invoices_events_and_deliveries(store: StoreUnderTest) -> None:
     from creditgate.server.domain.records import PeriodRecord, event_record
-    from creditgate.server.ledger.store import Delivery, StoredInvoice
+    from creditgate.server.store.events import Delivery
+    from creditgate.server.store.invoices import StoredInvoice
 
     jan = PeriodRecord("acme", "basic", 0, 1000, 2000)
     low = entry("acme", 1, events=("low_balance",))

@@ -31,11 +31,11 @@ from creditgate.server.errors import CreditgateError
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.flusher_process import FlusherProcess, new_flusher
 from creditgate.server.ledger.heal import Healer
-from creditgate.server.ledger.store import Store, open_store
 from creditgate.server.ops.metrics import Metrics
 from creditgate.server.ops.probe import HealthProbe
 from creditgate.server.ops.tls import server_credentials
 from creditgate.server.settings import Settings
+from creditgate.server.store.store import Store, open_store
 from creditgate.server.tasks import Supervised
 from creditgate.v1 import admin_pb2, metering_pb2
 from grpc_health.v1 import _async as health_aio  # published as health.aio, which type checkers cannot see

@@ -16,7 +16,7 @@ from creditgate.server.clock import ManualClock
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from creditgate.server.ledger.flusher import Flusher
-from creditgate.server.ledger.store import Store
+from creditgate.server.store.store import Store
 from creditgate.v1 import admin_pb2, admin_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -16,8 +16,9 @@ import httpx
 import structlog
 from creditgate.server.clock import Clock, from_ms
 from creditgate.server.errors import CreditgateError
-from creditgate.server.ledger.store import Delivery, Store
 from creditgate.server.settings import Settings
+from creditgate.server.store.events import Delivery
+from creditgate.server.store.store import Store
 from standardwebhooks.webhooks import Webhook
 
 log = structlog.get_logger(__name__)

@@ -10,14 +10,14 @@ from creditgate.server.clock import Clock
 from creditgate.server.domain.catalog import load_catalog
 from creditgate.server.domain.rules import RuleBook
 from creditgate.server.errors import FailedPrecondition, Unavailable
-from creditgate.server.ledger.store import Store
+from creditgate.server.store.catalogs import CatalogStore
 from creditgate.server.tasks import PeriodicTask
 
 log = structlog.get_logger(__name__)
 
 
 class CatalogHolder:
-    def __init__(self, store: Store, clock: Clock, refresh_interval_seconds: float = 5.0) -> None:
+    def __init__(self, store: CatalogStore, clock: Clock, refresh_interval_seconds: float = 5.0) -> None:
         self._store = store
         self._clock = clock
         self._rules: RuleBook | None = None

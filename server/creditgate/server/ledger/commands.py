@@ -18,8 +18,9 @@ from creditgate.server.ledger.flusher_process import new_flusher
 from creditgate.server.ledger.parked import RetryReport, retry_parked
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile, redis_now_ms
 from creditgate.server.ledger.restore import RestoreReport, restore
-from creditgate.server.ledger.store import ParkedEntry, Store, open_store
 from creditgate.server.settings import Settings
+from creditgate.server.store.ledger import ParkedEntry
+from creditgate.server.store.store import Store, open_store
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table

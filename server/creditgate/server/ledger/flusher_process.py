@@ -24,9 +24,9 @@ from creditgate.server.engine.cluster import ClusterWire, RedisClient, is_cluste
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.wire import RedisWire
 from creditgate.server.ledger.flusher import Flusher
-from creditgate.server.ledger.store import Store, open_store
 from creditgate.server.logs import configure
 from creditgate.server.settings import Settings
+from creditgate.server.store.store import Store, open_store
 from creditgate.server.tasks import (
     BACKOFF_INITIAL_SECONDS,
     BACKOFF_MAX_SECONDS,

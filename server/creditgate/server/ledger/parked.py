@@ -7,9 +7,10 @@ import ast
 from dataclasses import dataclass, field
 
 import structlog
-from creditgate.server.domain.records import parse_record
 from creditgate.server.errors import InternalError
-from creditgate.server.ledger.store import ParkedEntry, Store
+from creditgate.server.domain.records import parse_record
+from creditgate.server.store.ledger import ParkedEntry
+from creditgate.server.store.store import Store
 
 log = structlog.get_logger(__name__)
 

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from creditgate.server.domain.periods import DAY_MS, Period, period
+from creditgate.server.domain.rules import RuleBook
+from creditgate.server.engine.holds import split_reservation_id
+from creditgate.server.errors import CreditgateError
 from creditgate.server.domain.records import (
     CustomerRecord,
     LedgerRecord,
@@ -17,10 +20,7 @@ from creditgate.server.domain.records import (
     SubscriptionRecord,
     parse_record,
 )
-from creditgate.server.domain.rules import RuleBook
-from creditgate.server.engine.holds import split_reservation_id
-from creditgate.server.errors import CreditgateError
-from creditgate.server.ledger.store import Store
+from creditgate.server.store.store import Store
 
 # Ledger kinds that create a bucket, and the bucket source the engine gives it.
 BUCKET_SOURCES = {"grant": "grant", "topup": "topup", "adjustment": "adjustment", "rollover": "rollover"}

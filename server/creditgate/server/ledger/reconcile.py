@@ -13,7 +13,7 @@ from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.ledger.rebuild import DurableView, expected_state, read_durable, relevant_usage_field
-from creditgate.server.ledger.store import Store
+from creditgate.server.store.store import Store
 from redis.exceptions import RedisError
 
 # Customer hash fields reconcile checks (others, like holds, are not rebuilt from the ledger).

@@ -10,7 +10,7 @@ from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.ledger.rebuild import expected_state, read_durable
 from creditgate.server.ledger.reconcile import load_rules, read_outbox
-from creditgate.server.ledger.store import Store
+from creditgate.server.store.store import Store
 from redis.exceptions import RedisError
 
 

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import structlog
 from creditgate.server.clock import Clock
 from creditgate.server.engine.cluster import RedisClient
-from creditgate.server.ledger.store import Store
 from creditgate.server.ops.metrics import Metrics
+from creditgate.server.store.store import Store
 from creditgate.server.tasks import PeriodicTask, Supervised, TaskState
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2

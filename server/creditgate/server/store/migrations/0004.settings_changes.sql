@@ -1,8 +1,7 @@
 -- A customer's own settings (low-balance threshold, auto top-up) as they were changed: restore replays them.
-CREATE TABLE settings_changes (
+CREATE TABLE IF NOT EXISTS settings_changes (
   source_id TEXT PRIMARY KEY,
   customer_id TEXT NOT NULL,
-  fields JSONB NOT NULL,
+  fields {json} NOT NULL,
   changed_ms BIGINT NOT NULL
 );
-CREATE INDEX settings_changes_by_customer ON settings_changes (customer_id);
