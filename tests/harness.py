@@ -24,9 +24,9 @@ import psycopg
 import redis
 from creditgate.server.app import App, build_app
 from creditgate.server.clock import ManualClock, from_ms, to_ms
+from creditgate.server.domain.records import Record
 from creditgate.server.embedded_redis import redis_server_binary
 from creditgate.server.engine.keys import KeySpace
-from creditgate.server.domain.records import Record
 from creditgate.server.settings import Settings
 from creditgate.server.store.ledger import ParkedEntry
 from creditgate.server.store.store import Store, open_store

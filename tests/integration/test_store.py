@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from billing import FIXTURES
-from creditgate.server.errors import FailedPrecondition, InternalError, InvalidArgument
 from creditgate.server.domain.records import CustomerRecord, LedgerRecord, SettingsRecord, SubscriptionRecord
+from creditgate.server.errors import FailedPrecondition, InternalError, InvalidArgument
 from creditgate.server.store.ledger import ParkedEntry
 from creditgate.server.store.sqlite import SCHEMA_VERSION
 from creditgate.server.store.store import open_store

@@ -14,7 +14,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from billing import FIXTURES
-from creditgate.server.errors import FailedPrecondition
 from creditgate.server.domain.records import (
     CustomerRecord,
     LedgerRecord,
@@ -22,6 +21,7 @@ from creditgate.server.domain.records import (
     SettingsRecord,
     SubscriptionRecord,
 )
+from creditgate.server.errors import FailedPrecondition
 from creditgate.server.store.events import Delivery
 from creditgate.server.store.invoices import StoredInvoice
 from creditgate.server.store.ledger import ParkedEntry

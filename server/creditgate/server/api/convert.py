@@ -6,6 +6,7 @@ from typing import Any
 
 from creditgate.server.api import validate
 from creditgate.server.billing.invoices import Invoice
+from creditgate.server.domain.records import EventRecord, LedgerRecord
 from creditgate.server.engine.model import (
     BalanceView,
     BucketView,
@@ -14,7 +15,6 @@ from creditgate.server.engine.model import (
     Decision,
     SubscriptionView,
 )
-from creditgate.server.domain.records import EventRecord, LedgerRecord
 from creditgate.server.store.events import Delivery
 from creditgate.v1 import admin_pb2, metering_pb2
 from google.protobuf.timestamp_pb2 import Timestamp

@@ -10,11 +10,12 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from creditgate.server.domain.catalog import Catalog
 from creditgate.server.clock import Clock
+from creditgate.server.domain.catalog import Catalog
+from creditgate.server.domain.records import LedgerRecord, PeriodRecord, event_record
+from creditgate.server.domain.rules import RuleSource
 from creditgate.server.engine.credits import CreditEngine
 from creditgate.server.errors import NotFound
-from creditgate.server.domain.records import LedgerRecord, PeriodRecord, event_record
 from creditgate.server.store.invoices import StoredInvoice
 from creditgate.server.store.store import Store
 from creditgate.server.tasks import PeriodicTask

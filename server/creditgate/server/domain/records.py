@@ -1,4 +1,24 @@
-"""What the outbox stream carries, parsed into the records the durable stores write."""
+"""What the outbox stream carries, parsed into the records the durable stores write.
+
+The outbox entry format, in one place. Each shard's stream `cg:{sN}:outbox` (engine/keys.py) holds entries of two
+fields: `type` (ledger | customer | subscription | period | settings) and `e`, a JSON object written by the Lua
+scripts (lib.lua append_entry for ledger entries; the customer, subscription and settings scripts for the others).
+Keys are short because every decision writes one entry; they mean:
+
+  ledger        k kind (LEDGER_KINDS), c customer id, n the customer's entry number, id "<c>/<n>", d credits delta,
+                b balance after, t time (ms, UTC), f feature, q quantity, dim dimensions {name: value},
+                fu free units used, o overage credits, bk bucket id, r request id on a debit / reason on any other
+                kind, rq request id on other kinds, price decimal string (top-ups), bp / bx / bc the bucket's
+                priority, expiry (ms, 0 never) and rollover cap (-1 none) for entries that create one (src its
+                source: grant, topup, …; Redis keeps it, the ledger has it as the kind),
+                rd reserved delta, hold reservation id, takes [[bucket id, credits], …], ev balance events
+  customer      c, name, metadata {key: value}, t
+  subscription  c, plan, status, anchor (ms), t          (its source id is "<stream>/<stream id>")
+  period        c, plan, index, start (ms), end (ms)
+  settings      c, s {setting: value}, t                 (its source id is "<stream>/<stream id>")
+
+parse_record below is the only reader; a field it does not know is ignored, a missing required one parks the
+entry (ledger/parked.py)."""
 
 from __future__ import annotations
 

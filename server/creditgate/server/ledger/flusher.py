@@ -17,12 +17,12 @@ from typing import Any, cast
 import hiredis
 import structlog
 from creditgate.server.clock import Clock, SystemClock
+from creditgate.server.domain.records import Record, parse_record
 from creditgate.server.engine.cluster import ClusterWire, RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.wire import RedisWire, pack_command, response_error
 from creditgate.server.errors import CreditgateError, InternalError
-from creditgate.server.domain.records import Record, parse_record
 from creditgate.server.store.conflicts import LedgerConflict
 from creditgate.server.store.ledger import ParkedEntry
 from creditgate.server.store.store import Store

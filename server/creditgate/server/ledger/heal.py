@@ -16,12 +16,13 @@ from typing import Any
 
 import structlog
 from creditgate.server.clock import Clock
+from creditgate.server.domain.records import event_record
+from creditgate.server.domain.rules import RuleSource
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.ledger.rebuild import expected_state, read_durable
 from creditgate.server.ledger.reconcile import read_outbox
-from creditgate.server.domain.records import event_record
 from creditgate.server.ops.metrics import Metrics
 from creditgate.server.store.store import Store
 

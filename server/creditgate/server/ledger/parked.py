@@ -7,8 +7,8 @@ import ast
 from dataclasses import dataclass, field
 
 import structlog
-from creditgate.server.errors import InternalError
 from creditgate.server.domain.records import parse_record
+from creditgate.server.errors import InternalError
 from creditgate.server.store.ledger import ParkedEntry
 from creditgate.server.store.store import Store
 

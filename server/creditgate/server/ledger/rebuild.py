@@ -9,9 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from creditgate.server.domain.periods import DAY_MS, Period, period
-from creditgate.server.domain.rules import RuleBook
-from creditgate.server.engine.holds import split_reservation_id
-from creditgate.server.errors import CreditgateError
 from creditgate.server.domain.records import (
     CustomerRecord,
     LedgerRecord,
@@ -20,6 +17,9 @@ from creditgate.server.domain.records import (
     SubscriptionRecord,
     parse_record,
 )
+from creditgate.server.domain.rules import RuleBook
+from creditgate.server.engine.holds import split_reservation_id
+from creditgate.server.errors import CreditgateError
 from creditgate.server.store.store import Store
 
 # Ledger kinds that create a bucket, and the bucket source the engine gives it.

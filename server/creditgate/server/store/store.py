@@ -3,7 +3,6 @@ makes across them in one transaction."""
 
 from __future__ import annotations
 
-from creditgate.server.errors import InvalidArgument
 from creditgate.server.domain.records import (
     CustomerRecord,
     EventRecord,
@@ -14,6 +13,7 @@ from creditgate.server.domain.records import (
     SubscriptionRecord,
     ledger_events,
 )
+from creditgate.server.errors import InvalidArgument
 from creditgate.server.store.catalogs import CatalogStore
 from creditgate.server.store.conflicts import LedgerConflict
 from creditgate.server.store.customers import (
