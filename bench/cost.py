@@ -1,7 +1,7 @@
-"""What a decision costs (issue 21): CPU per call of the no-op, of creditgate's whole process tree (its flusher child
-included) and of redis-server, read from /proc before and after h2load; a lone call's latency; and a customer with
-thousands of live buckets against a fresh one. bench/run.py calls these with its own servers; run on its own
-(`python bench/cost.py`) it starts Redis, creditgate and the no-op itself and prints the figures as JSON."""
+"""What a decision costs (issue 21): CPU per call of the no-op and of creditgate's whole process tree (its flusher
+child included), read from /proc, and of redis-server (INFO cpu), before and after h2load; a lone call's latency;
+and a customer with thousands of live buckets against a fresh one. bench/run.py calls these with its own servers;
+run on its own (`python bench/cost.py`) it starts Redis, creditgate and the no-op itself and prints JSON."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 DEBIT_PATH = "/creditgate.v1.MeteringService/CheckAndDebit"
@@ -55,6 +56,13 @@ def tree_cpu_seconds(pid: int) -> float:
         total += times.get(current, 0)
         todo.extend(child for child, parent in parents.items() if parent == current)
     return total / TICK
+
+
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    """used_cpu_user + used_cpu_sys of redis-server (INFO cpu: its own getrusage, the figure /proc holds, in
+    microseconds rather than /proc's 10 ms ticks, which a row of 200 calls of ~100 us could not resolve)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def h2load_calls(target: str, body: bytes, calls: int, clients: int, streams: int) -> dict[str, float]:
@@ -96,7 +104,12 @@ def h2load_calls(target: str, body: bytes, calls: int, clients: int, streams: in
 
 
 def cpu_rows(
-    noop: tuple[str, int], creditgate: tuple[str, int], redis_pid: int, customer: str, rounds: int, settle: Any
+    noop: tuple[str, int],
+    creditgate: tuple[str, int],
+    redis_client: redis.Redis,
+    customer: str,
+    rounds: int,
+    settle: Any,
 ) -> dict[str, Any]:
     """Per round, interleaved: the no-op then creditgate, each under CPU_CALLS calls (4 x 8 streams), then each's
     lone call (LONE_CALLS sequential calls, 1 connection, 1 stream). CPU per call from /proc; medians of rounds."""
@@ -105,12 +118,12 @@ def cpu_rows(
     for _ in range(rounds):
         for name, (target, pid) in (("noop", noop), ("creditgate", creditgate)):
             settle()
-            server_before, redis_before = tree_cpu_seconds(pid), tree_cpu_seconds(redis_pid)
+            server_before, redis_before = tree_cpu_seconds(pid), redis_cpu_seconds(redis_client)
             loaded = h2load_calls(target, body, CPU_CALLS, 4, 8)
             # The flusher's catch-up on these calls is part of what they cost.
             settle()
             server_cpu = tree_cpu_seconds(pid) - server_before
-            redis_cpu = tree_cpu_seconds(redis_pid) - redis_before
+            redis_cpu = redis_cpu_seconds(redis_client) - redis_before
             lone = h2load_calls(target, body, LONE_CALLS, 1, 1)
             row = {
                 "calls_per_s": loaded["calls_per_s"],
@@ -147,7 +160,9 @@ def create_bucket_customers(target: str, prefix: str) -> tuple[str, str]:
     return fresh, many
 
 
-def bucket_rows(target: str, redis_pid: int, customers: tuple[str, str], rounds: int, settle: Any) -> dict[str, Any]:
+def bucket_rows(
+    target: str, redis_client: redis.Redis, customers: tuple[str, str], rounds: int, settle: Any
+) -> dict[str, Any]:
     """Redis CPU per call and mean call time of BUCKET_CALLS sequential calls per operation, for the fresh customer
     and the one with MANY_BUCKETS buckets, interleaved per round; medians of the rounds."""
     rows: dict[str, list[dict[str, float]]] = {}
@@ -173,12 +188,12 @@ def bucket_rows(target: str, redis_pid: int, customers: tuple[str, str], rounds:
             for operation, call in operations.items():
                 for label, customer in zip(("fresh", f"{MANY_BUCKETS}_buckets"), customers, strict=True):
                     settle()
-                    redis_before, started = tree_cpu_seconds(redis_pid), time.perf_counter()
+                    redis_before, started = redis_cpu_seconds(redis_client), time.perf_counter()
                     for _ in range(BUCKET_CALLS):
                         call(customer)
                     elapsed = time.perf_counter() - started
                     settle()
-                    redis_cpu = tree_cpu_seconds(redis_pid) - redis_before
+                    redis_cpu = redis_cpu_seconds(redis_client) - redis_before
                     row = {
                         "redis_cpu_us_per_call": redis_cpu / BUCKET_CALLS * 1e6,
                         "call_ms": elapsed / BUCKET_CALLS * 1000,
@@ -205,7 +220,7 @@ def main() -> None:
     processes = run.Processes(workdir)
     try:
         redis_port = run.free_port()
-        redis_server = processes.start(
+        processes.start(
             "redis",
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         )
@@ -230,9 +245,7 @@ def main() -> None:
         for target in (cg, noop):
             run.wait_port(int(target.rsplit(":", 1)[1]))
         time.sleep(2)
-        results = measure(
-            cg, creditgate.pid, noop, noop_server.pid, redis_server.pid, redis_url, args.rounds, not args.only_buckets
-        )
+        results = measure(cg, creditgate.pid, noop, noop_server.pid, redis_url, args.rounds, not args.only_buckets)
     finally:
         processes.stop_all()
     text = json.dumps(results, indent=2)
@@ -242,7 +255,7 @@ def main() -> None:
 
 
 def measure(
-    cg: str, cg_pid: int, noop: str, noop_pid: int, redis_pid: int, redis_url: str, rounds: int, cpu: bool = True
+    cg: str, cg_pid: int, noop: str, noop_pid: int, redis_url: str, rounds: int, cpu: bool = True
 ) -> dict[str, Any]:
     """Both parts of issue 21's figures, on servers that are already up."""
     import run  # bench/run.py
@@ -260,18 +273,20 @@ def measure(
         )
     )
 
+    redis_client = redis.Redis.from_url(redis_url)
+
     def settle() -> None:
         run.wait_outbox_empty(redis_url)
 
     results: dict[str, Any] = {}
     if cpu:
         print("cost: CPU per call (no-op, creditgate process tree, Redis) and a lone call's latency", flush=True)
-        results["cpu"] = cpu_rows((noop, noop_pid), (cg, cg_pid), redis_pid, "cost-0", rounds, settle)
+        results["cpu"] = cpu_rows((noop, noop_pid), (cg, cg_pid), redis_client, "cost-0", rounds, settle)
     print(f"cost: a customer with {MANY_BUCKETS:,} live buckets against a fresh one", flush=True)
     started = time.perf_counter()
     customers = create_bucket_customers(cg, "buckets")
     setup_s = time.perf_counter() - started
-    buckets = bucket_rows(cg, redis_pid, customers, rounds, settle)
+    buckets = bucket_rows(cg, redis_client, customers, rounds, settle)
     buckets["setup_s"] = setup_s
     results["buckets"] = buckets
     return results

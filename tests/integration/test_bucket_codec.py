@@ -75,3 +75,4 @@ def test_the_order_members_sort_as_the_spending_order(redis_server: RedisServer)
         return bucket.priority, expires, bucket.seq
 
     assert by_member == [bucket.id for bucket in sorted(buckets, key=spending)]
+    assert by_member == [bucket.id for bucket in sorted(buckets, key=bucket_codec.spending_order)]

@@ -56,9 +56,10 @@ def order_member(bucket: Bucket) -> str:
     return f"{bucket.priority:0{PRIORITY_DIGITS}d}{expires:0{EXPIRY_DIGITS}d}{bucket.seq:0{SEQ_DIGITS}d}"
 
 
-def spending_order(bucket: Bucket) -> str:
-    """A sort key for buckets: the order Redis keeps them in (the bytes of order_member)."""
-    return order_member(bucket)
+def spending_order(bucket: Bucket) -> tuple[int, int, int]:
+    """A sort key for buckets in the order Redis keeps them (that of order_member's fixed-width digits), without
+    formatting them."""
+    return bucket.priority, NEVER_ORDER if bucket.expires_at_ms == NEVER else bucket.expires_at_ms, bucket.seq
 
 
 @dataclass(frozen=True, slots=True)
