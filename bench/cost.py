@@ -65,6 +65,14 @@ def redis_cpu_seconds(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def redis_command_seconds(client: redis.Redis) -> float:
+    """The time Redis spent inside commands (INFO commandstats, every command's usec summed): the work calls
+    cause, without the CPU a busy Redis spends on its own (expiry cycles, the event loop, other clients' idle
+    connections), which in a long bench run can outweigh a few hundred sequential calls."""
+    stats = client.info("commandstats")
+    return sum(float(entry["usec"]) for entry in stats.values()) / 1e6
+
+
 def h2load_calls(target: str, body: bytes, calls: int, clients: int, streams: int) -> dict[str, float]:
     """`calls` CheckAndDebit calls through h2load (gRPC framing): the rate and h2load's mean time per request."""
     workdir = Path(tempfile.mkdtemp(prefix="h2load-cost-"))
@@ -188,19 +196,23 @@ def bucket_rows(
             for operation, call in operations.items():
                 for label, customer in zip(("fresh", f"{MANY_BUCKETS}_buckets"), customers, strict=True):
                     settle()
+                    commands_before = redis_command_seconds(redis_client)
                     redis_before, started = redis_cpu_seconds(redis_client), time.perf_counter()
                     for _ in range(BUCKET_CALLS):
                         call(customer)
                     elapsed = time.perf_counter() - started
                     settle()
                     redis_cpu = redis_cpu_seconds(redis_client) - redis_before
+                    commands = redis_command_seconds(redis_client) - commands_before
                     row = {
                         "redis_cpu_us_per_call": redis_cpu / BUCKET_CALLS * 1e6,
+                        "redis_command_us_per_call": commands / BUCKET_CALLS * 1e6,
                         "call_ms": elapsed / BUCKET_CALLS * 1000,
                     }
                     rows.setdefault(f"{operation}/{label}", []).append(row)
                     print(
-                        f"  {operation} {label}: Redis {row['redis_cpu_us_per_call']:,.0f} us/call,"
+                        f"  {operation} {label}: Redis {row['redis_cpu_us_per_call']:,.0f} us CPU/call,"
+                        f" {row['redis_command_us_per_call']:,.0f} us in commands/call,"
                         f" {row['call_ms']:.2f} ms/call",
                         flush=True,
                     )
