@@ -172,6 +172,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f" {results['overspend']['postgresql']['charged']:,} (overspend"
         f" {results['overspend']['postgresql']['overspend']}).",
         "",
+        *_cost_lines(results, rows, h2_cg, h2_batch),
         *_one_call_line(rows, h2_noop, h2_cg),
         *_workers_line(rows),
         *_gateway_line(rows),
@@ -201,6 +202,83 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines += ["Reserve + Commit: the server answered UNIMPLEMENTED, so that row is missing.", ""]
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n" + _notes(out))
     plot(results, out / "latency_vs_throughput.png")
+
+
+def _cost_lines(
+    results: dict[str, Any], rows: dict[str, list[dict[str, Any]]], h2_cg: float, h2_batch: float
+) -> list[str]:
+    """Issue 21's figures: what a decision costs, each beside the no-op's in the same run (bench/cost.py)."""
+    if "cost" not in results:
+        return []
+    cost = results["cost"]
+    cpu, buckets = cost["cpu"], cost["buckets"]
+    noop, cg = cpu["median"]["noop"], cpu["median"]["creditgate"]
+    redis_us = cg["redis_cpu_us_per_call"]
+    lone_gap = cg["lone_call_ms"] - noop["lone_call_ms"]
+    half = rows.get("h2load-cg@half"), rows.get("h2load-noop@half")
+    lines = [
+        f"## What a decision costs (issue 21; bench/cost.py, {len(cpu['rounds']['noop'])} interleaved rounds, medians)",
+        "",
+        f"CPU per call: h2load, 4 connections x 8 streams, {cpu['calls']:,} CheckAndDebit calls of 1 hot customer"
+        " per round and server; server CPU = utime + stime of the whole process tree from /proc (creditgate's"
+        " flusher child included), Redis CPU from INFO cpu, both read after the flusher has caught up. Lone call:"
+        f" the mean of {cpu['lone_calls']:,} sequential calls (h2load, 1 connection, 1 stream).",
+        "",
+        "| figure | no-op | creditgate | ratio or gap | target | met |",
+        "|---|---:|---:|---:|---|---|",
+        f"| server CPU per call (process tree) | {noop['server_cpu_us_per_call']:.0f} us |"
+        f" {cg['server_cpu_us_per_call']:.0f} us | {cg['server_cpu_us_per_call'] / noop['server_cpu_us_per_call']:.2f}x"
+        f" | <= 1.25x | {_met(cg['server_cpu_us_per_call'] <= 1.25 * noop['server_cpu_us_per_call'])} |",
+        f"| Redis CPU per decision (32 in flight) | | {redis_us:.0f} us | {1e6 / redis_us:,.0f} decisions/s per"
+        f" Redis core | <= 40 us | {_met(redis_us <= 40)} |",
+        f"| one call in flight, mean | {noop['lone_call_ms']:.3f} ms | {cg['lone_call_ms']:.3f} ms |"
+        f" +{lone_gap:.3f} ms | <= +0.15 ms | {_met(lone_gap <= 0.15)} |",
+        f"| throughput, same load | {noop['calls_per_s']:,.0f}/s | {cg['calls_per_s']:,.0f}/s |"
+        f" {cg['calls_per_s'] / noop['calls_per_s']:.2f} | >= 0.70 |"
+        f" {_met(cg['calls_per_s'] >= 0.7 * noop['calls_per_s'])} |",
+    ]
+    if half[0] and half[1]:
+        cg_p99, noop_p99 = med(half[0], "latency_ms", "p99"), med(half[1], "latency_ms", "p99")
+        lines.append(
+            f"| p99 at half of creditgate's h2load rate (h2load --rps) | {noop_p99:.2f} ms | {cg_p99:.2f} ms |"
+            f" {cg_p99 / noop_p99:.2f}x | <= 1.5x | {_met(cg_p99 <= 1.5 * noop_p99)} |"
+        )
+    if h2_batch:
+        lines.append(
+            f"| CheckAndDebitBatch (100 per call) / unary, decisions/s (h2load) | | {h2_batch:,.0f} / {h2_cg:,.0f} |"
+            f" {h2_batch / h2_cg:.1f}x | >= 10x | {_met(h2_batch >= 10 * h2_cg)} |"
+        )
+    med_b = buckets["median"]
+    lines += [
+        "",
+        f"A customer with {buckets['buckets']:,} live one-credit buckets (Basic plan, its 2,500-credit grant spent"
+        f" first, so the {buckets['buckets']:,} stay) against a fresh Basic customer: {buckets['calls']} sequential"
+        " calls per operation, customer and round; Redis us per call: the time inside its commands (INFO"
+        " commandstats, the flusher's included) when the run measured it, else its CPU (INFO cpu).",
+        "",
+        f"| operation | Redis us per call, fresh | Redis us per call, {buckets['buckets']:,} buckets | ratio |"
+        f" call ms, fresh | call ms, {buckets['buckets']:,} buckets |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    # Redis's time inside commands (INFO commandstats) when measured; else its CPU (INFO cpu), which a busy Redis's
+    # own background work inflates for rows this short.
+    measure = "redis_command_us_per_call" if "redis_command_us_per_call" in med_b["check_and_debit/fresh"] else None
+    for operation, label in (
+        ("check_and_debit", "CheckAndDebit"),
+        ("reserve_commit", "Reserve + Commit"),
+        ("get_balance", "GetBalance (every bucket listed)"),
+    ):
+        fresh, many = med_b[f"{operation}/fresh"], med_b[f"{operation}/{buckets['buckets']}_buckets"]
+        key = measure or "redis_cpu_us_per_call"
+        lines.append(
+            f"| {label} | {fresh[key]:,.1f} | {many[key]:,.1f} | {many[key] / fresh[key]:.1f}x |"
+            f" {fresh['call_ms']:.2f} | {many['call_ms']:.2f} |"
+        )
+    return [*lines, ""]
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "no"
 
 
 def _goal(label: str, target: str, ratio: float, threshold: float, *, times: bool = False) -> str:

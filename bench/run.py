@@ -536,7 +536,7 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     cg, noop, pg, one_call = (f"127.0.0.1:{free_port()}" for _ in range(4))
     env = python_env()
-    processes.start(
+    creditgate = processes.start(
         "creditgate",
         [sys.executable, "-m", "creditgate.server", "serve", "--catalog", str(CATALOG)],
         {
@@ -547,7 +547,7 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
             "CREDITGATE_LOG_FORMAT": "json",
         },
     )
-    processes.start("noop", [sys.executable, str(BENCH / "noop_server.py"), "--listen", noop], env)
+    noop_server = processes.start("noop", [sys.executable, str(BENCH / "noop_server.py"), "--listen", noop], env)
     processes.start(
         "one-redis-call",
         [sys.executable, str(BENCH / "noop_server.py"), "--listen", one_call, "--redis-url", redis_url],
@@ -637,6 +637,9 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
         rows.setdefault("h2load-cg-batch100", []).append(batched)
         print(f"  h2load-cg-batch100: {batched['decisions_per_s']:,.0f} decisions/s", flush=True)
 
+    import cost  # bench/cost.py: issue 21's figures, on these servers
+
+    costs = cost.measure(cg, creditgate.pid, noop, noop_server.pid, redis_url, args.rounds)
     two_workers(args, processes, workdir, redis_url, {"noop": noop, "cg": cg}, rows)
     gateway_rows(args, processes, workdir, redis_url, rows)
 
@@ -729,6 +732,7 @@ def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> di
         },
         "setup_s": setup,
         "rows": rows,
+        "cost": costs,
         "curves": curves,
         "overspend": overspend,
         "evalsha": evalsha,
@@ -814,7 +818,7 @@ def store_throughput(workdir: Path, customers: int) -> dict[str, float]:
 
 
 def memory_per_customer(redis_url: str, target: str) -> dict[str, Any]:
-    """MEMORY USAGE of one customer's keys: plan and period (hash), 3 buckets, usage counters."""
+    """MEMORY USAGE of one customer's keys: plan and period (hash), 3 buckets and their index, usage counters."""
     with grpc.insecure_channel(target) as channel:
         from creditgate.v1 import admin_pb2, admin_pb2_grpc
 
@@ -833,14 +837,18 @@ def memory_per_customer(redis_url: str, target: str) -> dict[str, Any]:
         metering.CheckAndDebit(
             metering_pb2.CheckAndDebitRequest(customer_id="mem-1", feature="email_unlock", request_id=request_id)
         )
+    from creditgate.server.engine.keys import KeySpace
+    from creditgate.server.settings import Settings
+
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    keys = sorted(k for k in client.scan_iter(match="cg:*:c:mem-1*") if ":req:" not in k)
-    usage = {key: int(client.memory_usage(key, samples=0) or 0) for key in keys}
-    answer_key = next(client.scan_iter(match=f"cg:*:c:mem-1:req:{request_id}"))
+    customer_keys = KeySpace(Settings.model_fields["shards"].default).for_customer("mem-1")
+    kinds = (customer_keys.customer, customer_keys.buckets, customer_keys.usage, *customer_keys.wallet_index)
+    usage = {key: int(client.memory_usage(key, samples=0) or 0) for key in kinds if client.exists(key)}
+    answer_key = customer_keys.request(request_id)
     return {
         "keys": usage,
         "total_bytes": sum(usage.values()),
-        "buckets": client.hlen(next(k for k in keys if k.endswith(":buckets"))),
+        "buckets": client.hlen(customer_keys.buckets),
         "request_answer_bytes": int(client.memory_usage(answer_key, samples=0) or 0),
     }
 

@@ -26,6 +26,7 @@ from creditgate.server.app import App, build_app
 from creditgate.server.clock import ManualClock, from_ms, to_ms
 from creditgate.server.domain.records import Record
 from creditgate.server.embedded_redis import redis_server_binary
+from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.settings import Settings
 from creditgate.server.store.ledger import ParkedEntry
@@ -502,3 +503,17 @@ def start_server(redis_url: str, tmp_path: Path, **overrides: Any) -> RunningSer
     """A real server on an emptied Redis, its ManualClock at JAN_1."""
     flush_redis(redis_url)
     return RunningServer(server_settings(redis_url, tmp_path, **overrides), ManualClock(to_ms(JAN_1)))
+
+
+def assert_wallet_index_exact(redis_url: str, shards: int, customer_id: str) -> None:
+    """The customer's wallet index (bucket order, bucket expiry, bucket_credits) is exactly what its buckets make."""
+    keys = KeySpace(shards).for_customer(customer_id)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        buckets = client.hgetall(keys.buckets)
+        index = bucket_codec.wallet_index({str(bucket_id): str(value) for bucket_id, value in buckets.items()})
+        assert client.zrange(keys.bucket_order, 0, -1) == sorted(index.order)
+        assert dict(client.zrange(keys.bucket_expiry, 0, -1, withscores=True)) == index.expiry  # type: ignore[arg-type]
+        assert int(client.hget(keys.customer, bucket_codec.CREDITS_FIELD) or 0) == index.credits
+    finally:
+        client.close()

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import redis
+from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.credits import DECIDE_MANY_CHUNK
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import script_source
@@ -149,26 +150,38 @@ def test_a_failed_decision_in_decide_many_answers_an_error_and_the_next_ones_sti
     redis_server: RedisServer,
 ) -> None:
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    client.delete("dm:c", "dm:b", "dm:u", "dm:o", "dm:wrong")
+    client.delete("dm:c", "dm:b", "dm:u", "dm:o", "dm:bo", "dm:bx", "dm:wrong")
     # Verified in the epoch the calls name (lib.lua): the last argument of every script call.
-    client.hset("dm:c", mapping={"id": "dm", "plan": "basic", "status": "active", "period_end": 2**50, "ep": "e1"})
+    client.hset(
+        "dm:c",
+        mapping={
+            "id": "dm",
+            "plan": "basic",
+            "status": "active",
+            "period_end": 2**50,
+            "ep": "e1",
+            "bucket_credits": 100,
+        },
+    )
+    # One bucket and its wallet index (lib.lua): its spending-order member and the running total above.
     client.hset("dm:b", "b1", "100|10|0|grant")
-    client.set("dm:wrong", "a string where a hash of buckets belongs")
-    keys = ["dm:c", "dm:b", "dm:u", "dm:r", "dm:o", "dm:h"]
-    wrong_type = ["dm:c", "dm:wrong", "dm:u", "dm:r", "dm:o", "dm:h"]
+    client.zadd("dm:bo", {bucket_codec.order_member(bucket_codec.decode("b1", "100|10|0|grant")): 0})
+    client.set("dm:wrong", "a string where the sorted set of bucket order belongs")
+    keys = ["dm:c", "dm:b", "dm:u", "dm:r", "dm:o", "dm:h", "dm:bo", "dm:bx"]
+    wrong_type = ["dm:c", "dm:b", "dm:u", "dm:r", "dm:o", "dm:h", "dm:wrong", "dm:bx"]
 
     def args(rules: str = '{"basic":[1,0,0,"",-1,0]}') -> list[str | int]:
         return [1_000, "dm", "email_unlock", 1, rules, "", "0", "", "", 60, "{}"]
 
     sha = client.script_load(script_source("decide_many"))
     answers = client.evalsha(
-        sha, 24, *keys, *keys, *wrong_type, *keys, *args(), *args("{not json"), *args(), *args(), "e1"
+        sha, 32, *keys, *keys, *wrong_type, *keys, *args(), *args("{not json"), *args(), *args(), "e1"
     )
     assert [answer[0] for answer in answers] == ["ok", "error", "error", "ok"]
     assert answers[1][1].endswith("Expected object key string but found invalid token at character 2")
     assert "WRONGTYPE" in answers[2][1]
     assert [answers[0][7], answers[3][7]] == [99, 98]  # balance_after
     assert client.hget("dm:b", "b1") == "98|10|0|grant"
-    with pytest.raises(redis.ResponseError, match="6 keys and 11 arguments per decision"):
-        client.evalsha(sha, 6, *keys, *args()[:10], "e1")
+    with pytest.raises(redis.ResponseError, match="8 keys and 11 arguments per decision"):
+        client.evalsha(sha, 8, *keys, *args()[:10], "e1")
     assert client.hget("dm:b", "b1") == "98|10|0|grant"

@@ -15,17 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from creditgate.server.clock import ManualClock
+from creditgate.server.clock import ManualClock, from_ms
+from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.keys import LAYOUT, KeySpace
 from creditgate.v1 import metering_pb2
-from harness import REPO, RedisServer, RunningServer, server_settings
+from harness import REPO, RedisServer, RunningServer, assert_wallet_index_exact, server_settings
 
 FIXTURE = REPO / "tests" / "fixtures" / "redis_layout_v1.json"
+# Written by the layout-2 code (tests/fixtures/write_redis_layout_v2.py): customers with many buckets.
+FIXTURE_V2 = REPO / "tests" / "fixtures" / "redis_layout_v2.json"
 CREDITGATE = str(Path(sys.executable).parent / "creditgate")
 
 
-def load_fixture(url: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(FIXTURE.read_text())
+def load_fixture(url: str, fixture: Path = FIXTURE) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(fixture.read_text())
     client = redis.Redis.from_url(url)
     client.flushall()
     for item in doc["keys"]:
@@ -96,3 +99,55 @@ def test_creditgate_migrate_moves_a_layout_1_redis_and_says_how_much(redis_serve
     assert (first.returncode, first.stdout.strip().splitlines()[-1]) == (0, "8 of 8 shards migrated, 19 keys moved")
     again = subprocess.run([CREDITGATE, "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert (again.returncode, again.stdout.strip().splitlines()[-1]) == (0, "0 of 8 shards migrated, 0 keys moved")
+
+
+def test_a_layout_2_redis_gets_its_wallet_index_at_start_and_spends_and_expires_exactly(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    doc = load_fixture(redis_server.url, FIXTURE_V2)
+    assert len(next(item["value"] for item in doc["keys"] if item["key"] == "cg:{s2}:b:jane")) == 37
+    server = RunningServer(server_settings(redis_server.url, tmp_path), ManualClock(doc["clock_ms"]))
+    try:
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        keys = KeySpace(server.app.settings.shards)
+        assert [client.hget(meta, "layout") for meta in keys.all_metas()] == ["3"] * 8
+        for customer_id in ("jane", "org:acme"):
+            assert_wallet_index_exact(redis_server.url, server.app.settings.shards, customer_id)
+        assert {c: server.available(c) for c in doc["balances"]} == doc["balances"] == {"jane": 74, "org:acme": 4993}
+
+        # The open hold commits 5 of its 20 and gives back 15 (5 to the grant, 10 to 1-day top-ups); then a debit
+        # of 10 takes the front of the spending order, the way layout 2 sorted every bucket: priority, earliest
+        # expiry (never last), oldest: the grant's 5, then 1-day top-ups.
+        committed = server.metering.Commit(
+            metering_pb2.CommitRequest(reservation_id=doc["open_reservation"], quantity=5, request_id="c")
+        )
+        assert (committed.credits_charged, committed.credits_released, committed.balance_after) == (5, 15, 89)
+        before = {
+            str(bucket_id): str(value) for bucket_id, value in client.hgetall(keys.for_customer("jane").buckets).items()
+        }
+        debit = server.debit("jane", "email_unlock", quantity=10, request_id="after-migration")
+        assert debit.balance_after == 79
+        order = sorted(
+            (bucket_codec.decode(bucket_id, value) for bucket_id, value in before.items()),
+            key=lambda b: (b.priority, b.expires_at_ms or float("inf"), b.seq),
+        )
+        expected, left = {}, 10
+        for bucket in order:
+            taken = min(left, bucket.remaining)
+            left -= taken
+            if bucket.remaining - taken:
+                expected[bucket.id] = bucket.remaining - taken
+        balance = server.metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id="jane"))
+        assert {b.id: b.remaining_credits for b in balance.buckets} == expected
+
+        # A day later the 1-day top-ups left (15 credits) expire, found through the expiry index the migration built.
+        due = sum(
+            remaining
+            for bucket_id, remaining in expected.items()
+            if 0 < bucket_codec.decode(bucket_id, before[bucket_id]).expires_at_ms <= doc["clock_ms"] + 86_400_001
+        )
+        server.clock.set(from_ms(doc["clock_ms"] + 86_400_001))
+        assert (due, server.available("jane")) == (15, 64)
+        assert_wallet_index_exact(redis_server.url, server.app.settings.shards, "jane")
+    finally:
+        server.stop()

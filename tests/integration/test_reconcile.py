@@ -90,6 +90,22 @@ def test_a_tampered_bucket_in_redis_is_reported(server: RunningServer) -> None:
     ]
 
 
+def test_a_running_total_that_drifted_from_its_buckets_is_reported_and_restore_repairs_it(
+    server: RunningServer,
+) -> None:
+    busy_month(server)
+    server.flush()
+    customer_key = KeySpace(server.app.settings.shards).for_customer("basic-co").customer
+    assert server.call(awaited(server.app.redis.hget(customer_key, "bucket_credits"))) == "900"
+    server.call(awaited(server.app.redis.hincrby(customer_key, "bucket_credits", 7)))
+    report = run_reconcile(server)
+    assert [(d.customer_id, d.credits, d.entries) for d in report.drifts] == [("basic-co", 0, 0)]
+    assert [(d.what, d.redis, d.ledger) for d in report.drifts[0].differences] == [("bucket_credits", "907", "900")]
+    run_restore(server)
+    assert run_reconcile(server).drifts == []
+    assert server.debit("basic-co", "email_unlock", quantity=10).balance_after == 890
+
+
 def test_a_forged_ledger_entry_is_reported(server: RunningServer) -> None:
     busy_month(server)
     server.flush()

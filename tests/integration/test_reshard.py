@@ -73,8 +73,9 @@ def test_reshard_moves_every_customer_from_8_to_256_shards(
     # Every key of a moved customer is under its new tag only; customers now sit on tags past the old eight.
     for customer in moving:
         before, after = old.for_customer(customer), new.for_customer(customer)
-        assert [client.exists(getattr(before, kind)) for kind in ("customer", "buckets", "holds")] == [0, 0, 0]
-        assert [client.exists(getattr(after, kind)) for kind in ("customer", "buckets", "holds")] == [1, 1, 1]
+        kinds = ("customer", "buckets", "bucket_order", "holds")
+        assert [client.exists(getattr(before, kind)) for kind in kinds] == [0, 0, 0, 0]
+        assert [client.exists(getattr(after, kind)) for kind in kinds] == [1, 1, 1, 1]
         assert client.exists(after.request(f"{customer}-r1")) == 1
         assert 0 < client.pttl(after.request(f"{customer}-r1")) <= server.app.settings.idempotency_ttl_seconds * 1000
     assert len({new.shard_of(c) for c in CUSTOMERS if new.shard_of(c) >= 8}) > 30

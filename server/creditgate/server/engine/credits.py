@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from creditgate.server.clock import Clock
 from creditgate.server.domain.periods import DAY_MS, NEVER, periods_started
 from creditgate.server.domain.rules import RuleBook, RuleSource
+from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import CustomerKeys, KeySpace
 from creditgate.server.engine.messages import explain
@@ -199,6 +200,8 @@ class CreditEngine:
             keys.request(request.request_id),
             keys.outbox,
             keys.holds_open,
+            keys.bucket_order,
+            keys.bucket_expiry,
         ]
         return script_keys, args
 
@@ -303,7 +306,7 @@ class CreditEngine:
         await self.run_verified(
             "rollover",
             customer_id,
-            [keys.customer, keys.buckets, keys.usage, keys.outbox],
+            [keys.customer, keys.buckets, keys.usage, keys.outbox, *keys.wallet_index],
             [now, customer_id, period_end, plan_key, encoded, plan.low_balance_threshold],
         )
 
@@ -320,11 +323,14 @@ class CreditEngine:
                 pipe.hgetall(keys.buckets)
                 pipe.hgetall(keys.usage)
                 pipe.zrange(keys.holds_open, 0, 0, withscores=True)
-                customer, buckets, usage, first_hold = await pipe.execute()
+                pipe.zrange(keys.bucket_expiry, 0, 0, withscores=True)
+                customer, buckets, usage, first_hold, first_expiry = await pipe.execute()
         except RedisError as exc:
             raise redis_error(exc, "reading the customer") from exc
         if first_hold:
             customer["_next_hold_expiry"] = str(int(first_hold[0][1]))
+        if first_expiry:
+            customer["_next_bucket_expiry"] = str(int(first_expiry[0][1]))
         return customer, buckets, usage
 
     async def _current(self, customer_id: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
@@ -343,7 +349,7 @@ class CreditEngine:
                     raise customer_not_found(customer_id)
             period_due = customer.get("status") in ("active", "pending") and now >= int(customer["period_end"])
             hold_due = int(customer.get("_next_hold_expiry", now + 1)) <= now
-            bucket_due = any(_bucket(id_, value).due(now) for id_, value in buckets.items())
+            bucket_due = int(customer.get("_next_bucket_expiry", now + 1)) <= now
             if period_due:
                 await self.open_periods(customer_id, keys, now)
             elif hold_due:
@@ -351,7 +357,10 @@ class CreditEngine:
             elif bucket_due:
                 # Expired credits leave the ledger when they leave the balance, even if only a read saw it.
                 await self.run_verified(
-                    "expire_buckets", customer_id, [keys.customer, keys.buckets, keys.outbox], [now, customer_id]
+                    "expire_buckets",
+                    customer_id,
+                    [keys.customer, keys.buckets, keys.outbox, *keys.wallet_index],
+                    [now, customer_id],
                 )
             else:
                 return customer, buckets, usage
@@ -360,14 +369,13 @@ class CreditEngine:
     async def get_balance(self, customer_id: str) -> BalanceView:
         customer, raw_buckets, usage = await self._current(customer_id)
         now = self._clock.now_ms()
-        buckets = sorted(
-            (
-                bucket
-                for bucket in (_bucket(id_, value) for id_, value in raw_buckets.items())
-                if bucket.expires_at_ms == NEVER or bucket.expires_at_ms > now
-            ),
-            key=_spending_order,
-        )
+        buckets = [
+            BucketView(bucket.id, bucket.source, bucket.remaining, bucket.priority, bucket.expires_at_ms)
+            for bucket in sorted(
+                (bucket_codec.decode(id_, value) for id_, value in raw_buckets.items()), key=bucket_codec.spending_order
+            )
+            if not bucket.due(now)
+        ]
         subscription = _subscription(customer)
         features: list[FeatureUsageView] = []
         if subscription is not None and subscription.status == "active":
@@ -571,7 +579,7 @@ class CreditEngine:
         result = await self.run_touching(
             "remove_credits",
             customer_id,
-            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox, keys.holds_open],
+            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox, keys.holds_open, *keys.wallet_index],
             [
                 now,
                 customer_id,
@@ -609,7 +617,7 @@ class CreditEngine:
         result = await self.run_touching(
             "add_credits",
             customer_id,
-            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox, keys.holds_open],
+            [keys.customer, keys.buckets, keys.request(request_id), keys.outbox, keys.holds_open, *keys.wallet_index],
             [
                 now,
                 customer_id,
@@ -635,17 +643,6 @@ class CreditEngine:
         if result[0] == "reused":
             raise RequestIdReused()
         return CreditChange(entry_id=result[1], available=int(result[2]), bucket=None)
-
-
-def _bucket(bucket_id: str, value: str) -> BucketView:
-    # A fifth part, the rollover cap, only matters to rollover.lua.
-    remaining, priority, expires_at, source = value.split("|")[:4]
-    return BucketView(bucket_id, source, int(remaining), int(priority), int(expires_at))
-
-
-def _spending_order(bucket: BucketView) -> tuple[int, float, int]:
-    expires = bucket.expires_at_ms if bucket.expires_at_ms != NEVER else float("inf")
-    return bucket.priority, expires, int(bucket.id[1:])
 
 
 def _subscription(customer: dict[str, str]) -> SubscriptionView | None:

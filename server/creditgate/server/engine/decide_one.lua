@@ -1,11 +1,12 @@
 -- decide_one.lua: the decision of CheckAndDebit and CheckEntitlement, as one function that decide.lua (one
 -- decision) and decide_many.lua (a batch's decisions in one shard) call; every decision is atomic on its own.
 -- Order: subscription -> entitlement -> cap -> free units -> buckets -> overage or deny (evaluate in lib.lua).
--- The decision's 6 keys are keys[k + 1..6] and its 11 arguments args[a + 1..11] (decide.lua names them);
+-- The decision's 8 keys are keys[k + 1..8] and its 11 arguments args[a + 1..11] (decide.lua names them);
 -- decode_rules turns the rules' JSON (plan -> rule, see evaluate) into a table.
 local function decide(keys, k, args, a, decode_rules)
-  local customer_key, buckets_key, usage_key, request_key, outbox_key, holds_open_key =
-    keys[k + 1], keys[k + 2], keys[k + 3], keys[k + 4], keys[k + 5], keys[k + 6]
+  local customer_key, usage_key, request_key, outbox_key, holds_open_key =
+    keys[k + 1], keys[k + 3], keys[k + 4], keys[k + 5], keys[k + 6]
+  local w = wallet(customer_key, keys[k + 2], keys[k + 7], keys[k + 8])
   local now = tonumber(args[a + 1])
   local customer_id, feature, quantity = args[a + 2], args[a + 3], tonumber(args[a + 4])
   local rules = decode_rules(args[a + 5])
@@ -15,9 +16,10 @@ local function decide(keys, k, args, a, decode_rules)
 
   local replayed = replay(request_key, request_id, fingerprint)
   if replayed then return replayed end
-  -- Also read now: the auto top-up threshold (sub[5]) and the balance-event state (sub[6..9], see balance_events).
+  -- Also read now: the auto top-up threshold (sub[5]), the balance-event state (sub[6..9], see balance_events) and
+  -- the wallet's credits (sub[12]).
   local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end', 'auto_threshold',
-    'low_threshold', 'plan_low_threshold', 'below', 'empty', 'ep', 'period_start')
+    'low_threshold', 'plan_low_threshold', 'below', 'empty', 'ep', 'period_start', 'bucket_credits')
   if not sub[1] then return {'not_found'} end
   if sub[10] ~= EPOCH then return {'verify'} end
   local plan, status = sub[2], sub[3]
@@ -25,11 +27,10 @@ local function decide(keys, k, args, a, decode_rules)
   if work then return {work} end
   now = entry_time(status, sub[11], now)
 
-  local live, expired = load_buckets(buckets_key, now)
-  local balance = sum_remaining(live)
-  if not dry_run then
-    expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired, balance + sum_remaining(expired))
-  end
+  local expired = due_buckets(w, now)
+  local credits = wallet_credits(w, sub[12])
+  local balance = credits - sum_remaining(expired)
+  if not dry_run then expire_buckets(w, outbox_key, customer_id, expired, credits) end
 
   -- {'ok', allowed, deny_reason, cost, charged, free_used, overage, balance_after, low_balance, entry_id,
   --  period_usage, free_units_left, cap_limit, cap_usage}
@@ -49,7 +50,7 @@ local function decide(keys, k, args, a, decode_rules)
                    e.cap_limit, e.cap_used})
   end
 
-  local takes = take_credits(buckets_key, live, e.charged)
+  local takes = take_credits(w, e.charged)
   count_usage(usage_key, e.period_field, e.cap_field, quantity, e.overage, 1)
   local entry_id = append_entry(customer_key, outbox_key, customer_id, {
     k = 'debit', d = -e.charged, b = e.after, f = feature, q = quantity,
@@ -60,7 +61,7 @@ local function decide(keys, k, args, a, decode_rules)
     -- Expiry entries written above may have changed the balance-event state since it was read.
     known = #expired == 0 and {sub[6], sub[7], sub[8], sub[9]} or nil})
   -- Most customers have no auto top-up: its nine-field read is skipped for them.
-  local after = sub[5] and auto_top_up(customer_key, buckets_key, outbox_key, customer_id, e.after, now) or e.after
+  local after = sub[5] and auto_top_up(w, outbox_key, customer_id, e.after, now) or e.after
   return answer({1, '', e.cost, e.charged, e.free_used, e.overage, after, e.low, entry_id,
     e.period_used + quantity, e.free_left - e.free_used, e.cap_limit, e.cap_used + quantity})
 end

@@ -4,7 +4,11 @@ Layout 2 (this one): a customer's id is the *last* part of each of its keys, aft
 shares (`c`, `b`, `u`, `h`, `ho`, `hd`), so no id can name another customer's key, whatever ':' it contains; the
 one key with a second free part, a remembered request_id answer, carries the id's length first. Layout 1 appended
 kinds after the id (`c:<id>:buckets`), so the customer `<victim>:buckets` *was* its victim's buckets;
-engine/migrate.py moves a layout-1 Redis to this one."""
+engine/migrate.py moves a layout-1 Redis to this one.
+
+Layout 3 adds the wallet's index beside the buckets hash (`bo`: the buckets in spending order, `bx`: the buckets by
+expiry; lib.lua and engine/bucket_codec.py describe them), so a decision reads the front of its wallet instead of
+every bucket; engine/migrate.py builds it for a layout-2 Redis."""
 
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ class CustomerKeys:
 
     customer: str
     buckets: str
+    # The wallet's index (layout 3): bucket order members by spending order, bucket ids by expiry.
+    bucket_order: str
+    bucket_expiry: str
     usage: str
     outbox: str
     # Holds: id -> JSON record; open holds by expiry; settled holds by settle time (pruned after retention).
@@ -28,8 +35,13 @@ class CustomerKeys:
     holds_due: str
 
     @property
+    def wallet_index(self) -> list[str]:
+        """The wallet index's keys, which every script that changes buckets takes after its other keys."""
+        return [self.bucket_order, self.bucket_expiry]
+
+    @property
     def hold_keys(self) -> list[str]:
-        """KEYS[1..8] of every hold script, in this order."""
+        """KEYS[1..10] of every hold script, in this order."""
         return [
             self.customer,
             self.buckets,
@@ -39,6 +51,8 @@ class CustomerKeys:
             self.holds_done,
             self.holds_due,
             self.outbox,
+            self.bucket_order,
+            self.bucket_expiry,
         ]
 
     # `<prefix>:{sN}:r:<len(customer_id)>:<customer_id>:`, to which a request_id is appended.
@@ -50,9 +64,10 @@ class CustomerKeys:
 
 
 # The key layout this code writes; a shard's meta hash records it (field `layout`) once its keys are in it.
-LAYOUT = 2
+LAYOUT = 3
 # Per-customer key kinds, each followed by ":" and the customer's id.
 CUSTOMER, BUCKETS, USAGE, HOLDS, HOLDS_OPEN, HOLDS_DONE, REQUEST = "c", "b", "u", "h", "ho", "hd", "r"
+BUCKET_ORDER, BUCKET_EXPIRY = "bo", "bx"
 
 # Customers whose key names are kept (a few hundred bytes each); past it the cache starts over.
 KEY_CACHE_SIZE = 16_384
@@ -111,6 +126,8 @@ class KeySpace:
         return CustomerKeys(
             customer=f"{base}{CUSTOMER}:{customer_id}",
             buckets=f"{base}{BUCKETS}:{customer_id}",
+            bucket_order=f"{base}{BUCKET_ORDER}:{customer_id}",
+            bucket_expiry=f"{base}{BUCKET_EXPIRY}:{customer_id}",
             usage=f"{base}{USAGE}:{customer_id}",
             outbox=self.outbox(shard),
             holds=f"{base}{HOLDS}:{customer_id}",

@@ -1,8 +1,15 @@
 -- lib.lua: helpers every creditgate script shares; scripts.py puts this before each script's body.
 -- The decision's numbers go to redis.call as strings ('1', int(n)): Redis 7.0 turns a Lua number
 -- argument into text with a floating-point format, 0.2-0.4 us each on the hot path.
--- A bucket is a hash field: id "b<seq>" -> "remaining|priority|expires_at|source[|rollover_cap]"
--- (expires_at 0 = never; rollover_cap only on grants that carry their remainder into the next period).
+-- A customer's wallet (key layout 3) is four things kept together by the wallet_* functions below, so a change
+-- costs the same however many buckets there are:
+-- * buckets (hash): id "b<seq>" -> "remaining|priority|expires_at|source[|rollover_cap]" (expires_at 0 = never;
+--   rollover_cap only on grants that carry their remainder into the next period);
+-- * bucket order (sorted set, every score 0): one member per bucket, its spending-order key (order_member), so the
+--   buckets to spend are read from the front;
+-- * bucket expiry (sorted set): bucket id scored by expires_at, for buckets that expire;
+-- * the customer hash's `bucket_credits`: the sum of every bucket's remaining credits (due ones included).
+-- engine/bucket_codec.py is the Python side of the same formats (parse_bucket, bucket_value, order_member).
 
 local function int(n) return string.format('%d', n) end
 
@@ -46,6 +53,18 @@ local function bucket_value(b)
   return value
 end
 
+-- A bucket's spending-order key: priority (0-999, lowest first), then expiry (never last), then creation order,
+-- as fixed-width digits, so that the byte order of the keys is the spending order (all scores are 0).
+-- Never is 10^15 - 1: above any expiry in milliseconds until the year 33658, and exact in a Lua number.
+local NEVER_ORDER = 999999999999999
+local function order_member(b)
+  return string.format('%03d%015d%012d', b.priority, b.expires_at == 0 and NEVER_ORDER or b.expires_at, b.seq)
+end
+
+local function order_member_id(member)
+  return 'b' .. int(tonumber(string.sub(member, 19)))
+end
+
 local function spends_before(a, b)
   if a.priority ~= b.priority then return a.priority < b.priority end
   local a_end = a.expires_at == 0 and math.huge or a.expires_at
@@ -54,17 +73,38 @@ local function spends_before(a, b)
   return a.seq < b.seq
 end
 
--- Unexpired buckets in spending order, and those due to expire at `now`.
-local function load_buckets(buckets_key, now)
-  local flat = redis.call('HGETALL', buckets_key)
-  local live, expired = {}, {}
-  for i = 1, #flat, 2 do
-    local b = parse_bucket(flat[i], flat[i + 1])
-    if b.expires_at ~= 0 and b.expires_at <= now then expired[#expired + 1] = b else live[#live + 1] = b end
+-- The wallet's keys (see the top of this file).
+local function wallet(customer_key, buckets_key, order_key, expiry_key)
+  return {customer = customer_key, buckets = buckets_key, order = order_key, expiry = expiry_key}
+end
+
+-- Every bucket's remaining credits, due ones included (`known`: the customer's bucket_credits as already read).
+local function wallet_credits(w, known)
+  return tonumber(known or redis.call('HGET', w.customer, 'bucket_credits') or '0')
+end
+
+local function wallet_add(w, b)
+  redis.call('HSET', w.buckets, b.id, bucket_value(b))
+  redis.call('ZADD', w.order, '0', order_member(b))
+  if b.expires_at ~= 0 then redis.call('ZADD', w.expiry, int(b.expires_at), b.id) end
+  if b.remaining ~= 0 then redis.call('HINCRBY', w.customer, 'bucket_credits', int(b.remaining)) end
+end
+
+local function wallet_remove(w, b)
+  redis.call('HDEL', w.buckets, b.id)
+  redis.call('ZREM', w.order, order_member(b))
+  if b.expires_at ~= 0 then redis.call('ZREM', w.expiry, b.id) end
+  if b.remaining ~= 0 then redis.call('HINCRBY', w.customer, 'bucket_credits', int(-b.remaining)) end
+end
+
+-- Buckets due to expire at `now`, in spending order (found through the expiry index, not by reading them all).
+local function due_buckets(w, now)
+  local due = {}
+  for _, id in ipairs(redis.call('ZRANGE', w.expiry, '-inf', int(now), 'BYSCORE')) do
+    due[#due + 1] = parse_bucket(id, redis.call('HGET', w.buckets, id))
   end
-  table.sort(live, spends_before)
-  table.sort(expired, spends_before)
-  return live, expired
+  if #due > 1 then table.sort(due, spends_before) end
+  return due
 end
 
 local function sum_remaining(buckets)
@@ -114,43 +154,54 @@ local function append_entry(customer_key, outbox_key, customer_id, entry)
 end
 
 -- Removes due buckets, one expiry entry each; `balance` counts live and due credits before the call.
-local function expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired, balance, quiet)
+local function expire_buckets(w, outbox_key, customer_id, expired, balance, quiet)
   for _, b in ipairs(expired) do
-    redis.call('HDEL', buckets_key, b.id)
+    wallet_remove(w, b)
     balance = balance - b.remaining
-    append_entry(customer_key, outbox_key, customer_id,
+    append_entry(w.customer, outbox_key, customer_id,
       {k = 'expiry', d = -b.remaining, b = balance, bk = b.id, t = b.expires_at, quiet = quiet})
   end
   return balance
 end
 
--- Takes `amount` from live buckets in spending order;
--- returns {{bucket_id, credits, priority, expires_at, source[, rollover_cap]}, ...} so the credits can be put back.
-local function take_credits(buckets_key, live, amount)
-  local takes = {}
-  for _, b in ipairs(live) do
-    if amount == 0 then break end
+-- Takes `amount` from the buckets in spending order (due ones must have been expired), reading only the front of
+-- the order; returns {{bucket_id, credits, priority, expires_at, source[, rollover_cap]}, ...} so the credits can
+-- be put back.
+local function take_credits(w, amount)
+  local takes, total = {}, amount
+  while amount > 0 do
+    local front = redis.call('ZRANGE', w.order, '0', '0')
+    if #front == 0 then break end
+    local id = order_member_id(front[1])
+    local b = parse_bucket(id, redis.call('HGET', w.buckets, id))
     local taken = math.min(b.remaining, amount)
     b.remaining = b.remaining - taken
     amount = amount - taken
-    if b.remaining == 0 then redis.call('HDEL', buckets_key, b.id)
-    else redis.call('HSET', buckets_key, b.id, bucket_value(b)) end
-    takes[#takes + 1] = {b.id, taken, b.priority, b.expires_at, b.source, b.cap}
+    if b.remaining == 0 then
+      redis.call('HDEL', w.buckets, id)
+      redis.call('ZREM', w.order, front[1])
+      if b.expires_at ~= 0 then redis.call('ZREM', w.expiry, id) end
+    else
+      redis.call('HSET', w.buckets, id, bucket_value(b))
+    end
+    takes[#takes + 1] = {id, taken, b.priority, b.expires_at, b.source, b.cap}
   end
+  if total > amount then redis.call('HINCRBY', w.customer, 'bucket_credits', int(amount - total)) end
   return takes
 end
 
-local function new_bucket(customer_key, buckets_key, credits, priority, expires_at, source, cap)
-  local id = 'b' .. int(redis.call('HINCRBY', customer_key, 'bucket_seq', '1'))
-  redis.call('HSET', buckets_key, id, bucket_value(
-    {remaining = credits, priority = priority, expires_at = expires_at, source = source, cap = cap}))
+local function new_bucket(w, credits, priority, expires_at, source, cap)
+  local id = 'b' .. int(redis.call('HINCRBY', w.customer, 'bucket_seq', '1'))
+  wallet_add(w, {id = id, seq = tonumber(string.sub(id, 2)), remaining = credits, priority = priority,
+    expires_at = expires_at, source = source, cap = cap})
   return id
 end
 
 -- Auto top-up (when configured): a change that leaves the balance below its threshold buys the package once per
 -- crossing (re-armed when the balance is back at or above it) and not again within the cooldown.
 -- Returns the balance after it.
-local function auto_top_up(customer_key, buckets_key, outbox_key, customer_id, balance, now)
+local function auto_top_up(w, outbox_key, customer_id, balance, now)
+  local customer_key = w.customer
   local c = redis.call('HMGET', customer_key, 'auto_threshold', 'auto_package', 'auto_credits', 'auto_price',
     'auto_priority', 'auto_expires_ms', 'auto_cooldown_ms', 'auto_last_ms', 'auto_fired')
   if not c[1] then return balance end
@@ -161,7 +212,7 @@ local function auto_top_up(customer_key, buckets_key, outbox_key, customer_id, b
   if c[9] or (c[8] and now < tonumber(c[8]) + tonumber(c[7])) then return balance end
   local credits, priority, lifetime = tonumber(c[3]), tonumber(c[5]), tonumber(c[6])
   local expires_at = lifetime > 0 and now + lifetime or 0
-  local bucket_id = new_bucket(customer_key, buckets_key, credits, priority, expires_at, 'topup')
+  local bucket_id = new_bucket(w, credits, priority, expires_at, 'topup')
   balance = balance + credits
   redis.call('HSET', customer_key, 'auto_last_ms', int(now))
   if balance < tonumber(c[1]) then redis.call('HSET', customer_key, 'auto_fired', '1') end
@@ -239,16 +290,21 @@ end
 
 -- Puts `amount` back into the buckets a hold took from, last taken first; a drained bucket is recreated.
 -- takes: {{bucket_id, credits, priority, expires_at, source[, rollover_cap]}, ...}
-local function return_credits(buckets_key, takes, amount)
+local function return_credits(w, takes, amount)
   for i = #takes, 1, -1 do
     if amount == 0 then break end
     local id, credits, priority, expires_at, source, cap = unpack(takes[i])
     local back = math.min(credits, amount)
-    local current = redis.call('HGET', buckets_key, id)
-    local b = current and parse_bucket(id, current) or
-      {remaining = 0, priority = priority, expires_at = expires_at, source = source, cap = cap}
-    b.remaining = b.remaining + back
-    redis.call('HSET', buckets_key, id, bucket_value(b))
+    local current = redis.call('HGET', w.buckets, id)
+    if current then
+      local b = parse_bucket(id, current)
+      b.remaining = b.remaining + back
+      redis.call('HSET', w.buckets, id, bucket_value(b))
+      redis.call('HINCRBY', w.customer, 'bucket_credits', int(back))
+    else
+      wallet_add(w, {id = id, seq = tonumber(string.sub(id, 2)), remaining = back, priority = priority,
+        expires_at = expires_at, source = source, cap = cap})
+    end
     amount = amount - back
   end
 end
@@ -264,7 +320,7 @@ end
 -- The keys of every hold script, in KEYS order (see CustomerKeys.hold_keys).
 local function hold_keys()
   return {customer = KEYS[1], buckets = KEYS[2], usage = KEYS[3], holds = KEYS[4], open = KEYS[5],
-          done = KEYS[6], due = KEYS[7], outbox = KEYS[8]}
+          done = KEYS[6], due = KEYS[7], outbox = KEYS[8], wallet = wallet(KEYS[1], KEYS[2], KEYS[9], KEYS[10])}
 end
 
 -- Settles an open hold once: `used` units are charged (free units first, then its buckets, then its overage),
@@ -280,10 +336,9 @@ local function settle_hold(k, customer_id, hold_id, hold, used, kind, now, reque
   if tonumber(state[1]) == hold.pi then
     count_usage(k.usage, hold.pf, hold.cf, hold.q - used, hold.o - overage, -1)
   end
-  local live, expired = load_buckets(k.buckets, now)
-  local balance = expire_buckets(k.customer, k.buckets, k.outbox, customer_id, expired,
-    sum_remaining(live) + sum_remaining(expired))
-  return_credits(k.buckets, hold.takes, returned)
+  local balance = expire_buckets(k.wallet, k.outbox, customer_id, due_buckets(k.wallet, now),
+    wallet_credits(k.wallet))
+  return_credits(k.wallet, hold.takes, returned)
   balance = balance + returned
   -- Lua writes -0 for a negated 0, which HINCRBY refuses.
   if hold.b > 0 then redis.call('HINCRBY', k.customer, 'reserved', -hold.b) end
@@ -297,8 +352,7 @@ local function settle_hold(k, customer_id, hold_id, hold, used, kind, now, reque
     b = balance, f = hold.f, q = used, dim = hold.dim, fu = free_used, o = overage, hold = reservation_id,
     r = request_id, t = now})
   -- Credits that went back to a bucket which expired meanwhile expire now.
-  local _, due = load_buckets(k.buckets, now)
-  balance = expire_buckets(k.customer, k.buckets, k.outbox, customer_id, due, balance)
+  balance = expire_buckets(k.wallet, k.outbox, customer_id, due_buckets(k.wallet, now), balance)
   -- Settled holds are kept for answering late calls, then forgotten.
   local old = redis.call('ZRANGEBYSCORE', k.done, '-inf', now - retention_ms, 'LIMIT', 0, 100)
   for _, old_id in ipairs(old) do

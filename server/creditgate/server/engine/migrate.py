@@ -1,4 +1,6 @@
-"""Moves a Redis written in key layout 1 (`c:<id>:buckets`, `c:<id>:req:<request_id>` …) to layout 2 (keys.py).
+"""Moves a Redis written in key layout 1 (`c:<id>:buckets`, `c:<id>:req:<request_id>` …) to layout 2, and one in
+layout 2 to layout 3 (keys.py): each customer's wallet index (bucket order, bucket expiry, bucket_credits) built
+from its buckets hash with engine/bucket_codec.py.
 
 Run at every start (a shard whose meta hash says `layout 2` costs one HGET) and by `creditgate migrate`. Every key
 of a customer shares its shard's slot, so each one moves with RENAME (atomic, no copy), under its new name.
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import structlog
+from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import LAYOUT, KeySpace, scan_literal
 from creditgate.server.errors import FailedPrecondition, Unavailable
@@ -34,21 +37,31 @@ class MigrationReport:
     keys_moved: int = 0
     # Layout-1 keys left in place: no customer, or more than one, could own them.
     keys_left: list[str] = field(default_factory=list)
+    # Customers whose wallet index was built (layout 2 -> 3).
+    wallets_indexed: int = 0
 
 
 async def migrate(redis: RedisClient, keys: KeySpace, shards: int) -> MigrationReport:
     report = MigrationReport()
     try:
         for shard in range(shards):
-            if await redis.hget(keys.meta(shard), "layout") == str(LAYOUT):
+            layout = await redis.hget(keys.meta(shard), "layout")
+            if layout == str(LAYOUT):
                 continue
-            await _migrate_shard(redis, keys, shard, report)
+            if layout != "2":
+                await _migrate_shard(redis, keys, shard, report)
+            await _index_wallets(redis, keys, shard, report)
             await redis.hset(keys.meta(shard), "layout", str(LAYOUT))
             report.shards_migrated += 1
     except RedisError as exc:
         raise Unavailable(f"Redis: {exc}") from exc
-    if report.keys_moved or report.keys_left:
-        log.warning("redis_layout_migrated", moved=report.keys_moved, left=report.keys_left[:20])
+    if report.keys_moved or report.keys_left or report.wallets_indexed:
+        log.warning(
+            "redis_layout_migrated",
+            moved=report.keys_moved,
+            left=report.keys_left[:20],
+            wallets_indexed=report.wallets_indexed,
+        )
     return report
 
 
@@ -109,3 +122,24 @@ async def _migrate_shard(redis: RedisClient, keys: KeySpace, shard: int, report:
             report.keys_moved += 1
         else:
             report.keys_left.append(key)
+
+
+async def _index_wallets(redis: RedisClient, keys: KeySpace, shard: int, report: MigrationReport) -> None:
+    """Layout 2 -> 3: every customer of the shard gets the index of the buckets it has."""
+    prefix = keys.outbox(shard).rpartition(":")[0] + ":c:"
+    async for key in redis.scan_iter(match=scan_literal(prefix) + "*", count=SCAN_COUNT, _type="hash"):
+        customer_id = await redis.hget(key, "id")
+        if customer_id is None or keys.for_customer(str(customer_id)).customer != str(key):
+            continue
+        customer_keys = keys.for_customer(str(customer_id))
+        buckets = await redis.hgetall(customer_keys.buckets)
+        index = bucket_codec.wallet_index({str(field): str(value) for field, value in buckets.items()})
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*customer_keys.wallet_index)
+            if index.order:
+                pipe.zadd(customer_keys.bucket_order, index.order)
+            if index.expiry:
+                pipe.zadd(customer_keys.bucket_expiry, index.expiry)
+            pipe.hset(customer_keys.customer, bucket_codec.CREDITS_FIELD, str(index.credits))
+            await pipe.execute()
+        report.wallets_indexed += 1

@@ -1,5 +1,6 @@
 -- remove_credits.lua: a negative adjustment, taken from buckets in spending order; never below zero.
-local customer_key, buckets_key, request_key, outbox_key, holds_open_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local customer_key, request_key, outbox_key, holds_open_key = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
+local w = wallet(KEYS[1], KEYS[2], KEYS[6], KEYS[7])
 local now, customer_id, credits, reason = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local request_id, fingerprint, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
 
@@ -12,13 +13,14 @@ local work = pending_work(sub[2], sub[3], holds_open_key, now)
 if work then return {work} end
 now = entry_time(sub[2], sub[4], now)
 
-local live, expired = load_buckets(buckets_key, now)
-local balance = sum_remaining(live)
+local expired = due_buckets(w, now)
+local before = wallet_credits(w)
+local balance = before - sum_remaining(expired)
 if balance < credits then return {'insufficient', balance} end
-expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired, balance + sum_remaining(expired))
-local takes = take_credits(buckets_key, live, credits)
+expire_buckets(w, outbox_key, customer_id, expired, before)
+local takes = take_credits(w, credits)
 balance = balance - credits
 local entry_id = append_entry(customer_key, outbox_key, customer_id,
   {k = 'adjustment', d = -credits, b = balance, r = reason, rq = request_id, t = now, takes = takes})
-balance = auto_top_up(customer_key, buckets_key, outbox_key, customer_id, balance, now)
+balance = auto_top_up(w, outbox_key, customer_id, balance, now)
 return remember(request_key, request_id, fingerprint, ttl, {'ok', entry_id, balance, ''})

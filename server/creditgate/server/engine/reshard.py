@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 log = structlog.get_logger(__name__)
 SCAN_COUNT = 1000
 # The CustomerKeys fields a customer owns alone (the outbox and holds_due are its shard's).
-OWN_KEYS = ("customer", "buckets", "usage", "holds", "holds_open", "holds_done")
+OWN_KEYS = ("customer", "buckets", "bucket_order", "bucket_expiry", "usage", "holds", "holds_open", "holds_done")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 -- rollover.lua: opens the credit periods that have started, in order: expires what is due at each
 -- period's start (a grant with a rollover cap carries up to the cap into the new period), then issues that
 -- period's grants. A no-op ('stale') if another call got there first.
-local customer_key, buckets_key, usage_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local customer_key, usage_key, outbox_key = KEYS[1], KEYS[3], KEYS[4]
+local w = wallet(KEYS[1], KEYS[2], KEYS[5], KEYS[6])
 local now, customer_id, expected_end, plan = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 -- {{index, start_ms, end_ms, {{credits, priority, expires_at, rollover_cap (-1: none)}, ...}}, ...}
 local periods = cjson.decode(ARGV[5])
@@ -17,16 +18,15 @@ end
 redis.call('HSET', customer_key, 'plan_low_threshold', plan_low_threshold)
 for _, period in ipairs(periods) do
   local index, period_start, period_end, grants = period[1], period[2], period[3], period[4]
-  local live, expired = load_buckets(buckets_key, period_start)
+  local expired = due_buckets(w, period_start)
   -- Balance events are judged after the period's grants, not at the empty moment between expiry and grant.
   local quiet = #grants > 0
-  local balance = expire_buckets(customer_key, buckets_key, outbox_key, customer_id, expired,
-    sum_remaining(live) + sum_remaining(expired), quiet)
+  local balance = expire_buckets(w, outbox_key, customer_id, expired, wallet_credits(w), quiet)
   for _, b in ipairs(expired) do
     -- Only a period-end grant rolls (once): its carried credits expire at the new period's end.
     if b.cap and b.expires_at == period_start and b.remaining > 0 and b.cap > 0 then
       local carried = math.min(b.remaining, b.cap)
-      local bucket_id = new_bucket(customer_key, buckets_key, carried, b.priority, period_end, 'rollover')
+      local bucket_id = new_bucket(w, carried, b.priority, period_end, 'rollover')
       balance = balance + carried
       append_entry(customer_key, outbox_key, customer_id, {k = 'rollover', d = carried, b = balance, bk = bucket_id,
         bp = b.priority, bx = period_end, src = 'rollover', r = b.id, t = period_start, quiet = quiet})
@@ -35,7 +35,7 @@ for _, period in ipairs(periods) do
   for _, grant in ipairs(grants) do
     local credits, priority, expires_at, cap = grant[1], grant[2], grant[3], grant[4]
     if cap < 0 then cap = nil end
-    local bucket_id = new_bucket(customer_key, buckets_key, credits, priority, expires_at, 'grant', cap)
+    local bucket_id = new_bucket(w, credits, priority, expires_at, 'grant', cap)
     balance = balance + credits
     append_entry(customer_key, outbox_key, customer_id,
       {k = 'grant', d = credits, b = balance, bk = bucket_id, bp = priority, bx = expires_at, bc = cap, r = plan,

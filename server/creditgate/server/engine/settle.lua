@@ -1,6 +1,6 @@
 -- settle.lua: Commit (for the quantity used) or Release (nothing used) of a hold; a hold settles once.
 local k = hold_keys()
-local request_key = KEYS[9]
+local request_key = KEYS[11]
 local now, customer_id, hold_id, action = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local quantity = tonumber(ARGV[5])  -- -1: all that was held
 local request_id, fingerprint, ttl, retention_ms = ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])

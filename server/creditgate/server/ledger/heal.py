@@ -18,6 +18,7 @@ import structlog
 from creditgate.server.clock import Clock
 from creditgate.server.domain.records import event_record
 from creditgate.server.domain.rules import RuleSource
+from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import Scripts
@@ -78,12 +79,22 @@ class Healer:
         outbox = await read_outbox(self._redis, self._keys, [keys.outbox])
         view = await read_durable(self._store, outbox, customer_id)
         state = expected_state(view, customer_id, self._catalog.rules, now)
+        index = bucket_codec.wallet_index(state.buckets)
         encoded = json.dumps(
-            {"customer": state.customer, "buckets": state.buckets, "usage": state.usage, "holds": state.open_holds},
+            {
+                "customer": state.customer,
+                "buckets": state.buckets,
+                "usage": state.usage,
+                "holds": state.open_holds,
+                # The wallet's index as heal.lua writes it: [member, ...] and [id, expires_at, ...].
+                "order": list(index.order),
+                "expiry": [part for item in index.expiry.items() for part in item],
+            },
             # Lua's cjson turns an empty object into an empty table either way; keep the order stable for logs.
             sort_keys=True,
         )
         hold_keys = [keys.customer, keys.buckets, keys.usage, keys.holds, keys.holds_open, keys.holds_due]
+        hold_keys += keys.wallet_index
         result = await self._scripts.run("heal", hold_keys, [customer_id, encoded, now])
         if result[0] != "healed":
             return  # another server healed it first

@@ -18,6 +18,7 @@ from creditgate.server.domain.records import (
     parse_record,
 )
 from creditgate.server.domain.rules import RuleBook
+from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.holds import split_reservation_id
 from creditgate.server.errors import CreditgateError
 from creditgate.server.store.store import Store
@@ -130,6 +131,14 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
                 buckets[take[0]][0] -= int(take[1])
         reserved += entry.reserved_delta
     customer["bucket_seq"] = str(bucket_seq)
+    kept = {
+        bucket_id: bucket_codec.encode(
+            bucket_codec.Bucket(bucket_id, value[0], value[1], value[2], value[3], value[4] if len(value) > 4 else None)
+        )
+        for bucket_id, value in buckets.items()
+        if value[0] > 0
+    }
+    customer[bucket_codec.CREDITS_FIELD] = str(sum(value[0] for value in buckets.values() if value[0] > 0))
     if reserved:
         customer["reserved"] = str(reserved)
     _own_settings(customer, view.settings.get(customer_id, []))
@@ -142,7 +151,7 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
     return CustomerState(
         customer_id,
         customer,
-        {bucket_id: "|".join(str(part) for part in value) for bucket_id, value in buckets.items() if value[0] > 0},
+        kept,
         usage,
         sum(entry.credits_delta for entry in entries),
         _open_holds(entries, holds, customer, rules, now_ms),

@@ -9,6 +9,7 @@ from typing import Any
 
 from creditgate.server.domain.catalog import load_catalog
 from creditgate.server.domain.rules import RuleBook
+from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
@@ -165,7 +166,13 @@ def compare(
     for name in sorted(set(usage) | set(expected.usage)):
         if relevant_usage_field(name, now_ms) and usage.get(name, "0") != expected.usage.get(name, "0"):
             differences.append(Difference(f"usage {name}", usage.get(name, "0"), expected.usage.get(name, "0")))
-    redis_balance = sum(int(value.split("|")[0]) for value in buckets.values())
+    redis_balance = sum(bucket_codec.decode(bucket_id, value).remaining for bucket_id, value in buckets.items())
+    # The wallet's running total is what decisions read as the balance: it must be what the ledger's buckets hold.
+    running_total = customer.get(bucket_codec.CREDITS_FIELD, "0") if customer else "0"
+    if customer and running_total != expected.customer[bucket_codec.CREDITS_FIELD]:
+        differences.append(
+            Difference(bucket_codec.CREDITS_FIELD, running_total, expected.customer[bucket_codec.CREDITS_FIELD])
+        )
     if redis_balance != expected.ledger_balance:
         differences.append(Difference("balance", str(redis_balance), str(expected.ledger_balance)))
     if not differences:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
@@ -34,10 +35,16 @@ async def restore(redis: RedisClient, store: Store, keys: KeySpace, now_ms: int)
         try:
             # One MULTI per customer (its keys share a slot): a decision sees the old state or the new, never half.
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.delete(customer_keys.customer, customer_keys.buckets, customer_keys.usage)
+                pipe.delete(
+                    customer_keys.customer, customer_keys.buckets, customer_keys.usage, *customer_keys.wallet_index
+                )
                 pipe.hset(customer_keys.customer, mapping=state.customer)  # type: ignore[arg-type]
                 if state.buckets:
                     pipe.hset(customer_keys.buckets, mapping=state.buckets)  # type: ignore[arg-type]
+                    index = bucket_codec.wallet_index(state.buckets)
+                    pipe.zadd(customer_keys.bucket_order, index.order)
+                    if index.expiry:
+                        pipe.zadd(customer_keys.bucket_expiry, index.expiry)
                 if state.usage:
                     pipe.hset(customer_keys.usage, mapping=state.usage)  # type: ignore[arg-type]
                 if state.open_holds:
@@ -54,5 +61,5 @@ async def restore(redis: RedisClient, store: Store, keys: KeySpace, now_ms: int)
         customers += 1
         holds += len(state.open_holds)
         buckets += len(state.buckets)
-        credits += sum(int(value.split("|")[0]) for value in state.buckets.values())
+        credits += int(state.customer[bucket_codec.CREDITS_FIELD])
     return RestoreReport(customers, buckets, credits, holds)
