@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -360,6 +361,40 @@ class PostgresServer:
                 self.process.wait()
             self.process = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Database:
+    """The durable store a test server runs on: SQLite in the test's folder, or a fresh database of the session's
+    PostgreSQL. `rows` reads (or tampers with) it beside the server, also after the server stopped."""
+
+    def __init__(self, kind: str, url: str, postgres: PostgresServer | None = None, name: str = "") -> None:
+        self.kind = kind
+        self.url = url
+        self.postgres = postgres
+        self.name = name
+
+    @classmethod
+    def sqlite(cls, folder: Path) -> Database:
+        return cls("sqlite", f"sqlite:///{folder / 'ledger.db'}")
+
+    @classmethod
+    def postgresql(cls, postgres: PostgresServer) -> Database:
+        name = postgres.create_database()
+        return cls("postgresql", postgres.url(name), postgres, name)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The server settings that point it at this store (PostgreSQL: migrated by the schema owner)."""
+        if self.postgres is None:
+            return {"database_url": self.url}
+        return {"database_url": self.url, "database_migration_url": self.postgres.url(self.name, OWNER_ROLE)}
+
+    def rows(self, query: str, *params: object) -> list[tuple[Any, ...]]:
+        """Rows of one query written with `?` placeholders, in either dialect (PostgreSQL: as the superuser)."""
+        if self.postgres is None:
+            with contextlib.closing(sqlite3.connect(self.url.removeprefix("sqlite:///"))) as db, db:
+                return db.execute(query, params).fetchall()
+        return self.postgres.query(self.name, query.replace("?", "%s"), params)
 
 
 class StoreUnderTest:
