@@ -463,6 +463,17 @@ class RunningServer:
     def flush(self) -> int:
         return self.call(self.app.flusher.drain())
 
+    def redis_time_ms(self) -> int:
+        """Redis's own clock (TIME), which stamps outbox entry ids: what outbox ages are measured against."""
+        seconds, micros = self.call(awaited(self.app.redis.time()))
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def oldest_outbox_ms(self) -> int:
+        """The id time of the oldest entry in any outbox stream (the outbox must not be empty)."""
+        keys = KeySpace(self.app.settings.shards).all_outboxes()
+        firsts = [self.call(awaited(self.app.redis.xrange(key, count=1))) for key in keys]
+        return min(int(str(first[0][0]).split("-")[0]) for first in firsts if first)
+
     def create_customer(self, customer_id: str, plan: str | None = None, start: datetime | None = None) -> None:
         self.admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id=customer_id, name=customer_id))
         if plan is not None:

@@ -106,11 +106,17 @@ def test_probe_publishes_outbox_backlog_open_holds_and_dependencies(measured: Ru
         measured.metering.Reserve(
             metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock", request_id=str(uuid.uuid4()))
         )
+    oldest_ms = measured.oldest_outbox_ms()
+    time.sleep(0.05)  # the least lag below is then above 0: a clamped 0 cannot pass
+    before_ms = measured.redis_time_ms()
     measured.call(measured.app.probe.run_once())  # type: ignore[union-attr]
+    after_ms = measured.redis_time_ms()
     samples = scrape(measured)
     # Two debits and three holds, each one ledger entry in the outbox; the flusher has not run.
     assert value(samples, "creditgate_outbox_backlog_entries") == 5.0
-    assert (value(samples, "creditgate_outbox_lag_seconds") or 0.0) >= 0.0
+    # The lag is the probe's Redis TIME less the oldest entry's id time: it read TIME between the two readings here.
+    lag_ms = round((value(samples, "creditgate_outbox_lag_seconds") or 0.0) * 1000)
+    assert before_ms - oldest_ms <= lag_ms <= after_ms - oldest_ms
     assert value(samples, "creditgate_holds_outstanding") == 3.0
 
     measured.flush()
