@@ -343,12 +343,16 @@ class PostgresServer:
 
     def pause(self) -> None:
         """SIGSTOP the whole cluster: connections stay open and every query waits (a hung database)."""
-        for pid in self._processes():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: signal.Signals) -> None:
         for pid in self._processes():
-            os.kill(pid, signal.SIGCONT)
+            # A backend whose connection closed since it was listed has exited: nothing to stop or resume.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def stop(self) -> None:
         if self.process is not None:
