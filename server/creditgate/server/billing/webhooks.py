@@ -15,7 +15,7 @@ from dataclasses import replace
 import httpx
 import structlog
 from creditgate.server.clock import Clock, from_ms
-from creditgate.server.errors import CreditgateError
+from creditgate.server.errors import CreditgateError, InternalError
 from creditgate.server.ledger.store import Delivery, Store
 from creditgate.server.settings import Settings
 from standardwebhooks.webhooks import Webhook
@@ -124,7 +124,8 @@ class WebhookSender:
         return sum(result for result in results if isinstance(result, int))
 
     async def _attempt(self, delivery: Delivery, now: int) -> int:
-        assert self._signer is not None
+        if self._signer is None:  # run_once sends nothing without a secret
+            raise InternalError("a webhook delivery was attempted without a signing secret")
         if self._stopping.is_set():
             return 0  # stop() came while it was being claimed: not tried; the lease makes it due again
         signed_at = from_ms(self._signing_clock.now_ms())
