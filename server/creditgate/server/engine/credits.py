@@ -231,7 +231,7 @@ class CreditEngine:
             cap_limit,
             cap_usage,
         ) = result[1:]
-        # Positional: every decision of a batch is made here, and 13 keywords cost ~0.5 us more.
+        # Positional: every decision of a batch is made here, and keywords cost more per call (bench/NOTES.md).
         return Decision(
             bool(allowed),
             reason,
