@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from creditgate.server.embedded_redis import redis_server_binary
@@ -110,13 +110,24 @@ def database(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
 
 
 @pytest.fixture
+def server_overrides() -> dict[str, Any]:
+    """Settings of the `server` fixture besides the harness's: a test module overrides this fixture to serve with
+    TLS, API keys, metrics … (start_server's defaults otherwise)."""
+    return {}
+
+
+@pytest.fixture
 def server(
-    redis_kind: str, database: Database, request: pytest.FixtureRequest, tmp_path: Path
+    redis_kind: str,
+    database: Database,
+    server_overrides: dict[str, Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> Iterator[RunningServer]:
     redis: RedisServer | RedisClusterServer = request.getfixturevalue(
         "redis_cluster" if redis_kind == "redis-cluster" else "redis_server"
     )
-    running = start_server(redis.url, tmp_path, **database.settings)
+    running = start_server(redis.url, tmp_path, **database.settings, **server_overrides)
     yield running
     running.stop()
 
@@ -134,5 +145,4 @@ def pg_server(
         health_probe_interval_seconds=300,
     )
     yield server
-    time.sleep(0.3)  # see test_tls.stop
     server.stop()

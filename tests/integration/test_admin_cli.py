@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from creditgate.server.api.auth import hash_key, new_key
 from creditgate.server.cli import app
 from creditgate.server.settings import ApiKey
-from harness import APOLLO, RedisServer, RunningServer, start_server
+from harness import APOLLO, RunningServer
 from pki import new_pki
 from typer.testing import CliRunner
 
@@ -20,16 +19,12 @@ KEY = new_key()
 
 
 @pytest.fixture
-def guarded(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer]:
-    """TLS with the test CA's certificate for "localhost", and one API key with both scopes."""
-    pki = new_pki()
-    files = pki.write(tmp_path)
+def server_overrides(tmp_path: Path) -> dict[str, Any]:
+    """The `server` serves TLS with the test CA's certificate for "localhost" and asks for an API key (both scopes)."""
+    files: dict[str, Any] = new_pki().write(tmp_path)
     del files["tls_client_ca_file"]  # TLS, not mTLS: the client shows no certificate
     api_keys = (ApiKey.model_validate({"name": "ops", "sha256": hash_key(KEY), "scopes": ["metering", "admin"]}),)
-    running = start_server(redis_server.url, tmp_path, api_keys=api_keys, **files)
-    yield running
-    time.sleep(0.3)  # see test_tls.stop
-    running.stop()
+    return files | {"api_keys": api_keys}
 
 
 def run(server: RunningServer, *args: str, options: tuple[str, ...]) -> tuple[int, str]:
@@ -38,32 +33,32 @@ def run(server: RunningServer, *args: str, options: tuple[str, ...]) -> tuple[in
     return done.exit_code, " ".join(done.output.split())
 
 
-def test_admin_commands_reach_a_tls_server_with_an_api_key(guarded: RunningServer, tmp_path: Path) -> None:
+def test_admin_commands_reach_a_tls_server_with_an_api_key(server: RunningServer, tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"  # written by pki.write: the CA that signed the server's certificate
     connected = ("--tls", f"--ca-file={ca}", "--server-name=localhost", f"--api-key={KEY}")
 
-    assert run(guarded, "customer", "create", "acme", options=connected) == (0, "customer acme created")
-    assert run(guarded, "subscribe", "acme", "basic", options=connected) == (
+    assert run(server, "customer", "create", "acme", options=connected) == (0, "customer acme created")
+    assert run(server, "subscribe", "acme", "basic", options=connected) == (
         0,
         "acme on basic: 2,500 credits available",
     )
-    assert run(guarded, "topup", "acme", "--package=starter", options=connected) == (
+    assert run(server, "topup", "acme", "--package=starter", options=connected) == (
         0,
         "+1,000 credits for 29.00 USD: 3,500 available",
     )
-    code, said = run(guarded, "debit", "acme", "email_unlock", "--quantity=5", options=connected)
+    code, said = run(server, "debit", "acme", "email_unlock", "--quantity=5", options=connected)
     assert (code, said.split(":")[0]) == (0, "allowed")
-    code, said = run(guarded, "balance", "acme", options=connected)
+    code, said = run(server, "balance", "acme", options=connected)
     assert (code, said.split(" (")[0]) == (0, "acme: 3,495 credits available")
-    guarded.flush()
-    code, said = run(guarded, "ledger", "acme", options=connected)
+    server.flush()
+    code, said = run(server, "ledger", "acme", options=connected)
     assert code == 0
     assert re.findall(r"│ (acme/\d+) │ (\w+) │ ([+-][\d,]+) │ ([\d,]+) │", said) == [
         ("acme/3", "debit", "-5", "3,495"),
         ("acme/2", "top_up", "+1,000", "3,500"),
         ("acme/1", "grant", "+2,500", "2,500"),
     ]
-    code, said = run(guarded, "invoice", "preview", "acme", options=connected)
+    code, said = run(server, "invoice", "preview", "acme", options=connected)
     assert code == 0
     assert re.findall(r"│ ([^│]+?) +│ ([^│]*?) *│ ([^│]*?) *│ ([^│]+?) +│", said) == [
         ("Basic (yearly)", "1", "588.00", "588.00"),
@@ -72,9 +67,9 @@ def test_admin_commands_reach_a_tls_server_with_an_api_key(guarded: RunningServe
         ("Total", "", "", "617.00 USD"),
         ("usage: email_unlock", "5 credits", "", "(0.15)"),
     ]
-    code, said = run(guarded, "invoice", "list", "acme", options=connected)
+    code, said = run(server, "invoice", "list", "acme", options=connected)
     assert (code, "acme/inv/" in said) == (0, False)  # January is still running: nothing finalized
-    assert run(guarded, "apply-catalog", str(APOLLO), options=connected)[0] == 0
+    assert run(server, "apply-catalog", str(APOLLO), options=connected)[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -92,20 +87,18 @@ def test_admin_commands_reach_a_tls_server_with_an_api_key(guarded: RunningServe
     ids=["no-api-key", "wrong-api-key", "no-tls", "other-ca"],
 )
 def test_a_command_the_server_refuses_says_why_and_exits_1(
-    guarded: RunningServer, tmp_path: Path, case: str, options: tuple[str, ...], said: str
+    server: RunningServer, tmp_path: Path, case: str, options: tuple[str, ...], said: str
 ) -> None:
     other = tmp_path / "other-ca.pem"
     other.write_bytes(new_pki().ca.certificate)
     filled = tuple(option.format(ca=tmp_path / "ca.pem", other=other) for option in options)
-    code, output = run(guarded, "balance", "acme", options=filled)
+    code, output = run(server, "balance", "acme", options=filled)
     assert (code, said in output) == (1, True), (case, output)
 
 
-def test_a_client_certificate_without_its_key_is_refused_before_any_call(
-    guarded: RunningServer, tmp_path: Path
-) -> None:
+def test_a_client_certificate_without_its_key_is_refused_before_any_call(server: RunningServer, tmp_path: Path) -> None:
     cert = tmp_path / "client.pem"
     cert.write_bytes(new_pki().client.certificate)
-    code, said = run(guarded, "balance", "acme", options=(f"--cert-file={cert}",))
+    code, said = run(server, "balance", "acme", options=(f"--cert-file={cert}",))
     assert code == 2
     assert "--cert-file and --key-file go together" in said

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,6 @@ def guarded(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer
         admin_pb2.TopUpRequest(customer_id="acme", credits=7, request_id="seven"), metadata=bearer(ADMIN_KEY)
     )
     yield running
-    time.sleep(0.3)  # see test_tls.stop
     running.stop()
 
 
