@@ -12,20 +12,21 @@ import grpc
 from creditgate.v1 import admin_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from harness import APOLLO, JAN_1, REPO, RedisServer, RunningServer, start_server
+from harness import APOLLO, JAN_1, REPO, Database, RedisServer, RunningServer, start_server
 
 FIXTURES = REPO / "tests" / "fixtures"
 
 
 @contextmanager
 def billing_server(
-    redis_server: RedisServer, tmp_path: Path, catalog: Path = APOLLO, **settings: Any
+    redis_server: RedisServer, database: Database, tmp_path: Path, catalog: Path = APOLLO, **settings: Any
 ) -> Iterator[RunningServer]:
-    """A fresh real server on an empty Redis and SQLite, its ManualClock at 2027-01-01."""
+    """A fresh real server on an empty Redis and the test's `database`, its ManualClock at 2027-01-01."""
     running = start_server(
         redis_server.url,
         tmp_path,
         catalog=catalog,
+        **database.settings,
         health_probe_interval_seconds=300,  # the probe stays asleep: its first round is at start
         **settings,
     )

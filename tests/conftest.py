@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from creditgate.server.embedded_redis import redis_server_binary
 from harness import (
     OWNER_ROLE,
+    Database,
     PostgresServer,
     RedisClusterServer,
     RedisServer,
@@ -69,10 +70,21 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnder
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Tests marked cluster_too run their `server` on a single Redis and on the Redis Cluster; the slow ones (load,
-    # thousands of calls) on the single Redis only, so that the suite stays fast.
+    # thousands of calls) on the single Redis only, so that the suite stays fast. Tests marked postgres_too run their
+    # `server` (or their `database`) on SQLite and on PostgreSQL, on the single Redis: the cluster runs on SQLite
+    # only, since the store does not change what Redis sees.
     marked = metafunc.definition.get_closest_marker
-    if "server" in metafunc.fixturenames and marked("cluster_too") and not marked("slow"):
-        metafunc.parametrize("redis_kind", ["redis", "redis-cluster"], indirect=True)
+    on_cluster = bool(marked("cluster_too")) and not marked("slow")
+    on_postgres = bool(marked("postgres_too"))
+    if "server" in metafunc.fixturenames and (on_cluster or on_postgres):
+        runs = [("redis", "sqlite", "redis")]
+        runs += [("redis-cluster", "sqlite", "redis-cluster")] if on_cluster else []
+        runs += [("redis", "postgresql", "postgresql")] if on_postgres else []
+        metafunc.parametrize(
+            ("redis_kind", "store_kind"), [run[:2] for run in runs], indirect=True, ids=[run[2] for run in runs]
+        )
+    elif "database" in metafunc.fixturenames and on_postgres:
+        metafunc.parametrize("store_kind", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
@@ -83,11 +95,39 @@ def redis_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def server(redis_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Which durable store `database` (and so `server`) is: "sqlite" unless a test is marked postgres_too."""
+    kind: str = getattr(request, "param", "sqlite")
+    return kind
+
+
+@pytest.fixture
+def database(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """The durable store of the test's server: SQLite in tmp_path, or a fresh PostgreSQL database."""
+    if store_kind == "postgresql":
+        return Database.postgresql(request.getfixturevalue("postgres_server"))
+    return Database.sqlite(tmp_path)
+
+
+@pytest.fixture
+def server_overrides() -> dict[str, Any]:
+    """Settings of the `server` fixture besides the harness's: a test module overrides this fixture to serve with
+    TLS, API keys, metrics … (start_server's defaults otherwise)."""
+    return {}
+
+
+@pytest.fixture
+def server(
+    redis_kind: str,
+    database: Database,
+    server_overrides: dict[str, Any],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> Iterator[RunningServer]:
     redis: RedisServer | RedisClusterServer = request.getfixturevalue(
         "redis_cluster" if redis_kind == "redis-cluster" else "redis_server"
     )
-    running = start_server(redis.url, tmp_path)
+    running = start_server(redis.url, tmp_path, **database.settings, **server_overrides)
     yield running
     running.stop()
 
@@ -105,5 +145,4 @@ def pg_server(
         health_probe_interval_seconds=300,
     )
     yield server
-    time.sleep(0.3)  # see test_tls.stop
     server.stop()

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -36,6 +37,8 @@ from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_
 REPO = Path(__file__).resolve().parent.parent
 APOLLO = REPO / "examples" / "apollo.yaml"
 T = TypeVar("T")
+# How long a test server runs at least before it is stopped (see RunningServer.stop).
+SETTLE_SECONDS = 0.3
 
 
 def free_port() -> int:
@@ -344,12 +347,16 @@ class PostgresServer:
 
     def pause(self) -> None:
         """SIGSTOP the whole cluster: connections stay open and every query waits (a hung database)."""
-        for pid in self._processes():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: signal.Signals) -> None:
         for pid in self._processes():
-            os.kill(pid, signal.SIGCONT)
+            # A backend whose connection closed since it was listed has exited: nothing to stop or resume.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -362,6 +369,40 @@ class PostgresServer:
                 self.process.wait()
             self.process = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Database:
+    """The durable store a test server runs on: SQLite in the test's folder, or a fresh database of the session's
+    PostgreSQL. `rows` reads (or tampers with) it beside the server, also after the server stopped."""
+
+    def __init__(self, kind: str, url: str, postgres: PostgresServer | None = None, name: str = "") -> None:
+        self.kind = kind
+        self.url = url
+        self.postgres = postgres
+        self.name = name
+
+    @classmethod
+    def sqlite(cls, folder: Path) -> Database:
+        return cls("sqlite", f"sqlite:///{folder / 'ledger.db'}")
+
+    @classmethod
+    def postgresql(cls, postgres: PostgresServer) -> Database:
+        name = postgres.create_database()
+        return cls("postgresql", postgres.url(name), postgres, name)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The server settings that point it at this store (PostgreSQL: migrated by the schema owner)."""
+        if self.postgres is None:
+            return {"database_url": self.url}
+        return {"database_url": self.url, "database_migration_url": self.postgres.url(self.name, OWNER_ROLE)}
+
+    def rows(self, query: str, *params: object) -> list[tuple[Any, ...]]:
+        """Rows of one query written with `?` placeholders, in either dialect (PostgreSQL: as the superuser)."""
+        if self.postgres is None:
+            with contextlib.closing(sqlite3.connect(self.url.removeprefix("sqlite:///"))) as db, db:
+                return db.execute(query, params).fetchall()
+        return self.postgres.query(self.name, query.replace("?", "%s"), params)
 
 
 class StoreUnderTest:
@@ -408,6 +449,7 @@ class RunningServer:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.app.port}")
         self.metering = metering_pb2_grpc.MeteringServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.started = time.monotonic()
 
     async def _build(self, settings: Settings, separate_flusher: bool) -> App:
         app = build_app(settings, self.clock)
@@ -429,6 +471,17 @@ class RunningServer:
 
     def flush(self) -> int:
         return self.call(self.app.flusher.drain())
+
+    def redis_time_ms(self) -> int:
+        """Redis's own clock (TIME), which stamps outbox entry ids: what outbox ages are measured against."""
+        seconds, micros = self.call(awaited(self.app.redis.time()))
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def oldest_outbox_ms(self) -> int:
+        """The id time of the oldest entry in any outbox stream (the outbox must not be empty)."""
+        keys = KeySpace(self.app.settings.shards).all_outboxes()
+        firsts = [self.call(awaited(self.app.redis.xrange(key, count=1))) for key in keys]
+        return min(int(str(first[0][0]).split("-")[0]) for first in firsts if first)
 
     def create_customer(self, customer_id: str, plan: str | None = None, start: datetime | None = None) -> None:
         self.admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id=customer_id, name=customer_id))
@@ -468,6 +521,10 @@ class RunningServer:
                 return entries[::-1]
 
     def stop(self) -> None:
+        # A server stopped within moments of its start lets the flusher finish its first pass first: redis-py 8.1
+        # can swallow a cancellation that lands inside a command, and then App.stop waits for the flusher's whole
+        # interval (reported; not the tests' subject).
+        time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - self.started)))
         self.channel.close()
         self.call(self.app.stop(grace_seconds=1))
         self.loop.call_soon_threadsafe(self.loop.stop)

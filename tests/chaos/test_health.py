@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,7 +68,6 @@ def metric(server: RunningServer, name: str, **labels: str) -> float | None:
 
 
 def stop(server: RunningServer) -> None:
-    time.sleep(0.3)  # see test_tls.stop
     server.stop()
 
 

@@ -12,7 +12,7 @@ from creditgate.v1 import admin_pb2
 from google.protobuf.duration_pb2 import Duration
 from harness import JAN_1, RunningServer
 
-pytestmark = pytest.mark.cluster_too
+pytestmark = [pytest.mark.cluster_too, pytest.mark.postgres_too]
 
 CONCURRENCY = 64
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,11 +48,11 @@ def guarded(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer
     running = RunningServer(
         settings(redis_server, tmp_path, api_keys=KEYS[:2], api_keys_file=keys_file), ManualClock(to_ms(JAN_1))
     )
-    running.admin.CreateCustomer(
-        admin_pb2.CreateCustomerRequest(customer_id="acme"), metadata=(("authorization", f"Bearer {ADMIN_KEY}"),)
+    running.admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id="acme"), metadata=bearer(ADMIN_KEY))
+    running.admin.TopUp(
+        admin_pb2.TopUpRequest(customer_id="acme", credits=7, request_id="seven"), metadata=bearer(ADMIN_KEY)
     )
     yield running
-    time.sleep(0.3)  # see test_tls.stop
     running.stop()
 
 
@@ -91,7 +90,11 @@ def test_each_service_needs_a_key_with_its_scope(
     guarded: RunningServer, case: str, call: Any, metadata: Metadata, code: Code, reason: str
 ) -> None:
     if code == Code.OK:
-        assert call(guarded, metadata) is not None
+        answer = call(guarded, metadata)
+        # The call got through to acme: its 7 credits, or its record.
+        assert (answer.available_credits if call is balance else answer.customer.customer_id) == (
+            7 if call is balance else "acme"
+        )
         return
     with pytest.raises(grpc.RpcError) as raised:
         call(guarded, metadata)

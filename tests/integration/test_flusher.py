@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -175,9 +176,15 @@ def test_get_ledger_status_reports_the_backlog_until_it_is_flushed(server: Runni
     server.flush()
     for _ in range(3):
         assert server.debit("acme", "email_unlock").allowed
+    oldest_ms = server.oldest_outbox_ms()
+    time.sleep(0.05)  # the least age below is then above 0: a clamped 0 cannot pass
+    before_ms = server.redis_time_ms()
     status = server.admin.GetLedgerStatus(admin_pb2.GetLedgerStatusRequest())
+    after_ms = server.redis_time_ms()
     assert (status.backlog_entries, status.pending_entries) == (3, 0)
-    assert status.oldest_unflushed_age.ToMilliseconds() >= 0
+    # The age is Redis TIME, read while the call ran, less the oldest entry's id time.
+    age_ms = status.oldest_unflushed_age.ToMilliseconds()
+    assert before_ms - oldest_ms <= age_ms <= after_ms - oldest_ms
     assert server.flush() == 3
     drained = server.admin.GetLedgerStatus(admin_pb2.GetLedgerStatusRequest())
     assert (drained.backlog_entries, drained.pending_entries, drained.oldest_unflushed_age.ToMilliseconds()) == (

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from billing import FIXTURES, billing_server
 from creditgate.v1 import admin_pb2, metering_pb2
-from harness import APOLLO, JAN_1, RedisServer
+from harness import APOLLO, JAN_1, Database, RedisServer
+
+pytestmark = pytest.mark.postgres_too
 
 GRANT = admin_pb2.LEDGER_ENTRY_KIND_GRANT
 EXPIRY = admin_pb2.LEDGER_ENTRY_KIND_EXPIRY
@@ -42,6 +44,7 @@ YEAR_CASES = [
 )
 def test_a_year_of_basic(
     redis_server: RedisServer,
+    database: Database,
     tmp_path: Path,
     case: str,
     catalog: Path,
@@ -50,7 +53,7 @@ def test_a_year_of_basic(
     expired: list[int],
     rolled: list[int],
 ) -> None:
-    with billing_server(redis_server, tmp_path, catalog, clock="simulated") as server:
+    with billing_server(redis_server, database, tmp_path, catalog, clock="simulated") as server:
         server.create_customer("acme", "basic", start=JAN_1)
         for month, credits in enumerate(SPENT, start=1):
             server.clock.set(datetime(2027, month, 15, tzinfo=UTC))
@@ -78,9 +81,9 @@ def test_a_year_of_basic(
 
 
 def test_carried_credits_are_spent_first_and_expire_at_the_next_period_end(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, database: Database, tmp_path: Path
 ) -> None:
-    with billing_server(redis_server, tmp_path, FIXTURES / "grant_rollover_capped.yaml") as server:
+    with billing_server(redis_server, database, tmp_path, FIXTURES / "grant_rollover_capped.yaml") as server:
         server.create_customer("acme", "basic", start=JAN_1)
         server.debit("acme", "email_unlock", 500)
         server.clock.set(datetime(2027, 2, 1, tzinfo=UTC))
@@ -93,9 +96,9 @@ def test_carried_credits_are_spent_first_and_expire_at_the_next_period_end(
 
 
 def test_a_plan_change_grants_the_new_plan_now_and_the_old_buckets_keep_their_expiry(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, database: Database, tmp_path: Path
 ) -> None:
-    with billing_server(redis_server, tmp_path, clock="simulated") as server:
+    with billing_server(redis_server, database, tmp_path, clock="simulated") as server:
         server.create_customer("acme", "basic", start=JAN_1)
         server.debit("acme", "email_unlock", 500)
         server.clock.set(datetime(2027, 1, 10, 12, tzinfo=UTC))

@@ -10,10 +10,10 @@ import pytest
 from billing import a_month_of_professional, billing_server, error_reason, invoice_once
 from creditgate.server.cli import app
 from creditgate.v1 import admin_pb2
-from harness import JAN_1, RedisServer, RunningServer
+from harness import JAN_1, Database, RedisServer, RunningServer
 from typer.testing import CliRunner
 
-pytestmark = pytest.mark.cluster_too
+pytestmark = [pytest.mark.cluster_too, pytest.mark.postgres_too]
 
 FEB_1 = datetime(2027, 2, 1, tzinfo=UTC)
 MAR_1 = datetime(2027, 3, 1, tzinfo=UTC)
@@ -23,8 +23,10 @@ def lines(invoice: admin_pb2.Invoice) -> list[tuple[int, str, int, str, str]]:
     return [(line.kind, line.description, line.quantity, line.unit_price, line.amount) for line in invoice.lines]
 
 
-def test_the_month_of_overage_and_a_starter_pack_is_invoiced_exactly(redis_server: RedisServer, tmp_path: Path) -> None:
-    with billing_server(redis_server, tmp_path) as server:
+def test_the_month_of_overage_and_a_starter_pack_is_invoiced_exactly(
+    redis_server: RedisServer, database: Database, tmp_path: Path
+) -> None:
+    with billing_server(redis_server, database, tmp_path) as server:
         a_month_of_professional(server)
         server.clock.set(FEB_1)
         server.available("acme")  # February opens
@@ -64,9 +66,9 @@ def test_the_month_of_overage_and_a_starter_pack_is_invoiced_exactly(redis_serve
 
 
 def test_a_yearly_plan_charges_its_fee_on_the_first_month_only_and_preview_shows_the_running_one(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, database: Database, tmp_path: Path
 ) -> None:
-    with billing_server(redis_server, tmp_path) as server:
+    with billing_server(redis_server, database, tmp_path) as server:
         a_month_of_professional(server)
         server.clock.set(datetime(2027, 2, 10, tzinfo=UTC))
         server.debit("acme", "email_unlock", 50)
@@ -96,8 +98,10 @@ def test_a_yearly_plan_charges_its_fee_on_the_first_month_only_and_preview_shows
         assert rest.next_page_token == ""
 
 
-def test_a_canceled_subscription_is_invoiced_up_to_the_cancellation(redis_server: RedisServer, tmp_path: Path) -> None:
-    with billing_server(redis_server, tmp_path) as server:
+def test_a_canceled_subscription_is_invoiced_up_to_the_cancellation(
+    redis_server: RedisServer, database: Database, tmp_path: Path
+) -> None:
+    with billing_server(redis_server, database, tmp_path) as server:
         a_month_of_professional(server)
         canceled_at = datetime(2027, 1, 25, tzinfo=UTC)
         server.clock.set(canceled_at)

@@ -14,7 +14,7 @@ import pytest
 from creditgate.server.api.auth import hash_key, new_key
 from creditgate.server.loadtest.report import as_json
 from creditgate.server.loadtest.runner import LoadSettings, run_load
-from creditgate.server.loadtest.workload import TlsOptions
+from creditgate.server.remote import TlsOptions
 from creditgate.server.settings import ApiKey
 from harness import RedisServer, RunningServer, start_server
 from pki import new_pki

@@ -46,7 +46,6 @@ def logged(
     try:
         yield running, output
     finally:
-        time.sleep(0.3)  # see test_tls.stop
         running.stop()
         structlog.reset_defaults()
 

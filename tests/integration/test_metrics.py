@@ -6,29 +6,21 @@ from __future__ import annotations
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from creditgate.v1 import metering_pb2
-from harness import RedisServer, RunningServer, start_server
+from harness import RunningServer
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
-def measured(redis_server: RedisServer, tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_server(
-        redis_server.url,
-        tmp_path,
-        metrics_listen="127.0.0.1:0",
-        health_probe_interval_seconds=300,  # the test runs the probe itself
-    )
-    yield running
-    time.sleep(0.3)  # see test_tls.stop: a cancellation redis-py swallows makes App.stop wait
-    running.stop()
+def server_overrides() -> dict[str, Any]:
+    """The `server` serves its metrics; the test runs the health probe itself."""
+    return {"metrics_listen": "127.0.0.1:0", "health_probe_interval_seconds": 300}
 
 
 def scrape(server: RunningServer) -> Samples:
@@ -45,19 +37,19 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-def test_decisions_rpcs_and_latency_are_counted_exactly(measured: RunningServer) -> None:
-    measured.create_customer("acme", plan="basic")
+def test_decisions_rpcs_and_latency_are_counted_exactly(server: RunningServer) -> None:
+    server.create_customer("acme", plan="basic")
     for _ in range(3):
-        assert measured.debit("acme", "email_unlock", request_id=str(uuid.uuid4())).allowed
-    assert not measured.debit("acme", "ai_personalization").allowed
-    assert measured.debit("acme", "mobile_unlock", quality="verified").allowed
+        assert server.debit("acme", "email_unlock", request_id=str(uuid.uuid4())).allowed
+    assert not server.debit("acme", "ai_personalization").allowed
+    assert server.debit("acme", "mobile_unlock", quality="verified").allowed
     dry_run = metering_pb2.CheckAndDebitRequest(customer_id="acme", feature="email_unlock", dry_run=True)
-    assert measured.metering.CheckAndDebit(dry_run).allowed
+    assert server.metering.CheckAndDebit(dry_run).allowed
     with pytest.raises(grpc.RpcError):
-        measured.debit("acme", "email_unlock", quantity=0)
+        server.debit("acme", "email_unlock", quantity=0)
     with pytest.raises(grpc.RpcError):
-        measured.debit("nobody", "email_unlock")
-    measured.available("acme")
+        server.debit("nobody", "email_unlock")
+    server.available("acme")
     batch = metering_pb2.CheckAndDebitBatchRequest(
         items=[
             metering_pb2.CheckAndDebitRequest(customer_id="acme", feature="email_unlock"),
@@ -65,9 +57,9 @@ def test_decisions_rpcs_and_latency_are_counted_exactly(measured: RunningServer)
             metering_pb2.CheckAndDebitRequest(customer_id="acme", feature="teleport"),  # an item error
         ]
     )
-    measured.metering.CheckAndDebitBatch(batch)
+    server.metering.CheckAndDebitBatch(batch)
 
-    samples = scrape(measured)
+    samples = scrape(server)
     decisions = {
         (dict(labels)["feature"], dict(labels)["outcome"]): count
         for (name, labels), count in samples.items()
@@ -89,11 +81,11 @@ def test_decisions_rpcs_and_latency_are_counted_exactly(measured: RunningServer)
     assert value(samples, "creditgate_auth_failures_total", reason="api_key_missing") is None  # no keys: no auth
 
 
-def test_probe_publishes_outbox_backlog_open_holds_and_dependencies(measured: RunningServer) -> None:
-    measured.create_customer("acme", plan="basic")
-    measured.flush()
-    assert measured.call(measured.app.probe.run_once()) is True  # type: ignore[union-attr]
-    samples = scrape(measured)
+def test_probe_publishes_outbox_backlog_open_holds_and_dependencies(server: RunningServer) -> None:
+    server.create_customer("acme", plan="basic")
+    server.flush()
+    assert server.call(server.app.probe.run_once()) is True  # type: ignore[union-attr]
+    samples = scrape(server)
     assert value(samples, "creditgate_outbox_backlog_entries") == 0.0
     assert value(samples, "creditgate_outbox_lag_seconds") == 0.0
     assert value(samples, "creditgate_holds_outstanding") == 0.0
@@ -101,20 +93,26 @@ def test_probe_publishes_outbox_backlog_open_holds_and_dependencies(measured: Ru
     assert value(samples, "creditgate_dependency_up", dependency="store") == 1.0
 
     for _ in range(2):
-        measured.debit("acme", "email_unlock")
+        server.debit("acme", "email_unlock")
     for _ in range(3):
-        measured.metering.Reserve(
+        server.metering.Reserve(
             metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock", request_id=str(uuid.uuid4()))
         )
-    measured.call(measured.app.probe.run_once())  # type: ignore[union-attr]
-    samples = scrape(measured)
+    oldest_ms = server.oldest_outbox_ms()
+    time.sleep(0.05)  # the least lag below is then above 0: a clamped 0 cannot pass
+    before_ms = server.redis_time_ms()
+    server.call(server.app.probe.run_once())  # type: ignore[union-attr]
+    after_ms = server.redis_time_ms()
+    samples = scrape(server)
     # Two debits and three holds, each one ledger entry in the outbox; the flusher has not run.
     assert value(samples, "creditgate_outbox_backlog_entries") == 5.0
-    assert (value(samples, "creditgate_outbox_lag_seconds") or 0.0) >= 0.0
+    # The lag is the probe's Redis TIME less the oldest entry's id time: it read TIME between the two readings here.
+    lag_ms = round((value(samples, "creditgate_outbox_lag_seconds") or 0.0) * 1000)
+    assert before_ms - oldest_ms <= lag_ms <= after_ms - oldest_ms
     assert value(samples, "creditgate_holds_outstanding") == 3.0
 
-    measured.flush()
-    measured.call(measured.app.probe.run_once())  # type: ignore[union-attr]
-    samples = scrape(measured)
+    server.flush()
+    server.call(server.app.probe.run_once())  # type: ignore[union-attr]
+    samples = scrape(server)
     assert value(samples, "creditgate_outbox_backlog_entries") == 0.0
     assert value(samples, "creditgate_outbox_lag_seconds") == 0.0

@@ -10,7 +10,7 @@ from creditgate.server.engine.model import DebitRequest
 from creditgate.v1 import admin_pb2, metering_pb2
 from harness import JAN_1, RunningServer
 
-pytestmark = pytest.mark.cluster_too
+pytestmark = [pytest.mark.cluster_too, pytest.mark.postgres_too]
 
 FEB_1 = JAN_1.replace(month=2)
 MAR_1 = JAN_1.replace(month=3)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import uuid
 from collections.abc import Awaitable
@@ -18,7 +17,9 @@ from creditgate.server.engine.keys import KeySpace
 from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
 from creditgate.server.ledger.restore import RestoreReport, restore
 from creditgate.v1 import admin_pb2, metering_pb2
-from harness import JAN_1, REPO, RedisServer, RunningServer
+from harness import JAN_1, REPO, Database, RedisServer, RunningServer
+
+pytestmark = pytest.mark.postgres_too
 
 T = TypeVar("T")
 
@@ -106,16 +107,15 @@ def test_a_running_total_that_drifted_from_its_buckets_is_reported_and_restore_r
     assert server.debit("basic-co", "email_unlock", quantity=10).balance_after == 890
 
 
-def test_a_forged_ledger_entry_is_reported(server: RunningServer) -> None:
+def test_a_forged_ledger_entry_is_reported(server: RunningServer, database: Database) -> None:
     busy_month(server)
     server.flush()
     seq = server.ledger("basic-co")[-1].balance_after and len(server.ledger("basic-co")) + 1
-    with sqlite3.connect(server.app.settings.data_dir / "ledger.db") as db:
-        db.execute(
-            "INSERT INTO ledger_entries VALUES ('basic-co', ?, 'debit', -7, 0, 0, 'email_unlock', 7, '{}',"
-            " 0, 0, '', 'forged', '', '', 0, 0, 0, '', '[]', -1)",
-            (seq,),
-        )
+    database.rows(
+        "INSERT INTO ledger_entries VALUES ('basic-co', ?, 'debit', -7, 0, 0, 'email_unlock', 7, '{}',"
+        " 0, 0, '', 'forged', '', '', 0, 0, 0, '', '[]', -1)",
+        seq,
+    )
     report = run_reconcile(server)
     assert [(d.customer_id, d.credits, d.entries) for d in report.drifts] == [("basic-co", 7, 1)]
     assert {d.what for d in report.drifts[0].differences} >= {"seq", "balance"}
@@ -157,9 +157,9 @@ def test_restore_rebuilds_a_lost_redis_to_zero_drift_and_decisions_carry_on(serv
 
 
 def test_a_grant_that_rolls_over_is_reconciled_and_restored_with_its_cap(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, database: Database, tmp_path: Path
 ) -> None:
-    with billing_server(redis_server, tmp_path, FIXTURES / "grant_rollover_capped.yaml") as server:
+    with billing_server(redis_server, database, tmp_path, FIXTURES / "grant_rollover_capped.yaml") as server:
         server.create_customer("acme", "basic", start=JAN_1)  # 2,500 a month, up to 1,000 carried over
         server.debit("acme", "email_unlock", 500)
         # A hold that drains the grant's bucket and is released: the bucket comes back with its cap.
@@ -247,6 +247,12 @@ def test_the_reconcile_command_exits_with_the_drift(server: RunningServer) -> No
         **os.environ,
         "CREDITGATE_REDIS_URL": str(server.app.settings.redis_url),
         "CREDITGATE_DATABASE_URL": server.app.settings.effective_database_url,
+        # On PostgreSQL the command opens the store as serve does: the schema owner checks the migrations.
+        **(
+            {"CREDITGATE_DATABASE_MIGRATION_URL": migration}
+            if (migration := server.app.settings.database_migration_url)
+            else {}
+        ),
     }
     command = [str(REPO / ".venv" / "bin" / "creditgate"), "reconcile"]
     healthy = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)

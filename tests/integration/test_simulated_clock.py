@@ -8,13 +8,15 @@ import grpc
 import pytest
 from billing import billing_server, error_reason
 from creditgate.v1 import admin_pb2
-from harness import JAN_1, RedisServer, RunningServer
+from harness import JAN_1, Database, RedisServer, RunningServer
 
 DAY = 86_400
 
 
-def test_advance_clock_moves_time_and_opens_the_next_credit_period(redis_server: RedisServer, tmp_path: Path) -> None:
-    with billing_server(redis_server, tmp_path, clock="simulated") as server:
+def test_advance_clock_moves_time_and_opens_the_next_credit_period(
+    redis_server: RedisServer, database: Database, tmp_path: Path
+) -> None:
+    with billing_server(redis_server, database, tmp_path, clock="simulated") as server:
         server.create_customer("acme", "basic", start=JAN_1)
         server.debit("acme", "email_unlock", 100)
 
@@ -34,8 +36,10 @@ def test_advance_clock_moves_time_and_opens_the_next_credit_period(redis_server:
 
 
 @pytest.mark.parametrize("seconds", [0, -5, 100 * 365 * DAY + 1])
-def test_advance_clock_refuses_a_move_out_of_range(redis_server: RedisServer, tmp_path: Path, seconds: int) -> None:
-    with billing_server(redis_server, tmp_path, clock="simulated") as server:
+def test_advance_clock_refuses_a_move_out_of_range(
+    redis_server: RedisServer, database: Database, tmp_path: Path, seconds: int
+) -> None:
+    with billing_server(redis_server, database, tmp_path, clock="simulated") as server:
         before = server.clock.now_ms()
         with pytest.raises(grpc.RpcError) as raised:
             server.admin.AdvanceClock(admin_pb2.AdvanceClockRequest(seconds=seconds))

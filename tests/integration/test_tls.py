@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from creditgate.v1 import admin_pb2, admin_pb2_grpc
-from harness import RedisServer, RunningServer, start_server
+from harness import RunningServer
 from pki import Pki, new_pki
 
 
@@ -18,31 +16,17 @@ def pki() -> Pki:
     return new_pki()
 
 
-def start(redis_server: RedisServer, tmp_path: Path, files: dict[str, Path]) -> RunningServer:
-    return start_server(redis_server.url, tmp_path, **files)
-
-
 @pytest.fixture
-def tls_server(redis_server: RedisServer, tmp_path: Path, pki: Pki) -> Iterator[RunningServer]:
+def server_overrides(request: pytest.FixtureRequest, tmp_path: Path, pki: Pki) -> dict[str, Path]:
+    """The `server` serves TLS with the test CA's certificate; mTLS (asks for a client certificate from the CA) for
+    a test parametrized with server_overrides="mtls"."""
     files = pki.write(tmp_path)
-    del files["tls_client_ca_file"]
-    running = start(redis_server, tmp_path, files)
-    yield running
-    stop(running)
+    if getattr(request, "param", "tls") == "tls":
+        del files["tls_client_ca_file"]
+    return files
 
 
-@pytest.fixture
-def mtls_server(redis_server: RedisServer, tmp_path: Path, pki: Pki) -> Iterator[RunningServer]:
-    running = start(redis_server, tmp_path, pki.write(tmp_path))
-    yield running
-    stop(running)
-
-
-def stop(running: RunningServer) -> None:
-    # Let the flusher finish its first pass: redis-py 8.1 can swallow a cancellation that lands inside a
-    # command, and then App.stop waits for the flusher's whole interval (reported; not this test's subject).
-    time.sleep(0.3)
-    running.stop()
+MTLS = pytest.mark.parametrize("server_overrides", ["mtls"], indirect=True)
 
 
 def catalog_version(server: RunningServer, credentials: grpc.ChannelCredentials | None) -> str:
@@ -58,36 +42,36 @@ def catalog_version(server: RunningServer, credentials: grpc.ChannelCredentials 
         return str(response.version)
 
 
-def test_tls_serves_a_client_that_trusts_the_ca(tls_server: RunningServer, pki: Pki) -> None:
-    version = catalog_version(tls_server, grpc.ssl_channel_credentials(root_certificates=pki.ca.certificate))
-    assert version == tls_server.app.catalog.rules.version
+def test_tls_serves_a_client_that_trusts_the_ca(server: RunningServer, pki: Pki) -> None:
+    version = catalog_version(server, grpc.ssl_channel_credentials(root_certificates=pki.ca.certificate))
+    assert version == server.app.catalog.rules.version
 
 
-def test_tls_refuses_plaintext(tls_server: RunningServer) -> None:
+def test_tls_refuses_plaintext(server: RunningServer) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        catalog_version(tls_server, None)
+        catalog_version(server, None)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_tls_client_refuses_a_server_signed_by_another_ca(tls_server: RunningServer, pki: Pki) -> None:
+def test_tls_client_refuses_a_server_signed_by_another_ca(server: RunningServer, pki: Pki) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        catalog_version(tls_server, grpc.ssl_channel_credentials(root_certificates=pki.stranger.certificate))
+        catalog_version(server, grpc.ssl_channel_credentials(root_certificates=pki.stranger.certificate))
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_mtls_accepts_a_client_certificate_signed_by_the_ca(mtls_server: RunningServer, pki: Pki) -> None:
+@MTLS
+def test_mtls_accepts_a_client_certificate_signed_by_the_ca(server: RunningServer, pki: Pki) -> None:
     credentials = grpc.ssl_channel_credentials(pki.ca.certificate, pki.client.key, pki.client.certificate)
-    assert catalog_version(mtls_server, credentials) == mtls_server.app.catalog.rules.version
+    assert catalog_version(server, credentials) == server.app.catalog.rules.version
 
 
+@MTLS
 @pytest.mark.parametrize("client", ["none", "stranger"])
-def test_mtls_refuses_a_client_without_a_certificate_from_the_ca(
-    mtls_server: RunningServer, pki: Pki, client: str
-) -> None:
+def test_mtls_refuses_a_client_without_a_certificate_from_the_ca(server: RunningServer, pki: Pki, client: str) -> None:
     if client == "none":
         credentials = grpc.ssl_channel_credentials(pki.ca.certificate)
     else:
         credentials = grpc.ssl_channel_credentials(pki.ca.certificate, pki.stranger.key, pki.stranger.certificate)
     with pytest.raises(grpc.RpcError) as raised:
-        catalog_version(mtls_server, credentials)
+        catalog_version(server, credentials)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from creditgate.v1 import admin_pb2, metering_pb2
 from harness import RunningServer
+
+pytestmark = pytest.mark.postgres_too
 
 
 def test_basic_plan_walkthrough_from_grant_to_denial_to_top_up(server: RunningServer) -> None:

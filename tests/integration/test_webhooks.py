@@ -5,10 +5,8 @@ receiver that accepts connections and never answers holds back no other receiver
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import socket
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -19,12 +17,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 from billing import billing_server
 from creditgate.server.billing.webhooks import FULL_PASS_EVERY_MS
 from creditgate.server.clock import to_ms
 from creditgate.v1 import admin_pb2
-from harness import JAN_1, RedisServer, RunningServer
+from harness import JAN_1, Database, RedisServer, RunningServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+pytestmark = pytest.mark.postgres_too
 
 SECRET = "whsec_" + base64.b64encode(b"creditgate-test-webhook-secret!!").decode()
 BACKOFF_SECONDS = 10
@@ -134,7 +135,9 @@ def deliveries(server: RunningServer, url: str) -> list[tuple[str, int, int]]:
     return [(event.type, d.status, d.attempts) for event in reversed(events) for d in event.deliveries if d.url == url]
 
 
-def test_signed_deliveries_with_retries_and_no_duplicates(redis_server: RedisServer, tmp_path: Path) -> None:
+def test_signed_deliveries_with_retries_and_no_duplicates(
+    redis_server: RedisServer, database: Database, tmp_path: Path
+) -> None:
     steady, flaky, broken = Receiver(failures=0), Receiver(failures=3), Receiver(failures=0, always_fail=True)
     with receiving(steady) as steady_url, receiving(flaky) as flaky_url, receiving(broken) as broken_url:
         settings = {
@@ -145,7 +148,7 @@ def test_signed_deliveries_with_retries_and_no_duplicates(redis_server: RedisSer
             "deliver_interval_seconds": 600,  # the loop's first round is at start; the test drives the rest
             "webhook_concurrency_per_receiver": 1,  # one try at a time: each receiver gets the events in order
         }
-        with billing_server(redis_server, tmp_path, **settings) as server:  # type: ignore[arg-type]
+        with billing_server(redis_server, database, tmp_path, **settings) as server:  # type: ignore[arg-type]
             server.create_customer("acme", "basic", start=JAN_1)  # 2,500 credits, threshold 250
             with ThreadPoolExecutor(64) as pool:
                 assert all(pool.map(lambda _: server.debit("acme", "email_unlock", 39).allowed, range(64)))
@@ -182,30 +185,32 @@ def test_signed_deliveries_with_retries_and_no_duplicates(redis_server: RedisSer
             assert [event_id for event_id, _, _ in broken.received].count(grant_id) == 6
 
 
-def stored_late(server: RunningServer, seq: int, kind: str) -> None:
+def stored_late(database: Database, seq: int, kind: str) -> None:
     """An event written straight into the store under `seq`, as a writer that took its seq earlier and committed
-    later would leave it (PostgreSQL hands out seqs at insert, not at commit)."""
-    path = server.app.settings.effective_database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "INSERT INTO events (seq, event_id, customer_id, type, entry_id, created_ms, payload)"
-            " VALUES (?, ?, 'acme', ?, '', 0, ?)",
-            (seq, f"acme/late/{seq}", kind, json.dumps({"type": kind})),
-        )
+    later would leave it (PostgreSQL hands out seqs at insert, not at commit, and only its own unless told)."""
+    overriding = " OVERRIDING SYSTEM VALUE" if database.kind == "postgresql" else ""
+    database.rows(
+        "INSERT INTO events (seq, event_id, customer_id, type, entry_id, created_ms, payload)"
+        f"{overriding} VALUES (?, ?, 'acme', ?, '', 0, ?)",
+        seq,
+        f"acme/late/{seq}",
+        kind,
+        json.dumps({"type": kind}),
+    )
 
 
 def test_each_round_queues_the_new_events_and_a_full_pass_the_late_ones(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, database: Database, tmp_path: Path
 ) -> None:
     receiver = Receiver(failures=0)
     with receiving(receiver) as url:
         settings = {"webhook_urls": (url,), "webhook_secret": SECRET, "deliver_interval_seconds": 600}
-        with billing_server(redis_server, tmp_path, **settings) as server:  # type: ignore[arg-type]
+        with billing_server(redis_server, database, tmp_path, **settings) as server:  # type: ignore[arg-type]
             server.create_customer("acme", "basic", start=JAN_1)
             assert deliver(server) == 1  # grant_issued, stored after the start's full pass
-            stored_late(server, 1000, "after_the_cursor")
+            stored_late(database, 1000, "after_the_cursor")
             assert deliver(server) == 1
-            stored_late(server, 500, "below_the_cursor")  # the rounds have moved past 1000 already
+            stored_late(database, 500, "below_the_cursor")  # the rounds have moved past 1000 already
             assert deliver(server) == 0
             server.clock.advance(FULL_PASS_EVERY_MS // 1000 - 1)
             assert deliver(server) == 0
@@ -223,7 +228,9 @@ def cross_low_balance(server: RunningServer, customers: range) -> None:
     server.flush()
 
 
-def test_a_receiver_that_never_answers_holds_back_no_other(redis_server: RedisServer, tmp_path: Path) -> None:
+def test_a_receiver_that_never_answers_holds_back_no_other(
+    redis_server: RedisServer, database: Database, tmp_path: Path
+) -> None:
     """Before each receiver had its own lane, the healthy one here got 0 of the first 20 low_balance events in 10 s
     (one shared round waited out the hung receiver's timeout for each of its deliveries, in turn)."""
     healthy = Receiver(failures=0)
@@ -235,13 +242,13 @@ def test_a_receiver_that_never_answers_holds_back_no_other(redis_server: RedisSe
             "webhook_timeout_seconds": 60,
             "deliver_interval_seconds": 0.05,  # the sender's own loop delivers, as when serving
         }
-        with billing_server(redis_server, tmp_path, **settings) as server:  # type: ignore[arg-type]
+        with billing_server(redis_server, database, tmp_path, **settings) as server:  # type: ignore[arg-type]
             hung_tries = "SELECT COUNT(*) FROM deliveries WHERE url = ? AND attempts > 0"
 
             def healthy_gets(events: int) -> None:
                 """Waits for the healthy receiver, or for a try to the hung one to end (which fails the test)."""
                 while len(healthy.accepted()) < events or hung.connections < 4:
-                    assert sqlite_rows(server, hung_tries, hung.url) == [(0,)]
+                    assert database.rows(hung_tries, hung.url) == [(0,)]
                     time.sleep(0.02)
 
             cross_low_balance(server, range(20))
@@ -255,19 +262,19 @@ def test_a_receiver_that_never_answers_holds_back_no_other(redis_server: RedisSe
             assert Counter(healthy.accepted()) == {"grant_issued": 40, "low_balance": 40}
             assert len({event_id for event_id, _, _ in healthy.received}) == 80
             assert hung.connections == 4
-            assert sqlite_rows(server, hung_tries, hung.url) == [(0,)]
+            assert database.rows(hung_tries, hung.url) == [(0,)]
         # Stopping cut the 4 tries in flight without counting them: each is due again when its lease (twice the
         # timeout) ends; the other 76 were not tried.
         leased_until = to_ms(JAN_1) + 120_000
         by_state = "SELECT status, attempts, next_attempt_ms, COUNT(*) FROM deliveries WHERE url = ? GROUP BY 1, 2, 3"
-        assert sqlite_rows(server, by_state + " ORDER BY 3", hung.url) == [
+        assert database.rows(by_state + " ORDER BY 3", hung.url) == [
             ("pending", 0, to_ms(JAN_1), 76),
             ("pending", 0, leased_until, 4),
         ]
 
 
 def test_a_receiver_that_never_answers_is_retried_with_backoff_then_dead_lettered(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, database: Database, tmp_path: Path
 ) -> None:
     healthy = Receiver(failures=0)
     with hanging() as hung, receiving(healthy) as healthy_url:
@@ -279,24 +286,24 @@ def test_a_receiver_that_never_answers_is_retried_with_backoff_then_dead_lettere
             "webhook_max_attempts": 3,
             "deliver_interval_seconds": 600,  # the test drives the rounds; each waits for the hung one's tries
         }
-        with billing_server(redis_server, tmp_path, **settings) as server:  # type: ignore[arg-type]
+        with billing_server(redis_server, database, tmp_path, **settings) as server:  # type: ignore[arg-type]
             cross_low_balance(server, range(1))
             assert deliver(server) == 2  # the healthy receiver takes both events in the first round
             order = ["grant_issued", "low_balance"]
             hung_state = "SELECT attempts, status, next_attempt_ms, last_error FROM deliveries WHERE url = ?"
             start = to_ms(JAN_1)
             timed_out = "Timeout: no answer within 0.5 s"
-            assert sqlite_rows(server, hung_state, hung.url) == [(1, "pending", start + 10_000, timed_out)] * 2
+            assert database.rows(hung_state, hung.url) == [(1, "pending", start + 10_000, timed_out)] * 2
             assert hung.connections == 2
             assert deliver(server) == 0  # nothing is due before the backoff
             assert hung.connections == 2
 
             server.clock.advance(BACKOFF_SECONDS)
             assert deliver(server) == 0
-            assert sqlite_rows(server, hung_state, hung.url) == [(2, "pending", start + 30_000, timed_out)] * 2
+            assert database.rows(hung_state, hung.url) == [(2, "pending", start + 30_000, timed_out)] * 2
             server.clock.advance(BACKOFF_SECONDS * 2)
             assert deliver(server) == 0
-            assert sqlite_rows(server, hung_state, hung.url) == [(3, "dead", start + 30_000, timed_out)] * 2
+            assert database.rows(hung_state, hung.url) == [(3, "dead", start + 30_000, timed_out)] * 2
             assert hung.connections == 6
             server.clock.advance(86_400)
             assert deliver(server) == 0
@@ -304,11 +311,4 @@ def test_a_receiver_that_never_answers_is_retried_with_backoff_then_dead_lettere
 
             assert sorted(healthy.accepted()) == order
             by_state = "SELECT attempts, status, COUNT(*) FROM deliveries WHERE url = ? GROUP BY 1, 2"
-            assert sqlite_rows(server, by_state, healthy_url) == [(1, "delivered", 2)]
-
-
-def sqlite_rows(server: RunningServer, query: str, *params: object) -> list[tuple[object, ...]]:
-    """Rows of the server's SQLite store, read beside it (also after it stopped)."""
-    path = server.app.settings.effective_database_url.removeprefix("sqlite:///")
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return db.execute(query, params).fetchall()
+            assert database.rows(by_state, healthy_url) == [(1, "delivered", 2)]

@@ -13,6 +13,8 @@ from harness import APOLLO
 
 CATALOG = load_catalog(APOLLO.read_text()).catalog
 
+# The guide's credit cost per action ("ActionCredit Cost" tables). Its Apollo table has "Export contact 1 credit" and
+# its generic example "Contact Export 5 credits": the catalog follows Apollo's.
 FEATURE_COSTS = [
     ("email_unlock", 1),
     ("contact_export", 1),
@@ -37,15 +39,19 @@ def test_mobile_unlock_costs_5_or_10_by_quality() -> None:
     )
 
 
+# The pricing guide (credit-based-pricing-guide.txt, "How Credits Are Applied"): "Professional plan → 48,000
+# credits/year (or e.g. 4,000/month as recurring grants)", "Basic → 30,000 credits/year (or e.g. 2,500/month as
+# recurring grants)", billed annually. The price, threshold and daily email cap are the catalog's own choices.
 @pytest.mark.parametrize(
-    ("plan", "price", "monthly", "threshold", "cap"),
-    [("basic", "588.00", 2500, 250, 250), ("professional", "948.00", 4000, 400, 1000)],
+    ("plan", "yearly", "monthly", "price", "threshold", "cap"),
+    [("basic", 30_000, 2500, "588.00", 250, 250), ("professional", 48_000, 4000, "948.00", 400, 1000)],
 )
-def test_plans_are_the_guides(plan: str, price: str, monthly: int, threshold: int, cap: int) -> None:
+def test_plans_are_the_guides(plan: str, yearly: int, monthly: int, price: str, threshold: int, cap: int) -> None:
     found = CATALOG.plans[plan]
     assert (found.billing_interval, found.price) == ("year", Decimal(price))
     assert [(g.credits, g.every, g.expires) for g in found.grants] == [(monthly, "month", "period_end")]
-    assert monthly * 12 == {"basic": 30_000, "professional": 48_000}[plan]
+    # A year of the catalog's grants is the guide's yearly figure.
+    assert sum(grant.credits * 12 for grant in found.grants if grant.every == "month") == yearly
     assert found.low_balance_threshold == threshold
     assert found.entitlements["contact_export"].free_units == 50
     email_cap = found.entitlements["email_send"].cap

@@ -7,34 +7,13 @@ import re
 import uuid
 
 import creditgate.client
+import creditgate.client.errors
 import pytest
 from creditgate.client import AsyncClient, Client, RetryPolicy
 from creditgate.client.calls import call_metadata, fill_request_id
 from creditgate.v1 import admin_pb2, metering_pb2
+from harness import REPO
 
-PUBLIC_NAMES = [
-    "NO_RETRY",
-    "AlreadyExists",
-    "AsyncClient",
-    "BucketSource",
-    "Client",
-    "CreditgateError",
-    "CustomerNotFound",
-    "DeadlineExceeded",
-    "DenyReason",
-    "FailedPrecondition",
-    "InternalError",
-    "InvalidArgument",
-    "LedgerEntryKind",
-    "NotFound",
-    "PermissionDenied",
-    "RequestIdReused",
-    "ResourceExhausted",
-    "RetryPolicy",
-    "SubscriptionStatus",
-    "Unauthenticated",
-    "Unavailable",
-]
 RPCS = [
     method.name
     for module in (metering_pb2, admin_pb2)
@@ -47,15 +26,73 @@ def snake_case(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def test_public_names() -> None:
-    assert creditgate.client.__all__ == PUBLIC_NAMES
-    for name in PUBLIC_NAMES:
-        assert getattr(creditgate.client, name) is not None
+def test_all_lists_exactly_what_the_package_exports() -> None:
+    """__all__ names each public name of the package once, and nothing it does not define (its submodules aside)."""
+    exported = [
+        name
+        for name, value in vars(creditgate.client).items()
+        if not name.startswith("_") and not inspect.ismodule(value)
+    ]
+    assert sorted(creditgate.client.__all__) == sorted(exported)
+    assert len(set(creditgate.client.__all__)) == len(creditgate.client.__all__)
 
 
-def test_every_error_derives_from_the_base() -> None:
-    errors = [getattr(creditgate.client, name) for name in PUBLIC_NAMES if name.endswith(("Error", "Exists"))]
-    assert all(issubclass(error, creditgate.client.CreditgateError) for error in errors)
+def test_every_error_the_client_raises_is_exported_and_derives_from_the_base() -> None:
+    defined = {
+        name
+        for name, value in vars(creditgate.client.errors).items()
+        if inspect.isclass(value)
+        and issubclass(value, Exception)
+        and value.__module__ == creditgate.client.errors.__name__
+    }
+    assert defined == {
+        "CreditgateError",
+        "InvalidArgument",
+        "NotFound",
+        "CustomerNotFound",
+        "AlreadyExists",
+        "RequestIdReused",
+        "FailedPrecondition",
+        "Unauthenticated",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "Unavailable",
+        "DeadlineExceeded",
+        "InternalError",
+    }
+    assert defined <= set(creditgate.client.__all__)
+    assert all(issubclass(getattr(creditgate.client, name), creditgate.client.CreditgateError) for name in defined)
+
+
+def test_the_proto_enums_a_result_carries_are_exported_as_they_are() -> None:
+    exported = (
+        creditgate.client.DenyReason,
+        creditgate.client.BucketSource,
+        creditgate.client.LedgerEntryKind,
+        creditgate.client.SubscriptionStatus,
+    )
+    assert exported == (
+        metering_pb2.DenyReason,
+        metering_pb2.BucketSource,
+        admin_pb2.LedgerEntryKind,
+        admin_pb2.SubscriptionStatus,
+    )
+
+
+@pytest.mark.parametrize("client", [Client, AsyncClient])
+def test_the_clients_public_methods_are_the_rpcs_and_close(client: type) -> None:
+    public = {name for name, _ in inspect.getmembers(client, callable) if not name.startswith("_")}
+    assert public == {snake_case(rpc) for rpc in RPCS} | {"close"}
+
+
+def test_the_committed_stubs_carry_every_rpc_of_the_proto() -> None:
+    declared = [
+        name
+        for proto in ("metering", "admin")
+        for name in re.findall(r"^\s*rpc (\w+)\(", (REPO / "proto/creditgate/v1" / f"{proto}.proto").read_text(), re.M)
+    ]
+    assert declared == RPCS
+    assert len(RPCS) == 27
 
 
 @pytest.mark.parametrize("rpc", RPCS)

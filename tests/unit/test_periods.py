@@ -19,6 +19,8 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> date
         (utc(2027, 1, 1), 1, utc(2027, 2, 1)),
         (utc(2027, 1, 31), 1, utc(2027, 2, 28)),
         (utc(2028, 1, 31), 1, utc(2028, 2, 29)),
+        (utc(2099, 12, 31), 2, utc(2100, 2, 28)),  # a century is not a leap year
+        (utc(1999, 12, 31), 2, utc(2000, 2, 29)),  # unless it divides by 400
         (utc(2027, 1, 31), 3, utc(2027, 4, 30)),
         (utc(2027, 11, 15, 9, 30), 2, utc(2028, 1, 15, 9, 30)),
         (utc(2027, 3, 31), 12, utc(2028, 3, 31)),

@@ -27,11 +27,16 @@ class FieldError(Exception):
         self.message = message
 
 
-def _integer(form: Mapping[str, str], name: str, *, required: bool = True) -> int | None:
+def _integer(form: Mapping[str, str], name: str) -> int:
+    value = _optional_integer(form, name)
+    if value is None:
+        raise FieldError(name, "required")
+    return value
+
+
+def _optional_integer(form: Mapping[str, str], name: str) -> int | None:
     text = form.get(name, "").strip().replace(",", "").replace("\u2212", "-")
     if not text:
-        if required:
-            raise FieldError(name, "required")
         return None
     try:
         return int(text)
@@ -73,7 +78,6 @@ def plan_top_up(customer_id: str, form: Mapping[str, str], catalog: Catalog) -> 
 
         return Planned(f"Top up {customer_id} with {what}.", buy)
     credits = _integer(form, "credits")
-    assert credits is not None
 
     async def grant(client: AsyncClient, request_id: str) -> str:
         done = await client.top_up(customer_id, credits=credits, request_id=request_id)
@@ -84,7 +88,6 @@ def plan_top_up(customer_id: str, form: Mapping[str, str], catalog: Catalog) -> 
 
 def plan_adjust(customer_id: str, form: Mapping[str, str], catalog: Catalog) -> Planned:
     delta = _integer(form, "delta")
-    assert delta is not None
     reason = _text(form, "reason")
 
     async def adjust(client: AsyncClient, request_id: str) -> str:
@@ -116,7 +119,7 @@ def plan_cancel(customer_id: str, form: Mapping[str, str], catalog: Catalog) -> 
 
 
 def plan_threshold(customer_id: str, form: Mapping[str, str], catalog: Catalog) -> Planned:
-    threshold = _integer(form, "threshold_credits", required=False)
+    threshold = _optional_integer(form, "threshold_credits")
 
     async def set_threshold(client: AsyncClient, request_id: str) -> str:
         done = await client.set_low_balance_threshold(customer_id, threshold)
@@ -130,8 +133,12 @@ def plan_threshold(customer_id: str, form: Mapping[str, str], catalog: Catalog) 
 
 def plan_auto_top_up(customer_id: str, form: Mapping[str, str], catalog: Catalog) -> Planned:
     package_key = form.get("package", "").strip()
-    threshold = _integer(form, "threshold_credits", required=bool(package_key)) or 0
-    cooldown = _integer(form, "cooldown", required=False) or 0
+    # A threshold is needed only to turn auto top-up on (a package chosen); turning it off ignores a blank one.
+    if package_key:
+        threshold = _integer(form, "threshold_credits")
+    else:
+        threshold = _optional_integer(form, "threshold_credits") or 0
+    cooldown = _optional_integer(form, "cooldown") or 0
 
     async def set_auto(client: AsyncClient, request_id: str) -> str:
         done = await client.set_auto_top_up(customer_id, package_key, threshold, cooldown_seconds=cooldown * 60)

@@ -103,13 +103,16 @@ class Console:
 
     @property
     def client(self) -> AsyncClient:
-        assert self.connection is not None, "the console's lifespan has not started"
-        return self.connection.client
+        return self._connected().client
 
     @property
     def live(self) -> LiveSampler:
-        assert self.connection is not None, "the console's lifespan has not started"
-        return self.connection.live
+        return self._connected().live
+
+    def _connected(self) -> Connection:
+        if self.connection is None:
+            raise RuntimeError("the console's lifespan has not started: no connection to the server yet")
+        return self.connection
 
     async def catalog(self) -> Catalog:
         response = await self.client.get_catalog()
@@ -318,7 +321,8 @@ class Pages:
         return self.render(request, "error.html", {"title": "Form refused", "message": message}, 403)
 
     async def api_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, CreditgateError)
+        if not isinstance(exc, CreditgateError):  # registered for CreditgateError only: not one of ours
+            raise exc
         if isinstance(exc, NotFound):
             title, status = ("Customer not found" if isinstance(exc, CustomerNotFound) else "Not found"), 404
         elif isinstance(exc, Unavailable):

@@ -57,17 +57,15 @@ class PasswordCheck:
             raise ValueError("a password or a password hash is needed")
         if password_hash is not None:
             _hashed_matches("", password_hash)  # a malformed hash fails at start, not at the first sign-in
-        self._password = password
         self._hash = password_hash
+        # Digests are compared, not the passwords: compare_digest is constant-time for equal lengths only. Without a
+        # password there is a hash (checked above), and the digest is never read.
+        self._digest = hashlib.sha256(password.encode()).digest() if password is not None else b""
 
     def matches(self, submitted: str) -> bool:
         if self._hash is not None:
             return _hashed_matches(submitted, self._hash)
-        assert self._password is not None
-        # Digests first: compare_digest is constant-time for equal lengths only.
-        return hmac.compare_digest(
-            hashlib.sha256(submitted.encode()).digest(), hashlib.sha256(self._password.encode()).digest()
-        )
+        return hmac.compare_digest(hashlib.sha256(submitted.encode()).digest(), self._digest)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from creditgate.server.engine.migrate import check_shards, migrate
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.engine.wire import RedisWire
-from creditgate.server.errors import CreditgateError
+from creditgate.server.errors import CreditgateError, InternalError
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.ledger.flusher_process import FlusherProcess, new_flusher
 from creditgate.server.ledger.heal import Healer
@@ -133,7 +133,8 @@ class App:
 
     def _supervise(self, flusher: Supervised) -> None:
         """Every background loop in the metrics, and in the health of the services that need it (SERVES_*)."""
-        assert self.probe is not None and self.invoicer is not None
+        if self.probe is None or self.invoicer is None:
+            raise InternalError("the app has no health probe or invoicer to supervise (build_app makes both)")
         on_decisions: list[Supervised] = [self.probe.task, self.catalog.follower]
         on_ledger: list[Supervised] = [flusher, self.invoicer.task, self.holds.sweeper]
         self.probe.depends_on(SERVES_DECISIONS, on_decisions)

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import grpc
 import typer
 from creditgate.server.errors import CreditgateError
 from creditgate.server.invoice_cli import invoice_app
 from creditgate.server.loadtest.command import loadtest
+from creditgate.server.remote import (
+    ApiKeyOption,
+    CaFileOption,
+    CertFileOption,
+    KeyFileOption,
+    ServerNameOption,
+    TargetOption,
+    TlsOption,
+    calling,
+    remote,
+)
 from creditgate.server.settings import Settings
-from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
+from creditgate.v1 import admin_pb2, metering_pb2
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -56,7 +64,6 @@ class Scope(StrEnum):
 
 
 console = Console()
-Target = Annotated[str | None, typer.Option(help="host:port of the server (default: CREDITGATE_LISTEN)")]
 
 
 def main() -> None:
@@ -157,39 +164,65 @@ def keys_new(
     print(f"entry: {json.dumps({'name': entry.name, 'sha256': entry.sha256, 'scopes': sorted(entry.scopes)})}")
 
 
-@contextmanager
-def _stubs(
-    target: str | None,
-) -> Iterator[tuple[admin_pb2_grpc.AdminServiceStub, metering_pb2_grpc.MeteringServiceStub]]:
-    with grpc.insecure_channel(target or Settings().listen) as channel:
-        try:
-            yield admin_pb2_grpc.AdminServiceStub(channel), metering_pb2_grpc.MeteringServiceStub(channel)
-        except grpc.RpcError as exc:
-            console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
-            raise typer.Exit(1) from exc
-
-
 @app.command("apply-catalog")
-def apply_catalog(path: Path, target: Target = None) -> None:
+def apply_catalog(
+    path: Path,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
+) -> None:
     """Apply a catalog YAML file."""
-    with _stubs(target) as (admin, _):
-        response = admin.ApplyCatalog(admin_pb2.ApplyCatalogRequest(catalog_yaml=path.read_text()))
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (admin, _):
+        response = admin.ApplyCatalog(
+            admin_pb2.ApplyCatalogRequest(catalog_yaml=path.read_text()), metadata=server.metadata
+        )
     console.print(f"catalog {response.version} ({'applied' if response.changed else 'unchanged'})")
 
 
 @customer_app.command("create")
-def customer_create(customer_id: str, name: str = "", target: Target = None) -> None:
+def customer_create(
+    customer_id: str,
+    name: str = "",
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
+) -> None:
     """Create a customer."""
-    with _stubs(target) as (admin, _):
-        admin.CreateCustomer(admin_pb2.CreateCustomerRequest(customer_id=customer_id, name=name))
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (admin, _):
+        admin.CreateCustomer(
+            admin_pb2.CreateCustomerRequest(customer_id=customer_id, name=name), metadata=server.metadata
+        )
     console.print(f"customer {customer_id} created")
 
 
 @app.command()
-def subscribe(customer_id: str, plan: str, target: Target = None) -> None:
+def subscribe(
+    customer_id: str,
+    plan: str,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
+) -> None:
     """Subscribe a customer to a plan, starting now."""
-    with _stubs(target) as (admin, _):
-        response = admin.CreateSubscription(admin_pb2.CreateSubscriptionRequest(customer_id=customer_id, plan=plan))
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (admin, _):
+        response = admin.CreateSubscription(
+            admin_pb2.CreateSubscriptionRequest(customer_id=customer_id, plan=plan), metadata=server.metadata
+        )
     console.print(f"{customer_id} on {plan}: {response.available_credits:,} credits available")
 
 
@@ -198,7 +231,13 @@ def topup(
     customer_id: str,
     package: Annotated[str, typer.Option(help="package key, e.g. starter")] = "",
     credits: Annotated[int, typer.Option(help="a number of credits instead of a package")] = 0,
-    target: Target = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
 ) -> None:
     """Top up a customer's credits with a package or a number of credits."""
     request = admin_pb2.TopUpRequest(customer_id=customer_id, request_id=str(uuid.uuid4()))
@@ -206,8 +245,9 @@ def topup(
         request.package = package
     else:
         request.credits = credits
-    with _stubs(target) as (admin, _):
-        response = admin.TopUp(request)
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (admin, _):
+        response = admin.TopUp(request, metadata=server.metadata)
     price = f" for {response.price} {response.currency}" if response.price else ""
     console.print(f"+{response.bucket.remaining_credits:,} credits{price}: {response.available_credits:,} available")
 
@@ -218,11 +258,18 @@ def debit(
     feature: str,
     quantity: int = 1,
     dim: Annotated[list[str] | None, typer.Option(help="dimension as key=value, repeatable")] = None,
-    target: Target = None,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
 ) -> None:
     """CheckAndDebit one action, as an app server would."""
     dimensions = dict(item.split("=", 1) for item in dim or [])
-    with _stubs(target) as (_, metering):
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (_, metering):
         response = metering.CheckAndDebit(
             metering_pb2.CheckAndDebitRequest(
                 customer_id=customer_id,
@@ -230,7 +277,8 @@ def debit(
                 quantity=quantity,
                 dimensions=dimensions,
                 request_id=str(uuid.uuid4()),
-            )
+            ),
+            metadata=server.metadata,
         )
     verdict = (
         "[green]allowed[/green]"
@@ -241,10 +289,22 @@ def debit(
 
 
 @app.command()
-def balance(customer_id: str, target: Target = None) -> None:
+def balance(
+    customer_id: str,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
+) -> None:
     """Show a customer's credits, buckets and period usage."""
-    with _stubs(target) as (_, metering):
-        response = metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id=customer_id))
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (_, metering):
+        response = metering.GetBalance(
+            metering_pb2.GetBalanceRequest(customer_id=customer_id), metadata=server.metadata
+        )
     console.print(f"{customer_id}: {response.available_credits:,} credits available (plan {response.plan or '-'})")
     table = Table("bucket", "source", "remaining", "priority", "expires")
     for bucket in response.buckets:
@@ -255,10 +315,23 @@ def balance(customer_id: str, target: Target = None) -> None:
 
 
 @ledger_app.command("entries")
-def ledger(customer_id: str, limit: int = 20, target: Target = None) -> None:
+def ledger(
+    customer_id: str,
+    limit: int = 20,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
+) -> None:
     """List a customer's ledger entries from the durable store, newest first."""
-    with _stubs(target) as (admin, _):
-        response = admin.ListLedgerEntries(admin_pb2.ListLedgerEntriesRequest(customer_id=customer_id, page_size=limit))
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (admin, _):
+        response = admin.ListLedgerEntries(
+            admin_pb2.ListLedgerEntriesRequest(customer_id=customer_id, page_size=limit), metadata=server.metadata
+        )
     table = Table("entry", "kind", "delta", "balance", "feature", "qty", "when (UTC)")
     for entry in response.entries:
         kind = admin_pb2.LedgerEntryKind.Name(entry.kind).removeprefix("LEDGER_ENTRY_KIND_").lower()

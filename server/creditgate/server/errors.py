@@ -32,6 +32,15 @@ class FailedPrecondition(CreditgateError):
     reason = "FAILED_PRECONDITION"
 
 
+class NotSubscribed(FailedPrecondition):
+    """A customer without a running subscription, also one a concurrent call canceled while this one ran."""
+
+    reason = "NOT_SUBSCRIBED"
+
+    def __init__(self, customer_id: str, message: str = "has no running subscription") -> None:
+        super().__init__(f"customer {customer_id!r} {message}", field="customer_id")
+
+
 class Unavailable(CreditgateError):
     """A dependency (Redis, the durable store) cannot be reached; safe to retry with the same request_id."""
 

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import grpc
 import typer
-from creditgate.server.settings import Settings
-from creditgate.v1 import admin_pb2, admin_pb2_grpc
+from creditgate.server.remote import (
+    ApiKeyOption,
+    CaFileOption,
+    CertFileOption,
+    KeyFileOption,
+    ServerNameOption,
+    TargetOption,
+    TlsOption,
+    calling,
+    remote,
+)
+from creditgate.v1 import admin_pb2
 from rich.console import Console
 from rich.table import Table
 
 invoice_app = typer.Typer(help="Invoices.", no_args_is_help=True)
 console = Console()
-Target = Annotated[str | None, typer.Option(help="host:port of the server (default: CREDITGATE_LISTEN)")]
-
-
-def _admin(target: str | None) -> tuple[grpc.Channel, admin_pb2_grpc.AdminServiceStub]:
-    channel = grpc.insecure_channel(target or Settings().listen)
-    return channel, admin_pb2_grpc.AdminServiceStub(channel)
 
 
 def render(invoice: admin_pb2.Invoice) -> Table:
@@ -41,37 +42,62 @@ def render(invoice: admin_pb2.Invoice) -> Table:
     return table
 
 
-def _run(target: str | None, call: str, request: object) -> object:
-    channel, admin = _admin(target)
-    with channel:
-        try:
-            return getattr(admin, call)(request)
-        except grpc.RpcError as exc:
-            console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
-            raise typer.Exit(1) from exc
-
-
 @invoice_app.command("show")
-def show(invoice_id: str, target: Target = None) -> None:
+def show(
+    invoice_id: str,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
+) -> None:
     """Print one finalized invoice."""
-    response = _run(target, "GetInvoice", admin_pb2.GetInvoiceRequest(invoice_id=invoice_id))
-    assert isinstance(response, admin_pb2.GetInvoiceResponse)
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (admin, _):
+        response = admin.GetInvoice(admin_pb2.GetInvoiceRequest(invoice_id=invoice_id), metadata=server.metadata)
     console.print(render(response.invoice))
 
 
 @invoice_app.command("preview")
-def preview(customer_id: str, target: Target = None) -> None:
+def preview(
+    customer_id: str,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
+) -> None:
     """Print the running period's invoice so far."""
-    response = _run(target, "PreviewInvoice", admin_pb2.PreviewInvoiceRequest(customer_id=customer_id))
-    assert isinstance(response, admin_pb2.PreviewInvoiceResponse)
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (admin, _):
+        response = admin.PreviewInvoice(
+            admin_pb2.PreviewInvoiceRequest(customer_id=customer_id), metadata=server.metadata
+        )
     console.print(render(response.invoice))
 
 
 @invoice_app.command("list")
-def list_(customer_id: str, limit: int = 12, target: Target = None) -> None:
+def list_(
+    customer_id: str,
+    limit: int = 12,
+    target: TargetOption = None,
+    api_key: ApiKeyOption = "",
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
+) -> None:
     """List a customer's invoices, newest first."""
-    response = _run(target, "ListInvoices", admin_pb2.ListInvoicesRequest(customer_id=customer_id, page_size=limit))
-    assert isinstance(response, admin_pb2.ListInvoicesResponse)
+    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
+    with calling(server, console) as (admin, _):
+        response = admin.ListInvoices(
+            admin_pb2.ListInvoicesRequest(customer_id=customer_id, page_size=limit), metadata=server.metadata
+        )
     table = Table("invoice", "period start", "plan", "total")
     for invoice in response.invoices:
         start = invoice.period_start.ToDatetime().date().isoformat()

@@ -19,8 +19,8 @@ async def serve(settings: Settings) -> None:
     try:
         await app.start(separate_flusher=settings.flusher_process)
         # What is alive once the server is up (modules, the catalog, grpc and pydantic internals) stays alive:
-        # frozen, a full collection no longer walks it, which took 40-60 ms (a stall of every call in flight)
-        # against about 2 ms for what the calls themselves leave behind.
+        # frozen, a full collection no longer walks it; walking it stalled every call in flight for far longer
+        # than collecting what the calls themselves leave behind (bench/NOTES.md).
         gc.collect()
         gc.freeze()
         stop = asyncio.Event()

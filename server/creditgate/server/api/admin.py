@@ -14,7 +14,7 @@ from creditgate.server.billing.invoices import Invoicer
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import ManualClock
 from creditgate.server.engine.credits import CreditEngine
-from creditgate.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from creditgate.server.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, Unavailable
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.store.store import Store
 from creditgate.v1 import admin_pb2, admin_pb2_grpc
@@ -120,7 +120,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             validate.days(request.expires_in_days, "expires_in_days"),
             validate.identifier(request.request_id, "request_id"),
         )
-        assert change.bucket is not None
+        if change.bucket is None:
+            raise InternalError(f"the top-up of {customer_id!r} answered without the bucket it added")
         return admin_pb2.TopUpResponse(
             bucket=convert.bucket(change.bucket),
             entry_id=change.entry_id,

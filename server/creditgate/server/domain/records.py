@@ -45,8 +45,8 @@ LEDGER_KINDS = (
 KIND_EVENTS = {"grant": "grant_issued", "expiry": "credits_expired"}
 
 
-# Not frozen: a frozen dataclass's __init__ sets its 22 fields through object.__setattr__, ~3 us more per record,
-# a tenth of the flusher's CPU per entry. Nothing changes a record once it is parsed.
+# Not frozen: a frozen dataclass's __init__ sets its 22 fields through object.__setattr__, a measurable share of
+# the flusher's CPU per entry (bench/NOTES.md). Nothing changes a record once it is parsed.
 @dataclass(slots=True)
 class LedgerRecord:
     customer_id: str
@@ -198,7 +198,8 @@ def parse_record(stream: str, stream_id: str, fields: dict[str, str]) -> Record:
 
 
 def _ledger(body: dict[str, Any]) -> LedgerRecord:
-    # Positional, through a bound get: the flusher parses every entry, and keywords cost ~1 us of its ~3.
+    # Positional, through a bound get: the flusher parses every entry, and keywords are a large part of that
+    # parse's cost (bench/NOTES.md).
     get = body.get
     kind = body["k"]
     if kind not in LEDGER_KINDS:

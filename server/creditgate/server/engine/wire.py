@@ -280,8 +280,8 @@ class RedisWire:
                 try:
                     await self._handshake(protocol)
                 except BaseException:
-                    assert protocol.transport is not None
-                    protocol.transport.close()
+                    if protocol.transport is not None:
+                        protocol.transport.close()
                     raise
         except (OSError, TimeoutError) as exc:
             raise ConnectFailed(f"cannot connect to Redis: {exc or type(exc).__name__}") from exc

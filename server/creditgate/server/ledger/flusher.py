@@ -80,7 +80,8 @@ class Flusher:
         # A client that decodes replies (decode_responses=True), as the wire does: entries are parsed as text.
         self._redis = redis
         # Batches are read and acknowledged through their own connection: redis-py packs a command's arguments in
-        # Python, ~1.4 us per entry id for XACK and again for XDEL, and parses every entry of a read into a dict.
+        # Python, per entry id for XACK and again for XDEL, and parses every entry of a read into a dict
+        # (bench/NOTES.md has what that cost).
         self._wire = wire
         self._store = store
         # To find the customer hash of a customer whose entry conflicted (None: tests of the flusher alone).

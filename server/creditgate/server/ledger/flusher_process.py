@@ -180,7 +180,7 @@ def start_flusher_process(settings: Settings, redis_url: str, shared: Synchroniz
     context = multiprocessing.get_context("spawn")
     process = context.Process(
         target=_main,
-        args=(settings.model_copy(update={"redis_url": redis_url}), os.getpid(), shared),
+        args=(settings, redis_url, os.getpid(), shared),
         name="flusher",
     )
     process.start()
@@ -195,11 +195,12 @@ def stop_flusher_process(process: BaseProcess, timeout_seconds: float = 15.0) ->
         process.join()
 
 
-def _main(settings: Settings, parent_pid: int, shared: SynchronizedArray[int]) -> None:
+def _main(settings: Settings, redis_url: str, parent_pid: int, shared: SynchronizedArray[int]) -> None:
+    """`redis_url` is the one the server uses: the embedded Redis's when settings name none."""
     _die_with(parent_pid)
     configure(settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the server, which stops us
-    uvloop.run(_flush_until_stopped(settings, shared))
+    uvloop.run(_flush_until_stopped(settings, redis_url, shared))
 
 
 def _die_with(parent_pid: int) -> None:
@@ -211,24 +212,23 @@ def _die_with(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # the parent died before prctl took effect
 
 
-async def _flush_until_stopped(settings: Settings, shared: SynchronizedArray[int]) -> None:
+async def _flush_until_stopped(settings: Settings, redis_url: str, shared: SynchronizedArray[int]) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    assert settings.redis_url is not None
     redis: RedisClient
-    if is_cluster(settings.redis_url, settings.redis_timeout_seconds):
-        redis = new_cluster_client(settings.redis_url, settings.redis_timeout_seconds)
+    if is_cluster(redis_url, settings.redis_timeout_seconds):
+        redis = new_cluster_client(redis_url, settings.redis_timeout_seconds)
     else:
         redis = Redis.from_url(
-            settings.redis_url,
+            redis_url,
             decode_responses=True,
             socket_timeout=settings.redis_timeout_seconds,
             socket_connect_timeout=settings.redis_timeout_seconds,
         )
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     await store.open()
-    flusher = new_flusher(redis, settings.redis_url, store, settings, SystemClock())
+    flusher = new_flusher(redis, redis_url, store, settings, SystemClock())
     restarts_before = shared[RESTARTS]
 
     async def report(state: TaskState) -> None:

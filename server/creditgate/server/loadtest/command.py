@@ -8,6 +8,15 @@ from typing import Annotated
 
 import grpc
 import typer
+from creditgate.server.remote import (
+    ApiKeyOption,
+    CaFileOption,
+    CertFileOption,
+    KeyFileOption,
+    ServerNameOption,
+    TlsOption,
+    tls_options,
+)
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -37,32 +46,21 @@ def loadtest(
     verify: Annotated[bool, typer.Option(help="check charged credits against balances afterwards")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON ('-': stdout)")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a latency-by-percentile PNG")] = None,
-    api_key: Annotated[
-        str, typer.Option(help="API key sent with every call (scopes: metering, and admin unless --no-setup)")
-    ] = "",
-    tls: Annotated[bool, typer.Option(help="connect with TLS (implied by the options below)")] = False,
-    ca_file: Annotated[
-        Path | None, typer.Option(exists=True, dir_okay=False, help="PEM of the CA to trust (default: the system's)")
-    ] = None,
-    cert_file: Annotated[
-        Path | None, typer.Option(exists=True, dir_okay=False, help="PEM client certificate, for mTLS")
-    ] = None,
-    key_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="PEM key of --cert-file")] = None,
-    server_name: Annotated[
-        str, typer.Option(help="the name on the server's certificate, when --target is an address it does not name")
-    ] = "",
+    api_key: ApiKeyOption = "",  # scopes: metering, and admin unless --no-setup
+    tls: TlsOption = False,
+    ca_file: CaFileOption = None,
+    cert_file: CertFileOption = None,
+    key_file: KeyFileOption = None,
+    server_name: ServerNameOption = "",
 ) -> None:
     """Load a creditgate server and report throughput, latency percentiles and the charged-credits check."""
     from creditgate.server.loadtest import report as reports
     from creditgate.server.loadtest.runner import LoadSettings, run_load
-    from creditgate.server.loadtest.workload import TlsOptions
 
     if mode not in ("debit", "batch", "reserve-commit"):
         raise typer.BadParameter("mode must be debit, batch or reserve-commit", param_hint="--mode")
     if not setup and not customer_prefix:
         raise typer.BadParameter("--no-setup needs --customer-prefix", param_hint="--customer-prefix")
-    if (cert_file is None) != (key_file is None):
-        raise typer.BadParameter("--cert-file and --key-file go together", param_hint="--cert-file")
     settings = LoadSettings(
         target=target,
         mode=mode,  # type: ignore[arg-type]  # checked above
@@ -82,14 +80,7 @@ def loadtest(
         rate=rate,
         batch_size=batch_size,
         api_key=api_key,
-        tls=TlsOptions(
-            root_certificates=ca_file.read_bytes() if ca_file else None,
-            certificate_chain=cert_file.read_bytes() if cert_file else None,
-            private_key=key_file.read_bytes() if key_file else None,
-            server_name=server_name,
-        )
-        if tls or ca_file or cert_file or server_name
-        else None,
+        tls=tls_options(tls, ca_file, cert_file, key_file, server_name),
     )
     with Progress(
         TextColumn("{task.description}"),

@@ -18,13 +18,11 @@ import grpc
 from creditgate.server.loadtest.worker import Mode, WorkerPlan, WorkerResult, new_histogram, run_worker
 from creditgate.server.loadtest.workload import (
     FeatureChoice,
-    TlsOptions,
-    auth_metadata,
     customer_name,
     default_mix,
-    open_channel,
     parse_mix,
 )
+from creditgate.server.remote import TlsOptions, auth_metadata, open_aio_channel
 from creditgate.v1 import admin_pb2, admin_pb2_grpc, metering_pb2, metering_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hdrh.histogram import HdrHistogram
@@ -126,7 +124,7 @@ def run_load(settings: LoadSettings, on_progress: Callable[[int, int, float], No
 
 
 async def _prepare(settings: LoadSettings, prefix: str) -> tuple[list[FeatureChoice], list[int] | None]:
-    async with open_channel(settings.target, settings.tls) as channel:
+    async with open_aio_channel(settings.target, settings.tls) as channel:
         await _reach(channel)
         if settings.features:
             mix = parse_mix(settings.features)
@@ -179,7 +177,7 @@ async def _create_customers(channel: grpc.aio.Channel, settings: LoadSettings, p
 
 async def _balances(settings: LoadSettings, prefix: str) -> list[int]:
     metadata = auth_metadata(settings.api_key)
-    async with open_channel(settings.target, settings.tls) as channel:
+    async with open_aio_channel(settings.target, settings.tls) as channel:
         metering = metering_pb2_grpc.MeteringServiceStub(channel)
         slots = asyncio.Semaphore(ADMIN_CONCURRENCY)
 
@@ -204,7 +202,8 @@ def _adopt(progress: Synchronized[int], barrier: Barrier) -> None:
 
 
 def _run_plan(plan: WorkerPlan) -> WorkerResult:
-    assert _progress is not None and _barrier is not None
+    if _progress is None or _barrier is None:
+        raise RuntimeError("a load worker ran outside its pool: the pool's initializer (_adopt) did not run")
     return run_worker(plan, _progress, _barrier)
 
 

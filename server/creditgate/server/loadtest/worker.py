@@ -19,13 +19,11 @@ from creditgate.server.loadtest.workload import (
     CustomerPicker,
     FeatureChoice,
     MixPicker,
-    TlsOptions,
-    auth_metadata,
     customer_name,
     encode_request,
-    open_channel,
     with_request_id,
 )
+from creditgate.server.remote import TlsOptions, auth_metadata, open_aio_channel
 from creditgate.v1 import metering_pb2
 from hdrh.histogram import HdrHistogram
 
@@ -117,7 +115,7 @@ class _Worker:
 
     async def run(self) -> WorkerResult:
         plan = self.plan
-        channels = [open_channel(plan.target, plan.tls) for _ in range(plan.connections)]
+        channels = [open_aio_channel(plan.target, plan.tls) for _ in range(plan.connections)]
         try:
             for channel in channels:
                 await channel.channel_ready()

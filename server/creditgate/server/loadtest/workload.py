@@ -8,7 +8,6 @@ import itertools
 import random
 from dataclasses import dataclass
 
-import grpc
 from creditgate.server.domain.catalog import DimensionCost, load_catalog
 from creditgate.server.errors import InvalidArgument
 from creditgate.v1 import metering_pb2
@@ -130,30 +129,3 @@ def with_request_id(encoded: bytes, request_id: bytes) -> bytes:
 
 def customer_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index}"
-
-
-def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...] | None:
-    """The metadata every call of a run carries: the API key, when the server asks for one."""
-    return (("authorization", f"Bearer {api_key}"),) if api_key else None
-
-
-@dataclass(frozen=True, slots=True)
-class TlsOptions:
-    """TLS to the server, as files' contents (picklable: every process opens its own channels)."""
-
-    # PEM of the CA(s) to trust; None: the system's roots.
-    root_certificates: bytes | None = None
-    # PEM of a client certificate chain and its key, for a server that asks for one (mTLS); both or neither.
-    certificate_chain: bytes | None = None
-    private_key: bytes | None = None
-    # The name the server's certificate must carry, when the target is an address it does not name.
-    server_name: str = ""
-
-
-def open_channel(target: str, tls: TlsOptions | None) -> grpc.aio.Channel:
-    """A channel to `target`: plaintext without `tls`."""
-    if tls is None:
-        return grpc.aio.insecure_channel(target)
-    credentials = grpc.ssl_channel_credentials(tls.root_certificates, tls.private_key, tls.certificate_chain)
-    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else None
-    return grpc.aio.secure_channel(target, credentials, options=options)
