@@ -169,7 +169,7 @@ def test_flushall(rewinding: tuple[RedisServer, RunningServer]) -> None:
     check_ledger(server, answers)
     assert verified(server, "rebuilt") == len(CUSTOMERS)
     # The customers lost are back with their own names and settings, not created anew.
-    assert {server.app.engine._keys.for_customer(c).customer for c in CUSTOMERS} <= {
+    assert {KeySpace(server.app.settings.shards).for_customer(c).customer for c in CUSTOMERS} <= {
         key.decode() for key in redis.Redis.from_url(redis_server.url).scan_iter("cg:*:c:*")
     }
 

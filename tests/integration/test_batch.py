@@ -8,7 +8,7 @@ import grpc
 import pytest
 import redis
 from creditgate.server.engine import bucket_codec
-from creditgate.server.engine.credits import DECIDE_MANY_CHUNK
+from creditgate.server.engine.decisions import DECIDE_MANY_CHUNK
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import script_source
 from creditgate.v1 import metering_pb2

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from creditgate.server.engine.credits import fingerprint
+from creditgate.server.engine.customer_state import fingerprint
 from creditgate.server.engine.keys import KeySpace
 from creditgate.v1 import admin_pb2, metering_pb2
 from harness import RunningServer, awaited

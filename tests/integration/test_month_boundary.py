@@ -89,11 +89,11 @@ def test_a_decision_that_read_its_clock_before_a_rollover_lands_in_the_period_it
     feb_1 = to_ms(JAN_1 + timedelta(days=31))
     server.clock.set(JAN_1 + timedelta(days=31, seconds=1))
     server.debit("late", "contact_export", 10)  # opens February: 10 of its 50 free exports used
-    engine = server.app.engine
+    decisions, state = server.app.decisions, server.app.holds._state
     request = DebitRequest("late", "contact_export", 45, {}, "read-in-january")
     read_in_january = feb_1 - 1
-    keys, args = engine._decide_call(request, engine._catalog.rules, read_in_january)
-    answer = server.call(engine.run_touching("decide", "late", keys, args, read_in_january))
+    keys, args = decisions._decide_call(request, state.rules, read_in_january)
+    answer = server.call(state.run_touching("decide", "late", keys, args, read_in_january))
     assert answer[0] == "ok" and answer[1] == 1  # allowed
     entries = server.ledger("late")
     assert [(e.entry_id, e.create_time.ToMilliseconds()) for e in entries[-2:]] == [

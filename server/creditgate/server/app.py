@@ -18,8 +18,11 @@ from creditgate.server.billing.webhooks import WebhookSender
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import Clock, ManualClock, SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
+from creditgate.server.engine.accounts import Accounts
+from creditgate.server.engine.balances import Balances
 from creditgate.server.engine.cluster import ClusterWire, RedisClient, is_cluster, new_cluster_client
-from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.customer_state import CustomerState
+from creditgate.server.engine.decisions import Decisions
 from creditgate.server.engine.eviction import check_eviction_policy
 from creditgate.server.engine.holds import Holds
 from creditgate.server.engine.keys import KeySpace
@@ -67,7 +70,9 @@ class App:
     scripts: Scripts
     store: Store
     catalog: CatalogHolder
-    engine: CreditEngine
+    decisions: Decisions
+    balances: Balances
+    accounts: Accounts
     flusher: Flusher
     holds: Holds
     server: grpc.aio.Server
@@ -206,9 +211,14 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     scripts = Scripts(redis, wire, settings.redis_wait_replicas, int(settings.redis_timeout_seconds * 1000 / 2))
     metrics = Metrics()
     healer = Healer(redis, scripts, keys, store, catalog, clock, metrics)
-    engine = CreditEngine(redis, scripts, keys, catalog, clock, settings, healer)
+    # The engine by job: decisions, reads, and the account changes; holds beside them. They share the customer's
+    # state in Redis (periods opened, due holds expired, a customer Redis may hold older than the ledger healed).
+    state = CustomerState(redis, scripts, keys, catalog, clock, settings, healer)
+    decisions = Decisions(state)
+    balances = Balances(state)
+    accounts = Accounts(state, balances)
     flusher = new_flusher(redis, redis_url, store, settings, clock)
-    holds = Holds(redis, scripts, keys, catalog, clock, settings, engine)
+    holds = Holds(redis, scripts, keys, catalog, clock, settings, state)
     envelope = CallEnvelope(metrics, log_successes=settings.log_calls == "all")
 
     def refused(method: str, error: CreditgateError, metadata: Any) -> None:
@@ -218,14 +228,14 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     # Only with keys: an interceptor costs every call a little, and without keys there is nothing to check.
     interceptors = [ApiKeyInterceptor(api_keys, refused)] if api_keys else []
     server = new_grpc_server(interceptors)
-    envelope.register(server, METERING_SERVICE, MeteringServicer(engine, holds, settings))
+    envelope.register(server, METERING_SERVICE, MeteringServicer(decisions, balances, holds, settings))
     simulated_clock = clock if simulated and isinstance(clock, ManualClock) else None
-    invoicer = Invoicer(store, engine, catalog, clock, interval_seconds=settings.invoice_interval_seconds)
-    admin = AdminServicer(engine, catalog, store, flusher, simulated_clock, invoicer, settings.webhook_urls)
+    invoicer = Invoicer(store, balances, catalog, clock, interval_seconds=settings.invoice_interval_seconds)
+    admin = AdminServicer(accounts, balances, catalog, store, flusher, simulated_clock, invoicer, settings.webhook_urls)
     envelope.register(server, ADMIN_SERVICE, admin)
     front_doors = None
     if routes is not None:
-        front_doors = FrontDoors(routes, settings.http_authz_listen, api_keys, engine, catalog, metrics)
+        front_doors = FrontDoors(routes, settings.http_authz_listen, api_keys, decisions, balances, catalog, metrics)
         front_doors.register(envelope, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -237,7 +247,9 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         scripts=scripts,
         store=store,
         catalog=catalog,
-        engine=engine,
+        decisions=decisions,
+        balances=balances,
+        accounts=accounts,
         flusher=flusher,
         holds=holds,
         server=server,

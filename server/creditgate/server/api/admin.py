@@ -13,7 +13,8 @@ from creditgate.server.api.errors import translated
 from creditgate.server.billing.invoices import Invoicer
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.clock import ManualClock
-from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.accounts import Accounts
+from creditgate.server.engine.balances import Balances
 from creditgate.server.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, Unavailable
 from creditgate.server.ledger.flusher import Flusher
 from creditgate.server.store.store import Store
@@ -37,7 +38,8 @@ def _forget(task: asyncio.Future[Any]) -> None:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
-        engine: CreditEngine,
+        accounts: Accounts,
+        balances: Balances,
         catalog: CatalogHolder,
         store: Store,
         flusher: Flusher,
@@ -45,7 +47,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         invoicer: Invoicer | None = None,
         webhook_urls: tuple[str, ...] = (),
     ) -> None:
-        self._engine = engine
+        self._accounts = accounts
+        self._balances = balances
         self._catalog = catalog
         self._store = store
         self._flusher = flusher
@@ -70,7 +73,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateCustomer(
         self, request: admin_pb2.CreateCustomerRequest, context: Context
     ) -> admin_pb2.CreateCustomerResponse:
-        view = await self._engine.create_customer(
+        view = await self._accounts.create_customer(
             validate.identifier(request.customer_id, "customer_id"),
             validate.text(request.name, "name", limit=validate.MAX_NAME),
             validate.metadata(dict(request.metadata)),
@@ -81,7 +84,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetCustomer(
         self, request: admin_pb2.GetCustomerRequest, context: Context
     ) -> admin_pb2.GetCustomerResponse:
-        view = await self._engine.get_customer(validate.identifier(request.customer_id, "customer_id"))
+        view = await self._balances.get_customer(validate.identifier(request.customer_id, "customer_id"))
         return admin_pb2.GetCustomerResponse(customer=convert.customer(view))
 
     @translated
@@ -89,7 +92,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateSubscriptionRequest, context: Context
     ) -> admin_pb2.CreateSubscriptionResponse:
         start_ms = validate.timestamp_ms(request.start_time, "start_time") if request.HasField("start_time") else None
-        subscription, available = await self._engine.subscribe(
+        subscription, available = await self._accounts.subscribe(
             validate.identifier(request.customer_id, "customer_id"),
             validate.key(request.plan, "plan"),
             start_ms,
@@ -102,7 +105,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CancelSubscription(
         self, request: admin_pb2.CancelSubscriptionRequest, context: Context
     ) -> admin_pb2.CancelSubscriptionResponse:
-        subscription = await self._engine.cancel(validate.identifier(request.customer_id, "customer_id"))
+        subscription = await self._accounts.cancel(validate.identifier(request.customer_id, "customer_id"))
         return admin_pb2.CancelSubscriptionResponse(subscription=convert.subscription(subscription))
 
     @translated
@@ -113,7 +116,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument("one of package or credits is required", field="amount")
         package = validate.key(request.package, "package") if amount == "package" else ""
         credits = validate.credits(request.credits, "credits") if amount == "credits" else 0
-        change = await self._engine.top_up(
+        change = await self._accounts.top_up(
             customer_id,
             package,
             credits,
@@ -134,7 +137,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def AdjustCredits(
         self, request: admin_pb2.AdjustCreditsRequest, context: Context
     ) -> admin_pb2.AdjustCreditsResponse:
-        change = await self._engine.adjust(
+        change = await self._accounts.adjust(
             validate.identifier(request.customer_id, "customer_id"),
             validate.credits(request.delta, "delta", allow_negative=True),
             validate.text(request.reason, "reason", required=True),
@@ -149,7 +152,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         customer_id = validate.identifier(request.customer_id, "customer_id")
         size = validate.page_size(request.page_size)
         before = _decode_page_token(request.page_token)
-        await self._engine.get_customer(customer_id)
+        await self._balances.get_customer(customer_id)
         records = await self._store.list_ledger(customer_id, size + 1, before)
         page, more = records[:size], len(records) > size
         token = _encode_page_token(page[-1].seq) if more else ""
@@ -214,7 +217,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @translated
     async def ChangePlan(self, request: admin_pb2.ChangePlanRequest, context: Context) -> admin_pb2.ChangePlanResponse:
-        subscription, available = await self._engine.change_plan(
+        subscription, available = await self._accounts.change_plan(
             validate.identifier(request.customer_id, "customer_id"), validate.key(request.plan, "plan")
         )
         return admin_pb2.ChangePlanResponse(
@@ -232,7 +235,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     f"threshold_credits must be 0 to {validate.MAX_CREDITS:,}", field="threshold_credits"
                 )
             threshold = request.threshold_credits
-        kept = await self._engine.set_low_threshold(validate.identifier(request.customer_id, "customer_id"), threshold)
+        kept = await self._accounts.set_low_threshold(
+            validate.identifier(request.customer_id, "customer_id"), threshold
+        )
         response = admin_pb2.SetLowBalanceThresholdResponse()
         if kept is not None:
             response.threshold_credits = kept
@@ -248,7 +253,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         cooldown_ms = request.cooldown.ToMilliseconds()
         if cooldown_ms < 0:
             raise InvalidArgument("cooldown must not be negative", field="cooldown")
-        view = await self._engine.set_auto_top_up(customer_id, package, threshold, cooldown_ms)
+        view = await self._accounts.set_auto_top_up(customer_id, package, threshold, cooldown_ms)
         response = admin_pb2.SetAutoTopUpResponse()
         if view is not None:
             response.package, response.credits, response.price = view.package, view.credits, view.price
@@ -270,7 +275,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         customer_id = validate.identifier(request.customer_id, "customer_id")
         size = validate.page_size(request.page_size)
         before = _decode_page_token(request.page_token)
-        await self._engine.get_customer(customer_id)
+        await self._balances.get_customer(customer_id)
         invoices = await self._invoices().list(customer_id, size + 1, before)
         page, more = invoices[:size], len(invoices) > size
         token = _encode_page_token(page[-1].period_start_ms) if more else ""
@@ -310,7 +315,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         record = await self._store.get_event(request.event_id)
         if record is None:
             raise NotFound(f"event {request.event_id!r} does not exist", field="event_id", reason="EVENT_NOT_FOUND")
-        now = self._engine.now_ms()
+        now = self._balances.now_ms()
         if self._webhook_urls:
             await self._store.enqueue_deliveries(list(self._webhook_urls), now)
         await self._store.redeliver(record.event_id, now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from creditgate.server.api import convert
 from creditgate.server.api.errors import status_code
-from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.decisions import Decisions
 from creditgate.server.engine.model import DebitRequest, Decision
 from creditgate.server.errors import CreditgateError, InvalidArgument, Unavailable
 from creditgate.v1 import metering_pb2
@@ -13,7 +13,7 @@ MAX_BATCH_ITEMS = 1000
 
 
 async def check_and_debit_batch(
-    request: metering_pb2.CheckAndDebitBatchRequest, engine: CreditEngine
+    request: metering_pb2.CheckAndDebitBatchRequest, decisions: Decisions
 ) -> metering_pb2.CheckAndDebitBatchResponse:
     """The items go to Redis in one write, one script call per shard (engine: decide_many), and a customer's items
     are decided there one after another in item order (so a repeated request_id gets the first item's answer).
@@ -29,7 +29,7 @@ async def check_and_debit_batch(
             items.append(convert.debit_request(item, dry_run=item.dry_run, request_id=item.request_id))
         except CreditgateError as exc:
             items.append(exc)
-    decided = iter(await engine.check_and_debit_many([item for item in items if isinstance(item, DebitRequest)]))
+    decided = iter(await decisions.check_and_debit_many([item for item in items if isinstance(item, DebitRequest)]))
     outcomes = [next(decided) if isinstance(item, DebitRequest) else item for item in items]
     unavailable = next((outcome for outcome in outcomes if isinstance(outcome, Unavailable)), None)
     if unavailable is not None:

@@ -7,7 +7,8 @@ from typing import Any
 import grpc
 from creditgate.server.api import batch, convert, validate
 from creditgate.server.api.errors import translated
-from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.balances import Balances
+from creditgate.server.engine.decisions import Decisions
 from creditgate.server.engine.holds import Holds
 from creditgate.server.settings import Settings
 from creditgate.v1 import metering_pb2, metering_pb2_grpc
@@ -16,8 +17,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, engine: CreditEngine, holds: Holds, settings: Settings) -> None:
-        self._engine = engine
+    def __init__(self, decisions: Decisions, balances: Balances, holds: Holds, settings: Settings) -> None:
+        self._decisions = decisions
+        self._balances = balances
         self._holds = holds
         self._settings = settings
 
@@ -31,17 +33,17 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def CheckAndDebitBatch(
         self, request: metering_pb2.CheckAndDebitBatchRequest, context: Context
     ) -> metering_pb2.CheckAndDebitBatchResponse:
-        return await batch.check_and_debit_batch(request, self._engine)
+        return await batch.check_and_debit_batch(request, self._decisions)
 
     async def _check_and_debit(self, request: metering_pb2.CheckAndDebitRequest) -> metering_pb2.CheckAndDebitResponse:
         debit = convert.debit_request(request, dry_run=request.dry_run, request_id=request.request_id)
-        return convert.decision(await self._engine.check_and_debit(debit))
+        return convert.decision(await self._decisions.check_and_debit(debit))
 
     @translated
     async def CheckEntitlement(
         self, request: metering_pb2.CheckEntitlementRequest, context: Context
     ) -> metering_pb2.CheckEntitlementResponse:
-        decision = await self._engine.check_and_debit(convert.debit_request(request, dry_run=True))
+        decision = await self._decisions.check_and_debit(convert.debit_request(request, dry_run=True))
         return metering_pb2.CheckEntitlementResponse(
             allowed=decision.allowed,
             deny_reason=convert.deny_reason(decision.deny_reason),
@@ -61,7 +63,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def GetBalance(
         self, request: metering_pb2.GetBalanceRequest, context: Context
     ) -> metering_pb2.GetBalanceResponse:
-        view = await self._engine.get_balance(validate.identifier(request.customer_id, "customer_id"))
+        view = await self._balances.get_balance(validate.identifier(request.customer_id, "customer_id"))
         return convert.balance(view)
 
     @translated

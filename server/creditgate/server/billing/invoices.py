@@ -14,7 +14,7 @@ from creditgate.server.clock import Clock
 from creditgate.server.domain.catalog import Catalog
 from creditgate.server.domain.records import LedgerRecord, PeriodRecord, event_record
 from creditgate.server.domain.rules import RuleSource
-from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.balances import Balances
 from creditgate.server.errors import NotFound
 from creditgate.server.store.invoices import StoredInvoice
 from creditgate.server.store.store import Store
@@ -146,14 +146,14 @@ class Invoicer:
     def __init__(
         self,
         store: Store,
-        engine: CreditEngine,
+        balances: Balances,
         catalog: RuleSource,
         clock: Clock,
         *,
         interval_seconds: float,
     ) -> None:
         self._store = store
-        self._engine = engine
+        self._balances = balances
         self._catalog = catalog
         self._clock = clock
         self.task = PeriodicTask("invoicer", self.invoice_once, interval_seconds, clock)
@@ -168,7 +168,7 @@ class Invoicer:
         # drain return while another holds a batch in flight.
         for customer_id in sorted({period.customer_id for period, complete in due if not complete}):
             with contextlib.suppress(NotFound):
-                await self._engine.get_balance(customer_id)
+                await self._balances.get_balance(customer_id)
         made = 0
         for period, complete in due:
             if complete and await self._finalize(period, now):
@@ -199,7 +199,7 @@ class Invoicer:
 
     async def preview(self, customer_id: str) -> Invoice:
         """The running period's invoice so far, from the durable ledger (as far as the flusher has moved it)."""
-        await self._engine.get_balance(customer_id)
+        await self._balances.get_balance(customer_id)
         period = await self._store.current_period(customer_id)
         if period is None:
             raise NotFound(

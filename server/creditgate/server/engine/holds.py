@@ -9,7 +9,7 @@ import structlog
 from creditgate.server.clock import Clock
 from creditgate.server.domain.rules import RuleSource
 from creditgate.server.engine.cluster import RedisClient
-from creditgate.server.engine.credits import CreditEngine, customer_not_found, fingerprint
+from creditgate.server.engine.customer_state import CustomerState, customer_not_found, fingerprint
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.messages import explain
 from creditgate.server.engine.model import DebitRequest, Decision
@@ -65,7 +65,7 @@ class Holds:
         catalog: RuleSource,
         clock: Clock,
         settings: Settings,
-        engine: CreditEngine,
+        state: CustomerState,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
@@ -73,7 +73,7 @@ class Holds:
         self._catalog = catalog
         self._clock = clock
         self._settings = settings
-        self._engine = engine
+        self._state = state
         self._retention_ms = settings.idempotency_ttl_seconds * 1000
         self.sweeper = PeriodicTask("hold_sweeper", self.sweep_once, settings.hold_sweep_interval_seconds, clock)
 
@@ -95,7 +95,7 @@ class Holds:
             json.dumps(request.dimensions),
             ttl_seconds * 1000,
         ]
-        result = await self._engine.run_touching(
+        result = await self._state.run_touching(
             "reserve", request.customer_id, [*keys.hold_keys, keys.request(request.request_id)], args, now
         )
         if result[0] == "not_found":
@@ -144,7 +144,7 @@ class Holds:
             self._settings.idempotency_ttl_seconds,
             self._retention_ms,
         ]
-        result = await self._engine.run_touching(
+        result = await self._state.run_touching(
             "settle", customer_id, [*keys.hold_keys, keys.request(request_id)], args, now
         )
         status = result[0]
@@ -187,7 +187,7 @@ class Holds:
             raise redis_error(exc, "reading the holds due") from exc
         for due in due_by_shard:
             for customer_id in sorted({split_reservation_id(str(member))[0] for member in due}):
-                expired += await self._engine.expire_holds(customer_id, now)
+                expired += await self._state.expire_holds(customer_id, now)
         return expired
 
     def start(self) -> None:

@@ -12,7 +12,8 @@ from creditgate.server.api.gateway.ext_authz import AUTHORIZATION_SERVICE, Autho
 from creditgate.server.api.gateway.forward_auth import ForwardAuthServer
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.domain.routes import RouteTable, load_routes
-from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.balances import Balances
+from creditgate.server.engine.decisions import Decisions
 from creditgate.server.errors import FailedPrecondition
 from creditgate.server.ops.metrics import Metrics
 from creditgate.server.settings import ApiKey
@@ -40,11 +41,12 @@ class FrontDoors:
         routes: RouteTable,
         listen: str | None,
         keys: tuple[ApiKey, ...],
-        engine: CreditEngine,
+        decisions: Decisions,
+        balances: Balances,
         catalog: CatalogHolder,
         metrics: Metrics,
     ) -> None:
-        self.gateway = Gateway(engine, catalog, routes, metrics)
+        self.gateway = Gateway(decisions, balances, catalog, routes, metrics)
         self._listen = listen
         self._keys = keys
         self.forward_auth: ForwardAuthServer | None = None

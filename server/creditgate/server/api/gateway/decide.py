@@ -18,7 +18,8 @@ from creditgate.server.api import convert
 from creditgate.server.catalog.holder import CatalogHolder
 from creditgate.server.domain.periods import DAY_MS
 from creditgate.server.domain.routes import METHOD_PATTERN, RouteTable, Source
-from creditgate.server.engine.credits import CreditEngine
+from creditgate.server.engine.balances import Balances
+from creditgate.server.engine.decisions import Decisions
 from creditgate.server.engine.model import Decision
 from creditgate.server.errors import (
     AlreadyExists,
@@ -100,8 +101,11 @@ class Answer:
 
 
 class Gateway:
-    def __init__(self, engine: CreditEngine, catalog: CatalogHolder, routes: RouteTable, metrics: Metrics) -> None:
-        self._engine = engine
+    def __init__(
+        self, decisions: Decisions, balances: Balances, catalog: CatalogHolder, routes: RouteTable, metrics: Metrics
+    ) -> None:
+        self._decisions = decisions
+        self._balances = balances
         self._catalog = catalog
         self._routes = routes
         self._spec = routes.spec
@@ -157,7 +161,7 @@ class Gateway:
                 request.dimensions[name] = value
         request_id = _read(self._spec.request_id, call, query, params, "request_id")
         debit = convert.debit_request(request, dry_run=False, request_id=request_id)
-        decision = await self._engine.check_and_debit(debit)
+        decision = await self._decisions.check_and_debit(debit)
         self._metrics.decisions.labels(feature, _outcome(decision)).inc()
         if decision.allowed:
             return Answer(
@@ -187,8 +191,8 @@ class Gateway:
 
     async def _seconds_until_cap_resets(self, customer: str, feature: str) -> int:
         """A day cap resets at the next UTC midnight, a month cap when the credit period ends (as decide counts)."""
-        balance = await self._engine.get_balance(customer)
-        now = self._engine.now_ms()
+        balance = await self._balances.get_balance(customer)
+        now = self._balances.now_ms()
         subscription = balance.subscription
         reset = (now // DAY_MS + 1) * DAY_MS
         if subscription is not None:
