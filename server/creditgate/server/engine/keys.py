@@ -85,6 +85,14 @@ class KeySpace:
     def shard_tag(self, shard: int) -> str:
         return f"{{s{shard}}}"
 
+    def shard_prefix(self, shard: int) -> str:
+        """`<prefix>:{sN}:`, how every key of one shard starts."""
+        return f"{self._prefix}:{self.shard_tag(shard)}:"
+
+    def customer_prefix(self, shard: int) -> str:
+        """How the customer hashes of one shard start (the customer's id follows)."""
+        return f"{self.shard_prefix(shard)}{CUSTOMER}:"
+
     def outbox(self, shard: int) -> str:
         """The ledger outbox stream of one shard."""
         return f"{self._prefix}:{self.shard_tag(shard)}:outbox"
@@ -122,7 +130,7 @@ class KeySpace:
 
     def _build(self, customer_id: str) -> CustomerKeys:
         shard = self.shard_of(customer_id)
-        base = f"{self._prefix}:{self.shard_tag(shard)}:"
+        base = self.shard_prefix(shard)
         return CustomerKeys(
             customer=f"{base}{CUSTOMER}:{customer_id}",
             buckets=f"{base}{BUCKETS}:{customer_id}",

@@ -87,7 +87,7 @@ async def check_shards(redis: RedisClient, keys: KeySpace, shards: int) -> None:
 
 
 async def _migrate_shard(redis: RedisClient, keys: KeySpace, shard: int, report: MigrationReport) -> None:
-    prefix = keys.outbox(shard).rpartition(":")[0] + ":c:"
+    prefix = keys.customer_prefix(shard)
     found = [str(key) async for key in redis.scan_iter(match=scan_literal(prefix) + "*", count=SCAN_COUNT)]
     tails = {key: key[len(prefix) :] for key in found}
     customers: set[str] = set()
@@ -124,14 +124,22 @@ async def _migrate_shard(redis: RedisClient, keys: KeySpace, shard: int, report:
             report.keys_left.append(key)
 
 
+async def shard_customers(redis: RedisClient, keys: KeySpace, shard: int) -> list[str]:
+    """The ids of the customers whose hash is in `shard`, each confirmed by its hash's own `id` (SCAN also finds
+    keys that only look like a customer's)."""
+    found: list[str] = []
+    match = scan_literal(keys.customer_prefix(shard)) + "*"
+    async for key in redis.scan_iter(match=match, count=SCAN_COUNT, _type="hash"):
+        customer_id = keys.customer_id_of(str(key))
+        if await redis.hget(key, "id") == customer_id and keys.shard_of(customer_id) == shard:
+            found.append(customer_id)
+    return found
+
+
 async def _index_wallets(redis: RedisClient, keys: KeySpace, shard: int, report: MigrationReport) -> None:
     """Layout 2 -> 3: every customer of the shard gets the index of the buckets it has."""
-    prefix = keys.outbox(shard).rpartition(":")[0] + ":c:"
-    async for key in redis.scan_iter(match=scan_literal(prefix) + "*", count=SCAN_COUNT, _type="hash"):
-        customer_id = await redis.hget(key, "id")
-        if customer_id is None or keys.for_customer(str(customer_id)).customer != str(key):
-            continue
-        customer_keys = keys.for_customer(str(customer_id))
+    for customer_id in await shard_customers(redis, keys, shard):
+        customer_keys = keys.for_customer(customer_id)
         buckets = await redis.hgetall(customer_keys.buckets)
         index = bucket_codec.wallet_index({str(field): str(value) for field, value in buckets.items()})
         async with redis.pipeline(transaction=True) as pipe:

@@ -18,7 +18,8 @@ from typing import Any
 
 import structlog
 from creditgate.server.engine.cluster import RedisClient
-from creditgate.server.engine.keys import LAYOUT, KeySpace, scan_literal
+from creditgate.server.engine.keys import LAYOUT, REQUEST, KeySpace, scan_literal
+from creditgate.server.engine.migrate import shard_customers
 from creditgate.server.errors import FailedPrecondition, Unavailable
 from redis.exceptions import RedisError, ResponseError
 
@@ -79,13 +80,8 @@ async def reshard(redis: RedisClient, old: KeySpace, new: KeySpace) -> ReshardRe
 
 
 async def _move_shard(redis: RedisClient, old: KeySpace, new: KeySpace, shard: int, report: ReshardReport) -> None:
-    tag = f"{old.outbox(shard).rpartition(':')[0]}:"
-    customers: set[str] = set()
-    async for found in redis.scan_iter(match=scan_literal(tag) + "c:*", count=SCAN_COUNT):
-        key = str(found)
-        customer_id = old.customer_id_of(key)
-        if await redis.hget(key, "id") == customer_id and old.shard_of(customer_id) == shard:
-            customers.add(customer_id)
+    tag = old.shard_prefix(shard)
+    customers = set(await shard_customers(redis, old, shard))
     moving = {c for c in customers if new.shard_of(c) != shard}
     for customer_id in sorted(moving):
         before, after = old.for_customer(customer_id), new.for_customer(customer_id)
@@ -93,9 +89,10 @@ async def _move_shard(redis: RedisClient, old: KeySpace, new: KeySpace, shard: i
             report.keys_moved += await _move_key(redis, getattr(before, name), getattr(after, name))
         report.customers_moved += 1
     # Remembered answers: `r:<len(id)>:<id>:<request_id>`; the length says where the id ends.
-    async for found in redis.scan_iter(match=scan_literal(tag) + "r:*", count=SCAN_COUNT):
+    requests = f"{tag}{REQUEST}:"
+    async for found in redis.scan_iter(match=scan_literal(requests) + "*", count=SCAN_COUNT):
         key = str(found)
-        rest = key[len(tag) + 2 :]
+        rest = key[len(requests) :]
         length, _, tail = rest.partition(":")
         customer_id = tail[: int(length)] if length.isdigit() else ""
         if customer_id not in customers:
