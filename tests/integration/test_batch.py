@@ -10,6 +10,7 @@ import redis
 from creditgate.server.engine import bucket_codec
 from creditgate.server.engine.decisions import DECIDE_MANY_CHUNK
 from creditgate.server.engine.keys import KeySpace
+from creditgate.server.engine.script_reply import ScriptReply
 from creditgate.server.engine.scripts import script_source
 from creditgate.v1 import metering_pb2
 from harness import RedisServer, RunningServer
@@ -177,10 +178,11 @@ def test_a_failed_decision_in_decide_many_answers_an_error_and_the_next_ones_sti
     answers = client.evalsha(
         sha, 32, *keys, *keys, *wrong_type, *keys, *args(), *args("{not json"), *args(), *args(), "e1"
     )
-    assert [answer[0] for answer in answers] == ["ok", "error", "error", "ok"]
-    assert answers[1][1].endswith("Expected object key string but found invalid token at character 2")
-    assert "WRONGTYPE" in answers[2][1]
-    assert [answers[0][7], answers[3][7]] == [99, 98]  # balance_after
+    replies = [ScriptReply("decide_many", answer) for answer in answers]
+    assert [reply.status for reply in replies] == ["ok", "error", "error", "ok"]
+    assert replies[1]["message"].endswith("Expected object key string but found invalid token at character 2")
+    assert "WRONGTYPE" in replies[2]["message"]
+    assert [replies[0]["balance_after"], replies[3]["balance_after"]] == [99, 98]
     assert client.hget("dm:b", "b1") == "98|10|0|grant"
     with pytest.raises(redis.ResponseError, match="8 keys and 11 arguments per decision"):
         client.evalsha(sha, 8, *keys, *args()[:10], "e1")

@@ -94,7 +94,7 @@ def test_a_decision_that_read_its_clock_before_a_rollover_lands_in_the_period_it
     read_in_january = feb_1 - 1
     keys, args = decisions._decide_call(request, state.rules, read_in_january)
     answer = server.call(state.run_touching("decide", "late", keys, args, read_in_january))
-    assert answer[0] == "ok" and answer[1] == 1  # allowed
+    assert (answer.status, answer["allowed"]) == ("ok", 1)
     entries = server.ledger("late")
     assert [(e.entry_id, e.create_time.ToMilliseconds()) for e in entries[-2:]] == [
         ("late/4", feb_1 + 1000),

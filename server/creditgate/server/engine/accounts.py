@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Any
 
 from creditgate.server.domain.periods import DAY_MS, NEVER
 from creditgate.server.engine.balances import Balances
@@ -15,7 +14,15 @@ from creditgate.server.engine.customer_state import (
     subscription_view,
 )
 from creditgate.server.engine.model import AutoTopUpView, BucketView, CreditChange, CustomerView, SubscriptionView
-from creditgate.server.errors import AlreadyExists, FailedPrecondition, NotFound, NotSubscribed, RequestIdReused
+from creditgate.server.engine.script_reply import ScriptReply
+from creditgate.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InternalError,
+    NotFound,
+    NotSubscribed,
+    RequestIdReused,
+)
 
 # The customer hash fields of an auto top-up (lib.lua's auto_top_up reads them).
 AUTO_TOP_UP_FIELDS = (
@@ -46,7 +53,7 @@ class Accounts:
             [keys.customer, keys.outbox],
             [customer_id, name, json.dumps(metadata), self._state.now_ms()],
         )
-        if result[0] == "exists":
+        if result.status == "exists":
             raise AlreadyExists(
                 f"customer {customer_id!r} already exists", field="customer_id", reason="CUSTOMER_EXISTS"
             )
@@ -62,11 +69,11 @@ class Accounts:
             [keys.customer, keys.outbox],
             ["start", self._state.now_ms(), customer_id, plan_key, anchor],
         )
-        if result[0] == "not_found":
+        if result.status == "not_found":
             raise customer_not_found(customer_id)
-        if result[0] == "already_subscribed":
+        if result.status == "already_subscribed":
             raise FailedPrecondition(
-                f"customer {customer_id!r} is already subscribed to {result[1]!r}; cancel it first",
+                f"customer {customer_id!r} is already subscribed to {result['plan']!r}; cancel it first",
                 field="customer_id",
                 reason="ALREADY_SUBSCRIBED",
             )
@@ -83,9 +90,9 @@ class Accounts:
         result = await self._state.run_verified(
             "subscription", customer_id, [keys.customer, keys.outbox], ["change", now, customer_id, plan_key, now]
         )
-        if result[0] == "not_found":
+        if result.status == "not_found":
             raise customer_not_found(customer_id)
-        if result[0] == "not_subscribed":
+        if result.status == "not_subscribed":
             raise FailedPrecondition(
                 f"customer {customer_id!r} has no active subscription to change",
                 field="customer_id",
@@ -132,16 +139,16 @@ class Accounts:
         pairs = [part for item in fields.items() for part in item]
         args = [self._state.now_ms(), customer_id, *pairs]
         result = await self._state.run_verified("customer_settings", customer_id, [keys.customer, keys.outbox], args)
-        if result[0] == "not_found":
+        if result.status == "not_found":
             raise customer_not_found(customer_id)
 
     async def cancel(self, customer_id: str) -> SubscriptionView:
         keys = self._state.keys.for_customer(customer_id)
         args = ["cancel", self._state.now_ms(), customer_id, "", 0]
         result = await self._state.run_verified("subscription", customer_id, [keys.customer, keys.outbox], args)
-        if result[0] == "not_found":
+        if result.status == "not_found":
             raise customer_not_found(customer_id)
-        if result[0] == "not_subscribed":
+        if result.status == "not_subscribed":
             raise FailedPrecondition(
                 f"customer {customer_id!r} has no running subscription",
                 field="customer_id",
@@ -215,9 +222,9 @@ class Accounts:
             ],
             now,
         )
-        if result[0] == "insufficient":
+        if result.status == "insufficient":
             raise FailedPrecondition(
-                f"cannot remove {-delta} credits: {result[1]} are available",
+                f"cannot remove {-delta} credits: {result['available']} are available",
                 field="delta",
                 reason="INSUFFICIENT_CREDITS",
             )
@@ -259,11 +266,13 @@ class Accounts:
             now,
         )
         change = self._credit_change(customer_id, result)
-        return replace(change, bucket=BucketView(result[3], source, credits, priority, expires_at))
+        return replace(change, bucket=BucketView(result["bucket_id"], source, credits, priority, expires_at))
 
-    def _credit_change(self, customer_id: str, result: list[Any]) -> CreditChange:
-        if result[0] == "not_found":
+    def _credit_change(self, customer_id: str, result: ScriptReply) -> CreditChange:
+        if result.status == "not_found":
             raise customer_not_found(customer_id)
-        if result[0] == "reused":
+        if result.status == "reused":
             raise RequestIdReused()
-        return CreditChange(entry_id=result[1], available=int(result[2]), bucket=None)
+        if result.status != "ok":
+            raise InternalError(f"{result.script} answered {result.status!r}")
+        return CreditChange(entry_id=result["entry_id"], available=result.int("balance_after"), bucket=None)

@@ -4,8 +4,8 @@
 local customer_key, outbox_key = KEYS[1], KEYS[2]
 local now, customer_id = tonumber(ARGV[1]), ARGV[2]
 
-if redis.call('HEXISTS', customer_key, 'id') == 0 then return {'not_found'} end
-if unverified(customer_key) then return {'verify'} end
+if redis.call('HEXISTS', customer_key, 'id') == 0 then return reply{status = 'not_found'} end
+if unverified(customer_key) then return reply{status = 'verify'} end
 local changed = {}
 for i = 3, #ARGV - 1, 2 do  -- the last argument is the epoch
   if ARGV[i + 1] == '' then redis.call('HDEL', customer_key, ARGV[i])
@@ -13,4 +13,4 @@ for i = 3, #ARGV - 1, 2 do  -- the last argument is the epoch
   changed[ARGV[i]] = ARGV[i + 1]
 end
 redis.call('XADD', outbox_key, '*', 'type', 'settings', 'e', cjson.encode({c = customer_id, s = changed, t = now}))
-return {'ok'}
+return reply{status = 'ok'}

@@ -16,6 +16,7 @@ from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import CustomerKeys, KeySpace
 from creditgate.server.engine.model import CustomerView, SubscriptionView
 from creditgate.server.engine.redis_errors import redis_error
+from creditgate.server.engine.script_reply import ScriptReply
 from creditgate.server.engine.scripts import Scripts
 from creditgate.server.errors import FailedPrecondition, InternalError, NotFound, Unavailable
 from creditgate.server.settings import Settings
@@ -110,25 +111,27 @@ class CustomerState:
         """The server's time (the injected clock)."""
         return self._clock.now_ms()
 
-    async def run_touching(self, script: str, customer_id: str, keys: list[str], args: list[Any], now: int) -> Any:
+    async def run_touching(
+        self, script: str, customer_id: str, keys: list[str], args: list[Any], now: int
+    ) -> ScriptReply:
         """Run a script that changes a customer; first open new periods or expire due holds when it asks."""
         for _ in range(MAX_ROLLOVER_ROUNDS):
             result = await self.run_verified(script, customer_id, keys, args)
-            if result[0] == "rollover":
+            if result.status == "rollover":
                 await self.open_periods(customer_id, self.keys.for_customer(customer_id), now)
-            elif result[0] == "expire_holds":
+            elif result.status == "expire_holds":
                 await self.expire_holds(customer_id, now)
             else:
                 return result
         raise InternalError(f"{script} kept asking for periods or holds to be settled")
 
-    async def run_verified(self, script: str, customer_id: str, keys: list[str], args: list[Any]) -> Any:
+    async def run_verified(self, script: str, customer_id: str, keys: list[str], args: list[Any]) -> ScriptReply:
         """Run a script that changes a customer; one Redis may hold older than the durable ledger (it answers
         'verify'), or may have lost ('not_found'), is first verified and if need be rebuilt from the ledger."""
         result = await self.scripts.run(script, keys, args)
-        if result[0] in ("verify", "not_found") and await self._verifier.verify(customer_id):
+        if result.status in ("verify", "not_found") and await self._verifier.verify(customer_id):
             result = await self.scripts.run(script, keys, args)
-        if result[0] == "verify":
+        if result.status == "verify":
             # Redis changed again (another restart or failover) between verifying and the call: a retry is safe.
             raise Unavailable("Redis restarted while the customer was being verified", reason="REDIS_EPOCH_CHANGED")
         return result
@@ -142,8 +145,8 @@ class CustomerState:
             result = await self.run_verified(
                 "expire_holds", customer_id, keys.hold_keys, [now, customer_id, retention_ms]
             )
-            expired += int(result[1])
-            if int(result[1]) < HOLDS_EXPIRED_PER_CALL:
+            expired += result.int("expired")
+            if result.int("expired") < HOLDS_EXPIRED_PER_CALL:
                 return expired
 
     async def open_periods(self, customer_id: str, keys: CustomerKeys, now: int) -> None:

@@ -3,6 +3,12 @@
 -- Order: subscription -> entitlement -> cap -> free units -> buckets -> overage or deny (evaluate in lib.lua).
 -- The decision's 8 keys are keys[k + 1..8] and its 11 arguments args[a + 1..11] (decide.lua names them);
 -- decode_rules turns the rules' JSON (plan -> rule, see evaluate) into a table.
+
+-- The order a decision is stored in under its request_id (append-only, see lib.lua's replay).
+local DECISION_STORED = {'status', 'allowed', 'deny_reason', 'credits_cost', 'credits_charged',
+  'free_units_used', 'overage_credits', 'balance_after', 'low_balance', 'entry_id', 'period_usage',
+  'free_units_remaining', 'cap_limit', 'cap_usage'}
+
 local function decide(keys, k, args, a, decode_rules)
   local customer_key, usage_key, request_key, outbox_key, holds_open_key =
     keys[k + 1], keys[k + 3], keys[k + 4], keys[k + 5], keys[k + 6]
@@ -14,17 +20,17 @@ local function decide(keys, k, args, a, decode_rules)
   local request_id, fingerprint, ttl = args[a + 8], args[a + 9], tonumber(args[a + 10])
   local dimensions = args[a + 11]
 
-  local replayed = replay(request_key, request_id, fingerprint)
+  local replayed = replay(request_key, request_id, fingerprint, DECISION_STORED)
   if replayed then return replayed end
   -- Also read now: the auto top-up threshold (sub[5]), the balance-event state (sub[6..9], see balance_events) and
   -- the wallet's credits (sub[12]).
   local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end', 'auto_threshold',
     'low_threshold', 'plan_low_threshold', 'below', 'empty', 'ep', 'period_start', 'bucket_credits')
-  if not sub[1] then return {'not_found'} end
-  if sub[10] ~= EPOCH then return {'verify'} end
+  if not sub[1] then return reply{status = 'not_found'} end
+  if sub[10] ~= EPOCH then return reply{status = 'verify'} end
   local plan, status = sub[2], sub[3]
   local work = pending_work(status, sub[4], holds_open_key, now)
-  if work then return {work} end
+  if work then return reply{status = work} end
   now = entry_time(status, sub[11], now)
 
   local expired = due_buckets(w, now)
@@ -32,22 +38,27 @@ local function decide(keys, k, args, a, decode_rules)
   local balance = credits - sum_remaining(expired)
   if not dry_run then expire_buckets(w, outbox_key, customer_id, expired, credits) end
 
-  -- {'ok', allowed, deny_reason, cost, charged, free_used, overage, balance_after, low_balance, entry_id,
-  --  period_usage, free_units_left, cap_limit, cap_usage}
-  local function answer(result)
-    table.insert(result, 1, 'ok')
-    if dry_run then return result end
-    return remember(request_key, request_id, fingerprint, ttl, result)
+  -- The decision, by name (engine/model.py's Decision); a denied one changed nothing.
+  local function answer(d)
+    d.status = 'ok'
+    if dry_run then return reply(d) end
+    return remember(request_key, request_id, fingerprint, ttl, d, DECISION_STORED)
+  end
+  local function denied(reason, e)
+    return answer({allowed = 0, deny_reason = reason, credits_cost = e.cost or 0, credits_charged = 0,
+      free_units_used = 0, overage_credits = 0, balance_after = balance, low_balance = 0, entry_id = '',
+      period_usage = e.period_used or 0, free_units_remaining = e.free_left or 0, cap_limit = e.cap_limit or 0,
+      cap_usage = e.cap_used or 0})
   end
 
-  if status ~= 'active' then return answer({0, 'NO_ACTIVE_SUBSCRIPTION', 0, 0, 0, 0, balance, 0, '', 0, 0, 0, 0}) end
+  if status ~= 'active' then return denied('NO_ACTIVE_SUBSCRIPTION', {}) end
   local e = evaluate(usage_key, rules[plan], feature, quantity, cap_scope, now, balance)
-  if e.reason then
-    return answer({0, e.reason, e.cost, 0, 0, 0, balance, 0, '', e.period_used, e.free_left, e.cap_limit, e.cap_used})
-  end
+  if e.reason then return denied(e.reason, e) end
   if dry_run then
-    return answer({1, '', e.cost, e.charged, e.free_used, e.overage, e.after, e.low, '', e.period_used, e.free_left,
-                   e.cap_limit, e.cap_used})
+    return answer({allowed = 1, deny_reason = '', credits_cost = e.cost, credits_charged = e.charged,
+      free_units_used = e.free_used, overage_credits = e.overage, balance_after = e.after, low_balance = e.low,
+      entry_id = '', period_usage = e.period_used, free_units_remaining = e.free_left, cap_limit = e.cap_limit,
+      cap_usage = e.cap_used})
   end
 
   local takes = take_credits(w, e.charged)
@@ -62,6 +73,8 @@ local function decide(keys, k, args, a, decode_rules)
     known = #expired == 0 and {sub[6], sub[7], sub[8], sub[9]} or nil})
   -- Most customers have no auto top-up: its nine-field read is skipped for them.
   local after = sub[5] and auto_top_up(w, outbox_key, customer_id, e.after, now) or e.after
-  return answer({1, '', e.cost, e.charged, e.free_used, e.overage, after, e.low, entry_id,
-    e.period_used + quantity, e.free_left - e.free_used, e.cap_limit, e.cap_used + quantity})
+  return answer({allowed = 1, deny_reason = '', credits_cost = e.cost, credits_charged = e.charged,
+    free_units_used = e.free_used, overage_credits = e.overage, balance_after = after, low_balance = e.low,
+    entry_id = entry_id, period_usage = e.period_used + quantity, free_units_remaining = e.free_left - e.free_used,
+    cap_limit = e.cap_limit, cap_usage = e.cap_used + quantity})
 end

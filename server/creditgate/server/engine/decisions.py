@@ -10,6 +10,7 @@ from creditgate.server.engine.customer_state import CustomerState, customer_not_
 from creditgate.server.engine.messages import explain
 from creditgate.server.engine.model import DebitRequest, Decision
 from creditgate.server.engine.redis_errors import READONLY_REASON, redis_error
+from creditgate.server.engine.script_reply import ScriptReply
 from creditgate.server.errors import CreditgateError, InternalError, RequestIdReused, Unavailable
 
 # decide_many.lua takes at most this many decisions per call, so that one call holds Redis for a millisecond or two.
@@ -19,11 +20,12 @@ DecideCall = tuple[list[str], list[Any]]
 DECIDE_OUTBOX_KEY = 4
 
 
-def _decided(answer: list[Any]) -> list[Any] | CreditgateError:
-    """One decision's answer from decide_many: a failed one answers ['error', message]."""
-    if answer[0] == "error":
-        return redis_error(str(answer[1]), "script decide")
-    return answer
+def _decided(answer: Any) -> ScriptReply | CreditgateError:
+    """One decision's reply from decide_many: a failed one answers status 'error' and its message."""
+    reply = ScriptReply("decide_many", answer)
+    if reply.status == "error":
+        return redis_error(str(reply["message"]), "script decide")
+    return reply
 
 
 class Decisions:
@@ -56,7 +58,7 @@ class Decisions:
             try:
                 if isinstance(reply, CreditgateError):
                     raise reply
-                if reply[0] in ("rollover", "expire_holds", "verify", "not_found"):
+                if reply.status in ("rollover", "expire_holds", "verify", "not_found"):
                     # Rare (a new period, a due hold, a customer to verify): this one goes the long way, after the
                     # batch has run.
                     outcomes.append(await self.check_and_debit(request))
@@ -66,7 +68,7 @@ class Decisions:
                 outcomes.append(exc)
         return outcomes
 
-    async def _decide_many(self, calls: list[DecideCall]) -> list[list[Any] | CreditgateError]:
+    async def _decide_many(self, calls: list[DecideCall]) -> list[ScriptReply | CreditgateError]:
         """The calls' replies in order. One decide_many per shard and chunk: a shard's keys share one slot, and a
         customer's decisions stay in order within it (decisions in different shards share nothing)."""
         by_shard: dict[str, list[int]] = {}
@@ -81,10 +83,13 @@ class Decisions:
             ([key for i in chunk for key in calls[i][0]], [arg for i in chunk for arg in calls[i][1]])
             for chunk in chunks
         ]
-        replies: list[list[Any] | CreditgateError] = [[] for _ in calls]
+        replies: list[ScriptReply | CreditgateError] = [InternalError("not decided") for _ in calls]
         for chunk, answers in zip(chunks, await self._state.scripts.run_many("decide_many", sent), strict=True):
             for position, index in enumerate(chunk):
-                replies[index] = answers if isinstance(answers, CreditgateError) else _decided(answers[position])
+                try:
+                    replies[index] = answers if isinstance(answers, CreditgateError) else _decided(answers[position])
+                except CreditgateError as exc:
+                    replies[index] = exc
         for index, reply in enumerate(replies):
             if isinstance(reply, Unavailable) and reply.reason == READONLY_REASON:
                 # The wire saw a normal reply; the decisions inside it saw a replica.
@@ -125,42 +130,26 @@ class Decisions:
         decision.message = explain(decision, request.feature, rules)
         return decision
 
-    def _decision(self, customer_id: str, result: list[Any]) -> Decision:
-        status = result[0]
+    def _decision(self, customer_id: str, result: ScriptReply) -> Decision:
+        status = result.status
         if status == "not_found":
             raise customer_not_found(customer_id)
         if status == "reused":
             raise RequestIdReused()
         if status != "ok":
             raise InternalError(f"decide answered {status!r}")
-        (
-            allowed,
-            reason,
-            cost,
-            charged,
-            free_used,
-            overage,
-            after,
-            low,
-            entry_id,
-            period_usage,
-            free_left,
-            cap_limit,
-            cap_usage,
-        ) = result[1:]
-        # Positional: every decision of a batch is made here, and keywords cost more per call (bench/NOTES.md).
         return Decision(
-            bool(allowed),
-            reason,
-            cost,
-            charged,
-            free_used,
-            overage,
-            after,
-            bool(low),
-            entry_id,
-            period_usage,
-            free_left,
-            cap_limit,
-            cap_usage,
+            allowed=bool(result["allowed"]),
+            deny_reason=result["deny_reason"],
+            credits_cost=result["credits_cost"],
+            credits_charged=result["credits_charged"],
+            free_units_used=result["free_units_used"],
+            overage_credits=result["overage_credits"],
+            balance_after=result["balance_after"],
+            low_balance=bool(result["low_balance"]),
+            entry_id=result["entry_id"],
+            period_usage=result["period_usage"],
+            free_units_remaining=result["free_units_remaining"],
+            cap_limit=result["cap_limit"],
+            cap_usage=result["cap_usage"],
         )

@@ -3,8 +3,8 @@ local customer_key, outbox_key = KEYS[1], KEYS[3]
 local w = wallet(KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 local now, customer_id = tonumber(ARGV[1]), ARGV[2]
 
-if redis.call('HEXISTS', customer_key, 'id') == 0 then return {'not_found'} end
-if unverified(customer_key) then return {'verify'} end
+if redis.call('HEXISTS', customer_key, 'id') == 0 then return reply{status = 'not_found'} end
+if unverified(customer_key) then return reply{status = 'verify'} end
 local expired = due_buckets(w, now)
 expire_buckets(w, outbox_key, customer_id, expired, wallet_credits(w))
-return {'ok', #expired}
+return reply{status = 'ok', expired = #expired}

@@ -2,7 +2,7 @@
 local k = hold_keys()
 local now, customer_id, retention_ms = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 
-if redis.call('EXISTS', k.customer) == 1 and unverified(k.customer) then return {'verify'} end
+if redis.call('EXISTS', k.customer) == 1 and unverified(k.customer) then return reply{status = 'verify'} end
 local due = redis.call('ZRANGEBYSCORE', k.open, '-inf', now, 'LIMIT', 0, 200)
 for _, hold_id in ipairs(due) do
   local hold = cjson.decode(redis.call('HGET', k.holds, hold_id))
@@ -14,4 +14,4 @@ if #due == 0 then
     if string.sub(member, 1, #customer_id + 1) == customer_id .. '/' then redis.call('ZREM', k.due, member) end
   end
 end
-return {'ok', #due}
+return reply{status = 'ok', expired = #due}

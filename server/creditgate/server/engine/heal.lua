@@ -11,7 +11,7 @@ local holds_key, holds_open_key, holds_due_key = KEYS[4], KEYS[5], KEYS[6]
 local order_key, expiry_key = KEYS[7], KEYS[8]
 local customer_id, state, now = ARGV[1], cjson.decode(ARGV[2]), ARGV[3]
 
-if redis.call('EXISTS', customer_key) == 1 and not unverified(customer_key) then return {'verified'} end
+if redis.call('EXISTS', customer_key) == 1 and not unverified(customer_key) then return reply{status = 'verified'} end
 redis.call('DEL', customer_key, buckets_key, usage_key, order_key, expiry_key)
 for _, part in ipairs({{customer_key, state.customer}, {buckets_key, state.buckets}, {usage_key, state.usage}}) do
   for field, value in pairs(part[2]) do redis.call('HSET', part[1], field, value) end
@@ -26,4 +26,4 @@ for hold_id, record in pairs(state.holds) do
 end
 redis.call('HSET', customer_key, 'ep', EPOCH)
 mark_renumber(customer_key)
-return {'healed'}
+return reply{status = 'healed'}

@@ -98,30 +98,29 @@ class Holds:
         result = await self._state.run_touching(
             "reserve", request.customer_id, [*keys.hold_keys, keys.request(request.request_id)], args, now
         )
-        if result[0] == "not_found":
+        if result.status == "not_found":
             raise customer_not_found(request.customer_id)
-        if result[0] == "reused":
+        if result.status == "reused":
             raise RequestIdReused()
-        (allowed, reason, cost, reserved, free_used, overage, after, low, reservation_id, expires_at, entry_id) = (
-            result[1:]
-        )
+        if result.status != "ok":
+            raise InternalError(f"reserve answered {result.status!r}")
         decision = Decision(
-            allowed=bool(allowed),
-            deny_reason=reason,
-            credits_cost=cost,
-            credits_charged=reserved,
-            free_units_used=free_used,
-            overage_credits=overage,
-            balance_after=after,
-            low_balance=bool(low),
-            entry_id=entry_id,
+            allowed=bool(result["allowed"]),
+            deny_reason=result["deny_reason"],
+            credits_cost=result["credits_cost"],
+            credits_charged=result["credits_reserved"],
+            free_units_used=result["free_units_used"],
+            overage_credits=result["overage_credits"],
+            balance_after=result["balance_after"],
+            low_balance=bool(result["low_balance"]),
+            entry_id=result["entry_id"],
             period_usage=0,
             free_units_remaining=0,
             cap_limit=0,
             cap_usage=0,
         )
         decision.message = explain(decision, request.feature, rules, verb="reserved")
-        return Reservation(decision, reservation_id, int(expires_at or 0))
+        return Reservation(decision, result["reservation_id"], result.int("expires_at_ms"))
 
     async def commit(self, reservation_id: str, quantity: int | None, request_id: str) -> Settlement:
         return await self._settle("commit", reservation_id, -1 if quantity is None else quantity, request_id)
@@ -147,7 +146,7 @@ class Holds:
         result = await self._state.run_touching(
             "settle", customer_id, [*keys.hold_keys, keys.request(request_id)], args, now
         )
-        status = result[0]
+        status = result.status
         if status in ("not_found", "hold_not_found"):
             raise NotFound(
                 f"reservation {reservation_id!r} does not exist (or was settled long ago)",
@@ -158,20 +157,26 @@ class Holds:
             raise RequestIdReused()
         if status == "settled":
             raise FailedPrecondition(
-                f"reservation {reservation_id!r} is already {result[1]}",
+                f"reservation {reservation_id!r} is already {result['hold_status']}",
                 field="reservation_id",
-                reason=SETTLED_REASONS[result[1]],
+                reason=SETTLED_REASONS[result["hold_status"]],
             )
         if status == "too_much":
             raise FailedPrecondition(
-                f"quantity {quantity} is more than the {result[1]} reserved",
+                f"quantity {quantity} is more than the {result['reserved_quantity']} reserved",
                 field="quantity",
                 reason="QUANTITY_EXCEEDS_RESERVATION",
             )
         if status != "ok":
             raise InternalError(f"settle answered {status!r}")
-        charged, released, after, entry_id, overage, free_used = result[1:]
-        return Settlement(charged, released, after, entry_id, overage, free_used)
+        return Settlement(
+            credits_charged=result["credits_charged"],
+            credits_released=result["credits_released"],
+            balance_after=result["balance_after"],
+            entry_id=result["entry_id"],
+            overage_credits=result["overage_credits"],
+            free_units_used=result["free_units_used"],
+        )
 
     async def sweep_once(self) -> int:
         """Expire every hold past its ttl, whether or not its customer is touched; returns holds expired."""

@@ -221,24 +221,39 @@ local function auto_top_up(w, outbox_key, customer_id, balance, now)
   return balance
 end
 
--- AIP-155: the stored answer for request_id, {'reused'} if it came with other content, or nil.
--- Stored as fingerprint .. '\n' .. the answer in MessagePack (cheaper than JSON, which numbers cost most in);
--- answers stored as JSON ('[...') by an older version are read for as long as they are kept.
-local function replay(request_key, request_id, fingerprint)
+-- Every script answers by name: reply{status = 'ok', field = value, ...} goes back as a Redis map, which a RESP2
+-- connection receives as name, value, name, value, ... (engine/script_reply.py reads it), so moving a field can
+-- never swap two values. Values are integers or strings: a nil would drop its name.
+local function reply(fields) return {map = fields} end
+
+-- AIP-155: the reply stored for request_id, reply{status = 'reused'} if it came with other content, or nil.
+-- Stored as fingerprint .. '\n' .. the reply's values in MessagePack, in the order of the script's `stored` names
+-- (the request keys are Redis's most numerous: names would double each one, 168 -> 360 bytes). That order is
+-- append-only: answers stored before a change are read back by it for as long as they are kept. Answers stored
+-- as JSON ('[...') by an older version are read the same way.
+local function replay(request_key, request_id, fingerprint, stored_names)
   if request_id == '' then return nil end
   local stored = redis.call('GET', request_key)
   if not stored then return nil end
   local sep = string.find(stored, '\n', 1, true)
-  if string.sub(stored, 1, sep - 1) ~= fingerprint then return {'reused'} end
-  if string.byte(stored, sep + 1) == 91 then return cjson.decode(string.sub(stored, sep + 1)) end
-  return cmsgpack.unpack(string.sub(stored, sep + 1))
+  if string.sub(stored, 1, sep - 1) ~= fingerprint then return reply{status = 'reused'} end
+  local body = string.sub(stored, sep + 1)
+  local values = string.byte(body) == 91 and cjson.decode(body) or cmsgpack.unpack(body)
+  local fields = {}
+  for i, name in ipairs(stored_names) do fields[name] = values[i] end
+  return reply(fields)
 end
 
-local function remember(request_key, request_id, fingerprint, ttl, result)
+-- The order add_credits.lua's and remove_credits.lua's answers are stored in.
+local CREDIT_CHANGE_STORED = {'status', 'entry_id', 'balance_after', 'bucket_id'}
+
+local function remember(request_key, request_id, fingerprint, ttl, fields, stored_names)
   if request_id ~= '' then
-    redis.call('SET', request_key, fingerprint .. '\n' .. cmsgpack.pack(result), 'EX', ttl)
+    local values = {}
+    for i, name in ipairs(stored_names) do values[i] = fields[name] end
+    redis.call('SET', request_key, fingerprint .. '\n' .. cmsgpack.pack(values), 'EX', ttl)
   end
-  return result
+  return reply(fields)
 end
 
 -- The decision CheckAndDebit and Reserve share: entitlement -> cap -> free units -> buckets -> overage.

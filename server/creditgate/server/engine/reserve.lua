@@ -5,29 +5,36 @@ local now, customer_id, feature, quantity = tonumber(ARGV[1]), ARGV[2], ARGV[3],
 local rules, cap_scope = cjson.decode(ARGV[5]), ARGV[6]
 local request_id, fingerprint, ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local dimensions, hold_ttl_ms = ARGV[10], tonumber(ARGV[11])
+-- The order a reservation is stored in under its request_id (append-only, see lib.lua's replay).
+local RESERVATION_STORED = {'status', 'allowed', 'deny_reason', 'credits_cost', 'credits_reserved',
+  'free_units_used', 'overage_credits', 'balance_after', 'low_balance', 'reservation_id', 'expires_at_ms', 'entry_id'}
 
-local replayed = replay(request_key, request_id, fingerprint)
+local replayed = replay(request_key, request_id, fingerprint, RESERVATION_STORED)
 if replayed then return replayed end
 local sub = redis.call('HMGET', k.customer, 'id', 'plan', 'status', 'period_end', 'period_index', 'period_start')
-if not sub[1] then return {'not_found'} end
-if unverified(k.customer) then return {'verify'} end
+if not sub[1] then return reply{status = 'not_found'} end
+if unverified(k.customer) then return reply{status = 'verify'} end
 local plan, status = sub[2], sub[3]
 local work = pending_work(status, sub[4], k.open, now)
-if work then return {work} end
+if work then return reply{status = work} end
 now = entry_time(status, sub[6], now)
 
 local balance = expire_buckets(k.wallet, k.outbox, customer_id, due_buckets(k.wallet, now),
   wallet_credits(k.wallet))
 
--- {'ok', allowed, deny_reason, cost, reserved, free_used, overage, balance_after, low_balance, reservation_id,
---  expires_at, entry_id}
-local function answer(result)
-  table.insert(result, 1, 'ok')
-  return remember(request_key, request_id, fingerprint, ttl, result)
+-- The reservation, by name (holds.py reads it); a denied one changed nothing.
+local function answer(r)
+  r.status = 'ok'
+  return remember(request_key, request_id, fingerprint, ttl, r, RESERVATION_STORED)
 end
-if status ~= 'active' then return answer({0, 'NO_ACTIVE_SUBSCRIPTION', 0, 0, 0, 0, balance, 0, '', 0, ''}) end
+local function denied(reason, cost)
+  return answer({allowed = 0, deny_reason = reason, credits_cost = cost, credits_reserved = 0, free_units_used = 0,
+    overage_credits = 0, balance_after = balance, low_balance = 0, reservation_id = '', expires_at_ms = 0,
+    entry_id = ''})
+end
+if status ~= 'active' then return denied('NO_ACTIVE_SUBSCRIPTION', 0) end
 local e = evaluate(k.usage, rules[plan], feature, quantity, cap_scope, now, balance)
-if e.reason then return answer({0, e.reason, e.cost, 0, 0, 0, balance, 0, '', 0, ''}) end
+if e.reason then return denied(e.reason, e.cost) end
 
 local takes = take_credits(k.wallet, e.charged)
 count_usage(k.usage, e.period_field, e.cap_field, quantity, e.overage, 1)
@@ -45,5 +52,6 @@ local entry_id = append_entry(k.customer, k.outbox, customer_id, {k = 'reserve',
   b = e.after, f = feature, q = quantity, dim = dims, fu = e.free_used, o = e.overage, hold = reservation_id,
   r = request_id, t = now, takes = takes})
 local after = auto_top_up(k.wallet, k.outbox, customer_id, e.after, now)
-return answer({1, '', e.cost, e.charged, e.free_used, e.overage, after, e.low, reservation_id, expires_at,
-  entry_id})
+return answer({allowed = 1, deny_reason = '', credits_cost = e.cost, credits_reserved = e.charged,
+  free_units_used = e.free_used, overage_credits = e.overage, balance_after = after, low_balance = e.low,
+  reservation_id = reservation_id, expires_at_ms = expires_at, entry_id = entry_id})

@@ -9,10 +9,10 @@ local periods = cjson.decode(ARGV[5])
 local plan_low_threshold = ARGV[6]
 
 local sub = redis.call('HMGET', customer_key, 'id', 'plan', 'status', 'period_end')
-if not sub[1] then return {'not_found'} end
-if unverified(customer_key) then return {'verify'} end
+if not sub[1] then return reply{status = 'not_found'} end
+if unverified(customer_key) then return reply{status = 'verify'} end
 if sub[2] ~= plan or sub[4] ~= expected_end or (sub[3] ~= 'active' and sub[3] ~= 'pending') then
-  return {'stale'}
+  return reply{status = 'stale'}
 end
 
 redis.call('HSET', customer_key, 'plan_low_threshold', plan_low_threshold)
@@ -53,4 +53,4 @@ end
 local last = periods[#periods]
 redis.call('HSET', customer_key, 'status', 'active', 'period_index', last[1],
   'period_start', int(last[2]), 'period_end', int(last[3]))
-return {'ok'}
+return reply{status = 'ok'}

@@ -10,6 +10,7 @@ from typing import Any
 
 from creditgate.server.engine.cluster import ClusterWire, RedisClient
 from creditgate.server.engine.redis_errors import redis_error
+from creditgate.server.engine.script_reply import ScriptReply
 from creditgate.server.engine.wire import RedisWire, pack_command
 from creditgate.server.errors import CreditgateError, Unavailable
 from redis.exceptions import NoScriptError, RedisError
@@ -89,7 +90,11 @@ class Scripts:
         else:
             self._wire.drop_connection()
 
-    async def run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
+    async def run(self, name: str, keys: list[str], args: list[Any]) -> ScriptReply:
+        """Run script `name` and read its reply by name (engine/script_reply.py)."""
+        return ScriptReply(name, await self._run(name, keys, args))
+
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         sha = self._shas[name]
 
         def packed(epoch: str) -> bytes:
@@ -99,8 +104,7 @@ class Scripts:
         try:
             wire = self._wire
             if isinstance(wire, ClusterWire):
-                result: list[Any] = await self._run_on_cluster(wire, name, keys[0], packed)
-                return result
+                return await self._run_on_cluster(wire, name, keys[0], packed)
             try:
                 if self._wait:
                     result = await self._call_waiting(wire, packed)
@@ -146,9 +150,9 @@ class Scripts:
             )
         return reply
 
-    async def run_many(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any] | CreditgateError]:
-        """Each call's answer or error, in order; the calls go to Redis together and run there in this order (on a
-        cluster: each primary's calls together, in this order, the primaries concurrently)."""
+    async def run_many(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any | CreditgateError]:
+        """Each call's reply (as Redis sent it) or error, in order; the calls go to Redis together and run there in
+        this order (on a cluster: each primary's calls together, in this order, the primaries concurrently)."""
         sha = self._shas[name]
         wire = self._wire
         if isinstance(wire, ClusterWire):
@@ -176,12 +180,12 @@ class Scripts:
                 # One WAIT behind the whole batch: every call of it waits for the replicas together.
                 acknowledged = replies.pop()
                 replies = [self._waited_or_error([reply, acknowledged]) for reply in replies]
-        outcomes: list[list[Any] | CreditgateError] = []
+        outcomes: list[Any | CreditgateError] = []
         for (keys, args), reply in zip(calls, replies, strict=True):
             if isinstance(reply, NoScriptError):
                 # Every later call of the batch saw NOSCRIPT too, so running them again keeps their order.
                 try:
-                    reply = await self.run(name, keys, args)
+                    reply = await self._run(name, keys, args)
                 except CreditgateError as exc:
                     reply = exc
             if isinstance(reply, RedisError):

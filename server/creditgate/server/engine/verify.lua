@@ -6,10 +6,10 @@ local customer_key = KEYS[1]
 local ledger_seq = tonumber(ARGV[1])
 
 local state = redis.call('HMGET', customer_key, 'id', 'seq', 'ep')
-if not state[1] then return {'missing'} end
-if state[3] == EPOCH then return {'verified'} end  -- by another call meanwhile
+if not state[1] then return reply{status = 'missing'} end
+if state[3] == EPOCH then return reply{status = 'verified'} end  -- by another call meanwhile
 local seq = tonumber(state[2] or '0')
-if seq < ledger_seq then return {'behind', seq} end
+if seq < ledger_seq then return reply{status = 'behind', seq = seq} end
 redis.call('HSET', customer_key, 'ep', EPOCH)
 mark_renumber(customer_key)
-return {'ok', seq}
+return reply{status = 'ok', seq = seq}

@@ -62,13 +62,13 @@ class Healer:
             newest = await self._store.list_ledger(customer_id, 1, None)
             ledger_seq = newest[0].seq if newest else 0
             result = await self._scripts.run("verify", [keys.customer], [ledger_seq])
-            if result[0] == "ok":
+            if result.status == "ok":
                 self._metrics.customers_verified.labels("current").inc()
-            if result[0] in ("ok", "verified"):
+            if result.status in ("ok", "verified"):
                 return True
-            if result[0] == "missing" and not newest and not await self._store.customers(customer_id):
+            if result.status == "missing" and not newest and not await self._store.customers(customer_id):
                 return False
-            redis_seq = int(result[1]) if result[0] == "behind" else -1
+            redis_seq = result.int("seq") if result.status == "behind" else -1
             await self._rebuild(customer_id, redis_seq, ledger_seq)
             return True
 
@@ -96,7 +96,7 @@ class Healer:
         hold_keys = [keys.customer, keys.buckets, keys.usage, keys.holds, keys.holds_open, keys.holds_due]
         hold_keys += keys.wallet_index
         result = await self._scripts.run("heal", hold_keys, [customer_id, encoded, now])
-        if result[0] != "healed":
+        if result.status != "healed":
             return  # another server healed it first
         overspent = max(0, -state.ledger_balance)
         self._metrics.customers_verified.labels("rebuilt").inc()
