@@ -28,37 +28,24 @@ from creditgate.server.engine.cluster import ClusterWire, new_cluster_client
 from creditgate.server.engine.wire import pack_command
 from creditgate.server.loadtest.report import as_json
 from creditgate.server.loadtest.runner import LoadSettings, run_load
-from run import BENCH, CATALOG, MIX, Processes, free_port, machine, python_env, wait_outbox_empty, wait_port
+from run import (
+    BENCH,
+    CATALOG,
+    MIX,
+    Processes,
+    free_port,
+    machine,
+    python_env,
+    start_redis,
+    wait_outbox_empty,
+    wait_port,
+)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The client comparison: a one-key script, this many calls, this many in flight.
 CLIENT_SCRIPT = "redis.call('INCR', KEYS[1]) return 1"
 CLIENT_CALLS = 30_000
 CLIENT_IN_FLIGHT = 64
-
-
-def start_redis(processes: Processes, workdir: Path, name: str, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
-    port = free_port()
-    (workdir / name).mkdir()
-    child = processes.start(
-        name,
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir / name),
-            *extra,
-        ],
-    )
-    wait_port(port)
-    return port, child
 
 
 def start_cluster(processes: Processes, workdir: Path) -> dict[int, subprocess.Popen[bytes]]:

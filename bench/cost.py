@@ -231,12 +231,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="creditgate-cost-"))
     processes = run.Processes(workdir)
     try:
-        redis_port = run.free_port()
-        processes.start(
-            "redis",
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        )
-        run.wait_port(redis_port)
+        redis_port, _ = run.start_redis(processes, workdir, "redis")
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         cg, noop = (f"127.0.0.1:{run.free_port()}" for _ in range(2))
         env = run.python_env()

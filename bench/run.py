@@ -82,6 +82,32 @@ class Processes:
             self.children.remove(child)
 
 
+def start_redis(processes: Processes, workdir: Path, name: str, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """A benchmark Redis (no persistence: the bench measures decisions, not disk) named `name`, its files in
+    workdir/name; `extra`: more redis-server arguments (the cluster's). Returns its port and process."""
+    port = free_port()
+    (workdir / name).mkdir()
+    child = processes.start(
+        name,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir / name),
+            *extra,
+        ],
+    )
+    wait_port(port)
+    return port, child
+
+
 def start_postgres(processes: Processes, workdir: Path) -> str:
     data, port = workdir / "pg", free_port()
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
@@ -504,35 +530,13 @@ def main() -> None:
 
 
 def only_gateway(args: argparse.Namespace, processes: Processes, workdir: Path) -> None:
-    redis_port = free_port()
-    processes.start(
-        "redis",
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    )
-    wait_port(redis_port)
+    redis_port, _ = start_redis(processes, workdir, "redis")
     gateway_rows(args, processes, workdir, f"redis://127.0.0.1:{redis_port}/0", {})
 
 
 def run_all(args: argparse.Namespace, processes: Processes, workdir: Path) -> dict[str, Any]:
     started = time.time()
-    redis_port = free_port()
-    processes.start(
-        "redis",
-        [
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-    )
-    wait_port(redis_port)
+    redis_port, _ = start_redis(processes, workdir, "redis")
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     cg, noop, pg, one_call = (f"127.0.0.1:{free_port()}" for _ in range(4))
     env = python_env()

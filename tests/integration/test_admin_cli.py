@@ -1,5 +1,6 @@
 """The admin commands (`creditgate customer create`, `subscribe`, `topup`, `debit`, `balance`, `ledger`, `invoice`,
-`apply-catalog`) against a real server that asks for TLS and an API key, with the loadtest's connection options."""
+`apply-catalog`) against a real server that asks for TLS and an API key, with the loadtest's connection options;
+every command's --help lists those options (one definition, remote.takes_server)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,59 @@ def test_a_client_certificate_without_its_key_is_refused_before_any_call(server:
     code, said = run(server, "balance", "acme", options=(f"--cert-file={cert}",))
     assert code == 2
     assert "--cert-file and --key-file go together" in said
+
+
+def test_without_a_target_a_command_calls_the_server_creditgate_listen_names(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    connected = ["--tls", f"--ca-file={tmp_path / 'ca.pem'}", "--server-name=localhost", f"--api-key={KEY}"]
+    listen = {"CREDITGATE_LISTEN": f"127.0.0.1:{server.app.port}"}
+    done = CliRunner().invoke(app, ["customer", "create", "acme", *connected], env=listen, terminal_width=200)
+    assert (done.exit_code, " ".join(done.output.split())) == (0, "customer acme created")
+
+
+# The connection options' rows in a command's --help: name, then the help text (and default) typer prints.
+CONNECTION_ROWS = [
+    ("--api-key", "API key sent with every call as a Bearer token (the server's CREDITGATE_API_KEYS)"),
+    ("--tls", "connect with TLS (implied by the options below) [default: no-tls]"),
+    ("--ca-file", "PEM of the CA to trust (default: the system's)"),
+    ("--cert-file", "PEM client certificate, for mTLS"),
+    ("--key-file", "PEM key of --cert-file"),
+    ("--server-name", "the name on the server's certificate, when --target is an address it does not name"),
+]
+ADMIN_TARGET_ROW = ("--target", "host:port of the server (default: CREDITGATE_LISTEN)")
+LOADTEST_TARGET_ROW = ("--target", "host:port of the creditgate server to load (see --tls, --api-key) [required]")
+
+
+def help_rows(*command: str) -> list[tuple[str, str]]:
+    """The option rows of a command's --help, as (name, help text), on a terminal wide enough for one line each."""
+    done = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    return re.findall(r"│ +(?:\* +)?(--[a-z-]+) +(?:--no-[a-z-]+ +)?<\w+> +(.*?) *│", done.output)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "apply-catalog",
+        "customer create",
+        "subscribe",
+        "topup",
+        "debit",
+        "balance",
+        "ledger entries",
+        "invoice show",
+        "invoice preview",
+        "invoice list",
+    ],
+)
+def test_every_admin_command_lists_the_connection_options_last_in_its_help(command: str) -> None:
+    assert help_rows(*command.split())[-8:] == [
+        ADMIN_TARGET_ROW,
+        *CONNECTION_ROWS,
+        ("--help", "Show this message and exit."),
+    ]
+
+
+def test_the_loadtest_lists_the_connection_options_first_with_target_required() -> None:
+    assert help_rows("loadtest")[:7] == [LOADTEST_TARGET_ROW, *CONNECTION_ROWS]

@@ -12,17 +12,7 @@ import typer
 from creditgate.server.errors import CreditgateError
 from creditgate.server.invoice_cli import invoice_app
 from creditgate.server.loadtest.command import loadtest
-from creditgate.server.remote import (
-    ApiKeyOption,
-    CaFileOption,
-    CertFileOption,
-    KeyFileOption,
-    ServerNameOption,
-    TargetOption,
-    TlsOption,
-    calling,
-    remote,
-)
+from creditgate.server.remote import Remote, calling, takes_server
 from creditgate.server.settings import Settings
 from creditgate.v1 import admin_pb2, metering_pb2
 from pydantic import ValidationError
@@ -165,18 +155,9 @@ def keys_new(
 
 
 @app.command("apply-catalog")
-def apply_catalog(
-    path: Path,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
-) -> None:
+@takes_server
+def apply_catalog(path: Path, *, server: Remote) -> None:
     """Apply a catalog YAML file."""
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (admin, _):
         response = admin.ApplyCatalog(
             admin_pb2.ApplyCatalogRequest(catalog_yaml=path.read_text()), metadata=server.metadata
@@ -185,19 +166,9 @@ def apply_catalog(
 
 
 @customer_app.command("create")
-def customer_create(
-    customer_id: str,
-    name: str = "",
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
-) -> None:
+@takes_server
+def customer_create(customer_id: str, name: str = "", *, server: Remote) -> None:
     """Create a customer."""
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (admin, _):
         admin.CreateCustomer(
             admin_pb2.CreateCustomerRequest(customer_id=customer_id, name=name), metadata=server.metadata
@@ -206,19 +177,9 @@ def customer_create(
 
 
 @app.command()
-def subscribe(
-    customer_id: str,
-    plan: str,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
-) -> None:
+@takes_server
+def subscribe(customer_id: str, plan: str, *, server: Remote) -> None:
     """Subscribe a customer to a plan, starting now."""
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (admin, _):
         response = admin.CreateSubscription(
             admin_pb2.CreateSubscriptionRequest(customer_id=customer_id, plan=plan), metadata=server.metadata
@@ -227,17 +188,13 @@ def subscribe(
 
 
 @app.command()
+@takes_server
 def topup(
     customer_id: str,
     package: Annotated[str, typer.Option(help="package key, e.g. starter")] = "",
     credits: Annotated[int, typer.Option(help="a number of credits instead of a package")] = 0,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
+    *,
+    server: Remote,
 ) -> None:
     """Top up a customer's credits with a package or a number of credits."""
     request = admin_pb2.TopUpRequest(customer_id=customer_id, request_id=str(uuid.uuid4()))
@@ -245,7 +202,6 @@ def topup(
         request.package = package
     else:
         request.credits = credits
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (admin, _):
         response = admin.TopUp(request, metadata=server.metadata)
     price = f" for {response.price} {response.currency}" if response.price else ""
@@ -253,22 +209,17 @@ def topup(
 
 
 @app.command()
+@takes_server
 def debit(
     customer_id: str,
     feature: str,
     quantity: int = 1,
     dim: Annotated[list[str] | None, typer.Option(help="dimension as key=value, repeatable")] = None,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
+    *,
+    server: Remote,
 ) -> None:
     """CheckAndDebit one action, as an app server would."""
     dimensions = dict(item.split("=", 1) for item in dim or [])
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (_, metering):
         response = metering.CheckAndDebit(
             metering_pb2.CheckAndDebitRequest(
@@ -289,18 +240,9 @@ def debit(
 
 
 @app.command()
-def balance(
-    customer_id: str,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
-) -> None:
+@takes_server
+def balance(customer_id: str, *, server: Remote) -> None:
     """Show a customer's credits, buckets and period usage."""
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (_, metering):
         response = metering.GetBalance(
             metering_pb2.GetBalanceRequest(customer_id=customer_id), metadata=server.metadata
@@ -315,19 +257,9 @@ def balance(
 
 
 @ledger_app.command("entries")
-def ledger(
-    customer_id: str,
-    limit: int = 20,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
-) -> None:
+@takes_server
+def ledger(customer_id: str, limit: int = 20, *, server: Remote) -> None:
     """List a customer's ledger entries from the durable store, newest first."""
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (admin, _):
         response = admin.ListLedgerEntries(
             admin_pb2.ListLedgerEntriesRequest(customer_id=customer_id, page_size=limit), metadata=server.metadata

@@ -3,17 +3,7 @@
 from __future__ import annotations
 
 import typer
-from creditgate.server.remote import (
-    ApiKeyOption,
-    CaFileOption,
-    CertFileOption,
-    KeyFileOption,
-    ServerNameOption,
-    TargetOption,
-    TlsOption,
-    calling,
-    remote,
-)
+from creditgate.server.remote import Remote, calling, takes_server
 from creditgate.v1 import admin_pb2
 from rich.console import Console
 from rich.table import Table
@@ -43,36 +33,18 @@ def render(invoice: admin_pb2.Invoice) -> Table:
 
 
 @invoice_app.command("show")
-def show(
-    invoice_id: str,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
-) -> None:
+@takes_server
+def show(invoice_id: str, *, server: Remote) -> None:
     """Print one finalized invoice."""
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (admin, _):
         response = admin.GetInvoice(admin_pb2.GetInvoiceRequest(invoice_id=invoice_id), metadata=server.metadata)
     console.print(render(response.invoice))
 
 
 @invoice_app.command("preview")
-def preview(
-    customer_id: str,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
-) -> None:
+@takes_server
+def preview(customer_id: str, *, server: Remote) -> None:
     """Print the running period's invoice so far."""
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (admin, _):
         response = admin.PreviewInvoice(
             admin_pb2.PreviewInvoiceRequest(customer_id=customer_id), metadata=server.metadata
@@ -81,19 +53,9 @@ def preview(
 
 
 @invoice_app.command("list")
-def list_(
-    customer_id: str,
-    limit: int = 12,
-    target: TargetOption = None,
-    api_key: ApiKeyOption = "",
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
-) -> None:
+@takes_server
+def list_(customer_id: str, limit: int = 12, *, server: Remote) -> None:
     """List a customer's invoices, newest first."""
-    server = remote(target, api_key, tls, ca_file, cert_file, key_file, server_name)
     with calling(server, console) as (admin, _):
         response = admin.ListInvoices(
             admin_pb2.ListInvoicesRequest(customer_id=customer_id, page_size=limit), metadata=server.metadata

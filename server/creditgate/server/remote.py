@@ -3,11 +3,13 @@ key. One definition of the options and of the channel credentials, so every comm
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -113,6 +115,58 @@ def remote(
 ) -> Remote:
     """The server a command's connection options name (no --target: the address this machine's server listens on)."""
     return Remote(target or Settings().listen, tls_options(tls, ca_file, cert_file, key_file, server_name), api_key)
+
+
+# A command that calls a server: typer builds its options from its signature; it returns nothing.
+Command = Callable[..., None]
+
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+# How to reach the server, after where: the options every such command takes, named as `remote` names them.
+_HOW_OPTIONS = (
+    inspect.Parameter("api_key", _KEYWORD, annotation=ApiKeyOption, default=""),
+    inspect.Parameter("tls", _KEYWORD, annotation=TlsOption, default=False),
+    inspect.Parameter("ca_file", _KEYWORD, annotation=CaFileOption, default=None),
+    inspect.Parameter("cert_file", _KEYWORD, annotation=CertFileOption, default=None),
+    inspect.Parameter("key_file", _KEYWORD, annotation=KeyFileOption, default=None),
+    inspect.Parameter("server_name", _KEYWORD, annotation=ServerNameOption, default=""),
+)
+
+
+def takes_server(command: Command) -> Command:
+    """`command` with the connection options (--target, default CREDITGATE_LISTEN; --api-key, --tls, --ca-file,
+    --cert-file, --key-file, --server-name) where its `server` parameter stands; it is called with the `Remote`
+    they name as `server`. The shared-options idiom of click/typer: typer reads the options off `__signature__`."""
+    target = inspect.Parameter("target", _KEYWORD, annotation=TargetOption, default=None)
+    return _with_connection_options(command, (target, *_HOW_OPTIONS))
+
+
+def takes_server_at_target(target_help: str) -> Callable[[Command], Command]:
+    """`takes_server` for a command that must be told where the server is (the loadtest): --target is required."""
+    target = inspect.Parameter("target", _KEYWORD, annotation=Annotated[str, typer.Option(help=target_help)])
+    return lambda command: _with_connection_options(command, (target, *_HOW_OPTIONS))
+
+
+def _with_connection_options(command: Command, options: tuple[inspect.Parameter, ...]) -> Command:
+    # Evaluated annotations: typer reads a given __signature__ as it stands, and the commands' modules postpone theirs.
+    signature = inspect.signature(command, eval_str=True)
+    own = list(signature.parameters.values())
+    at = next((index for index, parameter in enumerate(own) if parameter.name == "server"), None)
+    if at is None:
+        raise TypeError(f"{command.__qualname__} has no `server` parameter to receive the Remote in")
+    # What follows keyword-only options must be keyword-only too; typer passes every parameter by name anyway.
+    after = [parameter.replace(kind=_KEYWORD) for parameter in own[at + 1 :]]
+    parameters = [*own[:at], *options, *after]
+
+    @functools.wraps(command)
+    def connected(*args: Any, **kwargs: Any) -> None:
+        server = remote(**{option.name: kwargs.pop(option.name) for option in options})
+        command(*args, server=server, **kwargs)
+
+    connected.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    connected.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters} | {
+        "return": signature.return_annotation
+    }
+    return connected
 
 
 @contextmanager

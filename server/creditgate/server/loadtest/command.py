@@ -8,23 +8,16 @@ from typing import Annotated
 
 import grpc
 import typer
-from creditgate.server.remote import (
-    ApiKeyOption,
-    CaFileOption,
-    CertFileOption,
-    KeyFileOption,
-    ServerNameOption,
-    TlsOption,
-    tls_options,
-)
+from creditgate.server.remote import Remote, takes_server_at_target
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
 
 
+@takes_server_at_target("host:port of the creditgate server to load (see --tls, --api-key)")
 def loadtest(
-    target: Annotated[str, typer.Option(help="host:port of the creditgate server to load (see --tls, --api-key)")],
+    server: Remote,  # the API key's scopes: metering, and admin unless --no-setup
     customers: Annotated[int, typer.Option(min=1, help="customers the calls are spread over")] = 1000,
     features: Annotated[
         str,
@@ -46,12 +39,6 @@ def loadtest(
     verify: Annotated[bool, typer.Option(help="check charged credits against balances afterwards")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON ('-': stdout)")] = None,
     plot: Annotated[Path | None, typer.Option(help="write a latency-by-percentile PNG")] = None,
-    api_key: ApiKeyOption = "",  # scopes: metering, and admin unless --no-setup
-    tls: TlsOption = False,
-    ca_file: CaFileOption = None,
-    cert_file: CertFileOption = None,
-    key_file: KeyFileOption = None,
-    server_name: ServerNameOption = "",
 ) -> None:
     """Load a creditgate server and report throughput, latency percentiles and the charged-credits check."""
     from creditgate.server.loadtest import report as reports
@@ -62,7 +49,7 @@ def loadtest(
     if not setup and not customer_prefix:
         raise typer.BadParameter("--no-setup needs --customer-prefix", param_hint="--customer-prefix")
     settings = LoadSettings(
-        target=target,
+        target=server.target,
         mode=mode,  # type: ignore[arg-type]  # checked above
         customers=customers,
         customer_prefix=customer_prefix,
@@ -79,8 +66,8 @@ def loadtest(
         requests=requests,
         rate=rate,
         batch_size=batch_size,
-        api_key=api_key,
-        tls=tls_options(tls, ca_file, cert_file, key_file, server_name),
+        api_key=server.api_key,
+        tls=server.tls,
     )
     with Progress(
         TextColumn("{task.description}"),
