@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from creditgate.server.domain.periods import DAY_MS
-from creditgate.server.engine import bucket_codec
+from creditgate.server.engine import bucket_codec, usage_codec
 from creditgate.server.engine.customer_state import CustomerState, customer_view, subscription_view
 from creditgate.server.engine.model import BalanceView, BucketView, CapView, CustomerView, FeatureUsageView
 
@@ -35,7 +34,7 @@ class Balances:
         return BalanceView(
             available=sum(bucket.remaining for bucket in buckets),
             reserved=int(customer.get("reserved", 0)),
-            overage=int(usage.get("overage", 0)),
+            overage=int(usage.get(usage_codec.OVERAGE_FIELD, 0)),
             buckets=buckets,
             features=features,
             subscription=subscription,
@@ -45,21 +44,18 @@ class Balances:
         plan = self._state.rules.catalog.plans.get(plan_key)
         if plan is None:
             return []
-        today = str(now // DAY_MS)
         views = []
         for feature, entitlement in plan.entitlements.items():
             if not entitlement.enabled:
                 continue
-            used = int(usage.get(f"p|{feature}", 0))
+            used = int(usage.get(usage_codec.period_field(feature), 0))
             caps = []
             if entitlement.cap is not None:
-                window = today if entitlement.cap.per == "day" else "p"
+                window = usage_codec.cap_window(entitlement.cap.per == "day", now)
                 for field, value in usage.items():
-                    kind, _, rest = field.partition("|")
-                    name, _, scope_window = rest.partition("|")
-                    scope, _, field_window = scope_window.rpartition("|")
-                    if kind == "c" and name == feature and field_window == window:
-                        caps.append(CapView(scope, int(value), entitlement.cap.limit))
+                    counter = usage_codec.parse_cap_field(field)
+                    if counter is not None and counter.feature == feature and counter.window == window:
+                        caps.append(CapView(counter.scope, int(value), entitlement.cap.limit))
             views.append(FeatureUsageView(feature, used, max(0, entitlement.free_units - used), caps))
         return views
 

@@ -256,6 +256,16 @@ local function remember(request_key, request_id, fingerprint, ttl, fields, store
   return reply(fields)
 end
 
+-- The usage hash's fields (engine/usage_codec.py is their Python side and describes them): 'p|<feature>' units used
+-- in the period, 'c|<feature>|<scope>|<window>' units against a hard cap (window 'p': the period, else the day
+-- number), 'overage' overage credits used in the period.
+local OVERAGE_FIELD = 'overage'
+local function period_field(feature) return 'p|' .. feature end
+local function day_window(now) return int(math.floor(now / 86400000)) end
+local function cap_field(feature, scope, per_day, now)
+  return 'c|' .. feature .. '|' .. scope .. '|' .. (per_day and day_window(now) or 'p')
+end
+
 -- The decision CheckAndDebit and Reserve share: entitlement -> cap -> free units -> buckets -> overage.
 -- Reads only. rule = {unit_cost, free_units, cap_limit, cap_window ('day'|'period'), overage_cap (-1: none),
 -- low_threshold}. Returns a table; e.reason is set when the action is denied.
@@ -264,12 +274,11 @@ local function evaluate(usage_key, rule, feature, quantity, cap_scope, now, bala
                            cap_used = 0} end
   local unit_cost, free_units, cap_limit, cap_window, overage_cap, low_threshold = unpack(rule)
   local e = {unit_cost = unit_cost, cost = quantity * unit_cost, cap_limit = cap_limit, cap_used = 0,
-             period_field = 'p|' .. feature, cap_field = ''}
+             period_field = period_field(feature), cap_field = ''}
   e.period_used = tonumber(redis.call('HGET', usage_key, e.period_field) or '0')
   e.free_left = math.max(0, free_units - e.period_used)
   if cap_limit > 0 then
-    local window = cap_window == 'day' and int(math.floor(now / 86400000)) or 'p'
-    e.cap_field = 'c|' .. feature .. '|' .. cap_scope .. '|' .. window
+    e.cap_field = cap_field(feature, cap_scope, cap_window == 'day', now)
     e.cap_used = tonumber(redis.call('HGET', usage_key, e.cap_field) or '0')
     if e.cap_used + quantity > cap_limit then e.reason = 'LIMIT_EXCEEDED' return e end
   end
@@ -278,7 +287,7 @@ local function evaluate(usage_key, rule, feature, quantity, cap_scope, now, bala
   e.charged = math.min(to_charge, balance)
   e.overage = to_charge - e.charged
   if e.overage > 0 then
-    local overage_used = tonumber(redis.call('HGET', usage_key, 'overage') or '0')
+    local overage_used = tonumber(redis.call('HGET', usage_key, OVERAGE_FIELD) or '0')
     if overage_cap < 0 or overage_used + e.overage > overage_cap then e.reason = 'INSUFFICIENT_CREDITS' return e end
   end
   e.after = balance - e.charged
@@ -292,7 +301,7 @@ local function count_usage(usage_key, period_field, cap_field, units, overage, s
     redis.call('HINCRBY', usage_key, period_field, int(sign * units))
     if cap_field ~= '' then redis.call('HINCRBY', usage_key, cap_field, int(sign * units)) end
   end
-  if overage > 0 then redis.call('HINCRBY', usage_key, 'overage', int(sign * overage)) end
+  if overage > 0 then redis.call('HINCRBY', usage_key, OVERAGE_FIELD, int(sign * overage)) end
 end
 
 -- What must happen before a change at `now`: 'rollover' (a period started), 'expire_holds', or nil.

@@ -46,7 +46,7 @@ for _, period in ipairs(periods) do
 end
 
 -- The past period's usage goes; today's per-day cap counters stay.
-local today_suffix = '|' .. int(math.floor(now / 86400000))
+local today_suffix = '|' .. day_window(now)
 for _, field in ipairs(redis.call('HKEYS', usage_key)) do
   if string.sub(field, -#today_suffix) ~= today_suffix then redis.call('HDEL', usage_key, field) end
 end

@@ -18,7 +18,7 @@ from creditgate.server.domain.records import (
     parse_record,
 )
 from creditgate.server.domain.rules import RuleBook
-from creditgate.server.engine import bucket_codec
+from creditgate.server.engine import bucket_codec, usage_codec
 from creditgate.server.engine.holds import split_reservation_id
 from creditgate.server.errors import CreditgateError
 from creditgate.server.store.store import Store
@@ -179,7 +179,6 @@ def _open_holds(
         if hold.reservation_id in settled:
             continue
         cap = _cap(rules, customer.get("plan", ""), hold)
-        window = "" if cap is None else (str(hold.created_ms // DAY_MS) if cap[1] == "day" else "p")
         record = {
             "st": "open",
             "f": hold.feature,
@@ -188,8 +187,8 @@ def _open_holds(
             "fu": hold.free_units_used,
             "b": hold.reserved_delta,
             "o": hold.overage_credits,
-            "pf": f"p|{hold.feature}",
-            "cf": "" if cap is None else f"c|{hold.feature}|{cap[0]}|{window}",
+            "pf": usage_codec.period_field(hold.feature),
+            "cf": "" if cap is None else _cap_field(cap, hold),
             "pi": _period_at(anchor, hold.created_ms).index if anchor else -1,
             "takes": hold.takes,
             "x": now_ms,
@@ -268,16 +267,14 @@ def _usage(
             continue
         in_period = current.start_ms <= counted.created_ms < current.end_ms
         if in_period:
-            counters[f"p|{counted.feature}"] += units
-            counters["overage"] += overage
+            counters[usage_codec.period_field(counted.feature)] += units
+            counters[usage_codec.OVERAGE_FIELD] += overage
         cap = _cap(rules, plan, counted)
         if cap is None:
             continue
-        scope, window = cap
-        if window == "day" and counted.created_ms // DAY_MS >= first_day:
-            counters[f"c|{counted.feature}|{scope}|{counted.created_ms // DAY_MS}"] += units
-        elif window == "period" and in_period:
-            counters[f"c|{counted.feature}|{scope}|p"] += units
+        # A cap per day counts on every day since the period's first; a cap per period in the period only.
+        if (counted.created_ms // DAY_MS >= first_day) if cap[1] == "day" else in_period:
+            counters[_cap_field(cap, counted)] += units
     return {name: str(value) for name, value in counters.items() if value}
 
 
@@ -295,11 +292,10 @@ def _cap(rules: RuleBook | None, plan: str, entry: LedgerRecord) -> tuple[str, s
     return scope, str(rule[3])
 
 
-def relevant_usage_field(name: str, now_ms: int) -> bool:
-    """Usage counters a decision made now would read (old per-day counters linger until the next rollover)."""
-    if not name.startswith("c|"):
-        return True
-    return name.endswith("|p") or name.endswith(f"|{now_ms // DAY_MS}")
+def _cap_field(cap: tuple[str, str], entry: LedgerRecord) -> str:
+    """The usage field the entry's units count in against the cap (scope, window) of its feature."""
+    scope, window = cap
+    return usage_codec.cap_field(entry.feature, scope, usage_codec.cap_window(window == "day", entry.created_ms))
 
 
 def _period_at(anchor_ms: int, when_ms: int) -> Period:

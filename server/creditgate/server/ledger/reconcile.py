@@ -9,11 +9,11 @@ from typing import Any
 
 from creditgate.server.domain.catalog import load_catalog
 from creditgate.server.domain.rules import RuleBook
-from creditgate.server.engine import bucket_codec
+from creditgate.server.engine import bucket_codec, usage_codec
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
-from creditgate.server.ledger.rebuild import DurableView, expected_state, read_durable, relevant_usage_field
+from creditgate.server.ledger.rebuild import DurableView, expected_state, read_durable
 from creditgate.server.store.store import Store
 from redis.exceptions import RedisError
 
@@ -164,7 +164,7 @@ def compare(
                 Difference(f"bucket {bucket_id}", buckets.get(bucket_id, "-"), expected.buckets.get(bucket_id, "-"))
             )
     for name in sorted(set(usage) | set(expected.usage)):
-        if relevant_usage_field(name, now_ms) and usage.get(name, "0") != expected.usage.get(name, "0"):
+        if usage_codec.counts_now(name, now_ms) and usage.get(name, "0") != expected.usage.get(name, "0"):
             differences.append(Difference(f"usage {name}", usage.get(name, "0"), expected.usage.get(name, "0")))
     redis_balance = sum(bucket_codec.decode(bucket_id, value).remaining for bucket_id, value in buckets.items())
     # The wallet's running total is what decisions read as the balance: it must be what the ledger's buckets hold.
