@@ -218,7 +218,7 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
     balances = Balances(state)
     accounts = Accounts(state, balances)
     flusher = new_flusher(redis, redis_url, store, settings, clock)
-    holds = Holds(redis, scripts, keys, catalog, clock, settings, state)
+    holds = Holds(state)
     envelope = CallEnvelope(metrics, log_successes=settings.log_calls == "all")
 
     def refused(method: str, error: CreditgateError, metadata: Any) -> None:

@@ -90,12 +90,12 @@ class CustomerState:
         settings: Settings,
         verifier: Verifier,
     ) -> None:
-        self._redis = redis
+        self.redis = redis
         self._verifier = verifier
         self.scripts = scripts
         self.keys = keys
         self._catalog = catalog
-        self._clock = clock
+        self.clock = clock
         self.settings = settings
 
     @property
@@ -109,7 +109,7 @@ class CustomerState:
 
     def now_ms(self) -> int:
         """The server's time (the injected clock)."""
-        return self._clock.now_ms()
+        return self.clock.now_ms()
 
     async def run_touching(
         self, script: str, customer_id: str, keys: list[str], args: list[Any], now: int
@@ -176,13 +176,13 @@ class CustomerState:
 
     async def _hmget(self, key: str, *fields: str) -> list[Any]:
         try:
-            return list(await self._redis.hmget(key, list(fields)))
+            return list(await self.redis.hmget(key, list(fields)))
         except RedisError as exc:
             raise redis_error(exc, "reading the customer") from exc
 
     async def _read_customer(self, keys: CustomerKeys) -> CustomerHashes:
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hgetall(keys.customer)
                 pipe.hgetall(keys.buckets)
                 pipe.hgetall(keys.usage)
@@ -200,7 +200,7 @@ class CustomerState:
     async def current(self, customer_id: str) -> CustomerHashes:
         """The customer's state with every started period opened and every due hold expired."""
         keys = self.keys.for_customer(customer_id)
-        now = self._clock.now_ms()
+        now = self.clock.now_ms()
         for _ in range(MAX_ROLLOVER_ROUNDS):
             customer, buckets, usage = await self._read_customer(keys)
             if not customer or customer.get("ep") != self.scripts.epoch_of(keys.customer):

@@ -6,22 +6,16 @@ import json
 from dataclasses import dataclass
 
 import structlog
-from creditgate.server.clock import Clock
-from creditgate.server.domain.rules import RuleSource
-from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.customer_state import CustomerState, customer_not_found, fingerprint
-from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.messages import explain
 from creditgate.server.engine.model import DebitRequest, Decision
 from creditgate.server.engine.redis_errors import redis_error
-from creditgate.server.engine.scripts import Scripts
 from creditgate.server.errors import (
     FailedPrecondition,
     InternalError,
     NotFound,
     RequestIdReused,
 )
-from creditgate.server.settings import Settings
 from creditgate.server.tasks import PeriodicTask
 from redis.exceptions import RedisError
 
@@ -57,31 +51,18 @@ def split_reservation_id(reservation_id: str) -> tuple[str, str]:
 
 
 class Holds:
-    def __init__(
-        self,
-        redis: RedisClient,
-        scripts: Scripts,
-        keys: KeySpace,
-        catalog: RuleSource,
-        clock: Clock,
-        settings: Settings,
-        state: CustomerState,
-    ) -> None:
-        self._redis = redis
-        self._scripts = scripts
-        self._keys = keys
-        self._catalog = catalog
-        self._clock = clock
-        self._settings = settings
+    def __init__(self, state: CustomerState) -> None:
         self._state = state
-        self._retention_ms = settings.idempotency_ttl_seconds * 1000
-        self.sweeper = PeriodicTask("hold_sweeper", self.sweep_once, settings.hold_sweep_interval_seconds, clock)
+        self._retention_ms = state.settings.idempotency_ttl_seconds * 1000
+        self.sweeper = PeriodicTask(
+            "hold_sweeper", self.sweep_once, state.settings.hold_sweep_interval_seconds, state.clock
+        )
 
     async def reserve(self, request: DebitRequest, ttl_seconds: int) -> Reservation:
-        rules = self._catalog.rules
+        rules = self._state.rules
         rules_json, cap_scope = rules.rules_for(request.feature, request.dimensions)
-        keys = self._keys.for_customer(request.customer_id)
-        now = self._clock.now_ms()
+        keys = self._state.keys.for_customer(request.customer_id)
+        now = self._state.now_ms()
         args = [
             now,
             request.customer_id,
@@ -91,7 +72,7 @@ class Holds:
             cap_scope,
             request.request_id,
             fingerprint("reserve", request.feature, request.quantity, request.dimensions, ttl_seconds),
-            self._settings.idempotency_ttl_seconds,
+            self._state.settings.idempotency_ttl_seconds,
             json.dumps(request.dimensions),
             ttl_seconds * 1000,
         ]
@@ -130,8 +111,8 @@ class Holds:
 
     async def _settle(self, action: str, reservation_id: str, quantity: int, request_id: str) -> Settlement:
         customer_id, hold_id = split_reservation_id(reservation_id)
-        keys = self._keys.for_customer(customer_id)
-        now = self._clock.now_ms()
+        keys = self._state.keys.for_customer(customer_id)
+        now = self._state.now_ms()
         args = [
             now,
             customer_id,
@@ -140,7 +121,7 @@ class Holds:
             quantity,
             request_id,
             fingerprint(action, reservation_id, quantity),
-            self._settings.idempotency_ttl_seconds,
+            self._state.settings.idempotency_ttl_seconds,
             self._retention_ms,
         ]
         result = await self._state.run_touching(
@@ -180,13 +161,13 @@ class Holds:
 
     async def sweep_once(self) -> int:
         """Expire every hold past its ttl, whether or not its customer is touched; returns holds expired."""
-        now = self._clock.now_ms()
+        now = self._state.now_ms()
         expired = 0
         try:
             # Every shard's due holds in one round trip: the sweep runs twice a second on every replica.
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for shard in range(self._settings.shards):
-                    pipe.zrangebyscore(self._keys.holds_due(shard), "-inf", now, start=0, num=500)
+            async with self._state.redis.pipeline(transaction=False) as pipe:
+                for shard in range(self._state.settings.shards):
+                    pipe.zrangebyscore(self._state.keys.holds_due(shard), "-inf", now, start=0, num=500)
                 due_by_shard = await pipe.execute()
         except RedisError as exc:
             raise redis_error(exc, "reading the holds due") from exc
