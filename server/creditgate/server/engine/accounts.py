@@ -9,6 +9,7 @@ from creditgate.server.domain.periods import DAY_MS, NEVER
 from creditgate.server.engine.balances import Balances
 from creditgate.server.engine.customer_state import (
     CustomerState,
+    changed,
     customer_not_found,
     fingerprint,
     subscription_view,
@@ -18,10 +19,8 @@ from creditgate.server.engine.script_reply import ScriptReply
 from creditgate.server.errors import (
     AlreadyExists,
     FailedPrecondition,
-    InternalError,
     NotFound,
     NotSubscribed,
-    RequestIdReused,
 )
 
 # The customer hash fields of an auto top-up (lib.lua's auto_top_up reads them).
@@ -269,10 +268,5 @@ class Accounts:
         return replace(change, bucket=BucketView(result["bucket_id"], source, credits, priority, expires_at))
 
     def _credit_change(self, customer_id: str, result: ScriptReply) -> CreditChange:
-        if result.status == "not_found":
-            raise customer_not_found(customer_id)
-        if result.status == "reused":
-            raise RequestIdReused()
-        if result.status != "ok":
-            raise InternalError(f"{result.script} answered {result.status!r}")
-        return CreditChange(entry_id=result["entry_id"], available=result.int("balance_after"), bucket=None)
+        change = changed(result, customer_id)
+        return CreditChange(entry_id=change["entry_id"], available=change.int("balance_after"), bucket=None)

@@ -18,7 +18,7 @@ from creditgate.server.engine.model import CustomerView, SubscriptionView
 from creditgate.server.engine.redis_errors import redis_error
 from creditgate.server.engine.script_reply import ScriptReply
 from creditgate.server.engine.scripts import Scripts
-from creditgate.server.errors import FailedPrecondition, InternalError, NotFound, Unavailable
+from creditgate.server.errors import FailedPrecondition, InternalError, NotFound, RequestIdReused, Unavailable
 from creditgate.server.settings import Settings
 from redis.exceptions import RedisError
 
@@ -44,6 +44,18 @@ def fingerprint(*parts: Any) -> str:
 
 def customer_not_found(customer_id: str) -> NotFound:
     return NotFound(f"customer {customer_id!r} does not exist", field="customer_id", reason="CUSTOMER_NOT_FOUND")
+
+
+def changed(reply: ScriptReply, customer_id: str) -> ScriptReply:
+    """The reply of a script that changes a customer under a request_id, once it says 'ok': an unknown customer is
+    NOT_FOUND, a request_id sent again with other content is refused, any other status is a bug of ours."""
+    if reply.status == "not_found":
+        raise customer_not_found(customer_id)
+    if reply.status == "reused":
+        raise RequestIdReused()
+    if reply.status != "ok":
+        raise InternalError(f"{reply.script} answered {reply.status!r}")
+    return reply
 
 
 def subscription_view(customer: dict[str, str]) -> SubscriptionView | None:

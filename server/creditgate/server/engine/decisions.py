@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 from creditgate.server.domain.rules import RuleBook
-from creditgate.server.engine.customer_state import CustomerState, customer_not_found, fingerprint
+from creditgate.server.engine.customer_state import CustomerState, changed, fingerprint
 from creditgate.server.engine.messages import explain
 from creditgate.server.engine.model import DebitRequest, Decision
 from creditgate.server.engine.redis_errors import READONLY_REASON, redis_error
 from creditgate.server.engine.script_reply import ScriptReply
-from creditgate.server.errors import CreditgateError, InternalError, RequestIdReused, Unavailable
+from creditgate.server.errors import CreditgateError, InternalError, Unavailable
 
 # decide_many.lua takes at most this many decisions per call, so that one call holds Redis for a millisecond or two.
 DECIDE_MANY_CHUNK = 50
@@ -26,6 +26,26 @@ def _decided(answer: Any) -> ScriptReply | CreditgateError:
     if reply.status == "error":
         return redis_error(str(reply["message"]), "script decide")
     return reply
+
+
+def decision_of(reply: ScriptReply, *, charged: str = "credits_charged", with_usage: bool = True) -> Decision:
+    """The Decision a decide reply names; a reserve reply names its held credits `credits_reserved` and reports no
+    usage (charged="credits_reserved", with_usage=False)."""
+    return Decision(
+        allowed=bool(reply["allowed"]),
+        deny_reason=reply["deny_reason"],
+        credits_cost=reply["credits_cost"],
+        credits_charged=reply[charged],
+        free_units_used=reply["free_units_used"],
+        overage_credits=reply["overage_credits"],
+        balance_after=reply["balance_after"],
+        low_balance=bool(reply["low_balance"]),
+        entry_id=reply["entry_id"],
+        period_usage=reply["period_usage"] if with_usage else 0,
+        free_units_remaining=reply["free_units_remaining"] if with_usage else 0,
+        cap_limit=reply["cap_limit"] if with_usage else 0,
+        cap_usage=reply["cap_usage"] if with_usage else 0,
+    )
 
 
 class Decisions:
@@ -131,25 +151,4 @@ class Decisions:
         return decision
 
     def _decision(self, customer_id: str, result: ScriptReply) -> Decision:
-        status = result.status
-        if status == "not_found":
-            raise customer_not_found(customer_id)
-        if status == "reused":
-            raise RequestIdReused()
-        if status != "ok":
-            raise InternalError(f"decide answered {status!r}")
-        return Decision(
-            allowed=bool(result["allowed"]),
-            deny_reason=result["deny_reason"],
-            credits_cost=result["credits_cost"],
-            credits_charged=result["credits_charged"],
-            free_units_used=result["free_units_used"],
-            overage_credits=result["overage_credits"],
-            balance_after=result["balance_after"],
-            low_balance=bool(result["low_balance"]),
-            entry_id=result["entry_id"],
-            period_usage=result["period_usage"],
-            free_units_remaining=result["free_units_remaining"],
-            cap_limit=result["cap_limit"],
-            cap_usage=result["cap_usage"],
-        )
+        return decision_of(changed(result, customer_id))

@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass
 
 import structlog
-from creditgate.server.engine.customer_state import CustomerState, customer_not_found, fingerprint
+from creditgate.server.engine.customer_state import CustomerState, changed, fingerprint
+from creditgate.server.engine.decisions import decision_of
 from creditgate.server.engine.messages import explain
 from creditgate.server.engine.model import DebitRequest, Decision
 from creditgate.server.engine.redis_errors import redis_error
@@ -79,27 +80,8 @@ class Holds:
         result = await self._state.run_touching(
             "reserve", request.customer_id, [*keys.hold_keys, keys.request(request.request_id)], args, now
         )
-        if result.status == "not_found":
-            raise customer_not_found(request.customer_id)
-        if result.status == "reused":
-            raise RequestIdReused()
-        if result.status != "ok":
-            raise InternalError(f"reserve answered {result.status!r}")
-        decision = Decision(
-            allowed=bool(result["allowed"]),
-            deny_reason=result["deny_reason"],
-            credits_cost=result["credits_cost"],
-            credits_charged=result["credits_reserved"],
-            free_units_used=result["free_units_used"],
-            overage_credits=result["overage_credits"],
-            balance_after=result["balance_after"],
-            low_balance=bool(result["low_balance"]),
-            entry_id=result["entry_id"],
-            period_usage=0,
-            free_units_remaining=0,
-            cap_limit=0,
-            cap_usage=0,
-        )
+        result = changed(result, request.customer_id)
+        decision = decision_of(result, charged="credits_reserved", with_usage=False)
         decision.message = explain(decision, request.feature, rules, verb="reserved")
         return Reservation(decision, result["reservation_id"], result.int("expires_at_ms"))
 
