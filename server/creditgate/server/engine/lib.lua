@@ -350,6 +350,7 @@ end
 -- Settles an open hold once: `used` units are charged (free units first, then its buckets, then its overage),
 -- the rest goes back; kind is 'commit', 'release' or 'hold_expiry'. Returns charged, returned, overage,
 -- free units used, balance after, entry id.
+-- hold: its record as engine/hold_codec.py describes it (decoded).
 local function settle_hold(k, customer_id, hold_id, hold, used, kind, now, request_id, retention_ms)
   local free_used = math.min(used, hold.fu)
   local charge = (used - free_used) * hold.u

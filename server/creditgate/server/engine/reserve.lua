@@ -42,6 +42,7 @@ local hold_id = 'h' .. int(next_number(k.customer, 'hold_seq'))
 local reservation_id = customer_id .. '/' .. hold_id
 local expires_at = now + hold_ttl_ms
 local dims = cjson.decode(dimensions)
+-- The hold's record (engine/hold_codec.py describes it; ledger/rebuild.py writes it too).
 redis.call('HSET', k.holds, hold_id, cjson.encode({st = 'open', f = feature, q = quantity, u = e.unit_cost,
   fu = e.free_used, b = e.charged, o = e.overage, pf = e.period_field, cf = e.cap_field,
   pi = tonumber(sub[5]), takes = takes, x = expires_at, dim = dims}))

@@ -18,7 +18,7 @@ from creditgate.server.domain.records import (
     parse_record,
 )
 from creditgate.server.domain.rules import RuleBook
-from creditgate.server.engine import bucket_codec, usage_codec
+from creditgate.server.engine import bucket_codec, hold_codec, usage_codec
 from creditgate.server.engine.holds import split_reservation_id
 from creditgate.server.errors import CreditgateError
 from creditgate.server.store.store import Store
@@ -179,22 +179,21 @@ def _open_holds(
         if hold.reservation_id in settled:
             continue
         cap = _cap(rules, customer.get("plan", ""), hold)
-        record = {
-            "st": "open",
-            "f": hold.feature,
-            "q": hold.quantity,
-            "u": 0,  # only what a commit charges needs it; a restored hold is expired, not committed
-            "fu": hold.free_units_used,
-            "b": hold.reserved_delta,
-            "o": hold.overage_credits,
-            "pf": usage_codec.period_field(hold.feature),
-            "cf": "" if cap is None else _cap_field(cap, hold),
-            "pi": _period_at(anchor, hold.created_ms).index if anchor else -1,
-            "takes": hold.takes,
-            "x": now_ms,
-            "dim": hold.dimensions,
-        }
-        records[split_reservation_id(hold.reservation_id)[1]] = json.dumps(record)
+        record = hold_codec.HoldRecord(
+            feature=hold.feature,
+            quantity=hold.quantity,
+            unit_cost=0,  # only what a commit charges needs it; a restored hold is expired, not committed
+            free_units=hold.free_units_used,
+            credits=hold.reserved_delta,
+            overage=hold.overage_credits,
+            period_field=usage_codec.period_field(hold.feature),
+            cap_field="" if cap is None else _cap_field(cap, hold),
+            period_index=_period_at(anchor, hold.created_ms).index if anchor else -1,
+            expires_at_ms=now_ms,
+            takes=hold.takes,
+            dimensions=hold.dimensions,
+        )
+        records[split_reservation_id(hold.reservation_id)[1]] = hold_codec.encode(record)
     return records
 
 
