@@ -27,7 +27,7 @@ from creditgate.server.app import App, build_app
 from creditgate.server.clock import ManualClock, from_ms, to_ms
 from creditgate.server.domain.records import Record
 from creditgate.server.embedded_redis import redis_server_binary
-from creditgate.server.engine import bucket_codec
+from creditgate.server.engine import bucket_codec, customer_fields
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.settings import Settings
 from creditgate.server.store.ledger import ParkedEntry
@@ -571,6 +571,6 @@ def assert_wallet_index_exact(redis_url: str, shards: int, customer_id: str) -> 
         index = bucket_codec.wallet_index({str(bucket_id): str(value) for bucket_id, value in buckets.items()})
         assert client.zrange(keys.bucket_order, 0, -1) == sorted(index.order)
         assert dict(client.zrange(keys.bucket_expiry, 0, -1, withscores=True)) == index.expiry  # type: ignore[arg-type]
-        assert int(client.hget(keys.customer, bucket_codec.CREDITS_FIELD) or 0) == index.credits
+        assert int(client.hget(keys.customer, customer_fields.BUCKET_CREDITS) or 0) == index.credits
     finally:
         client.close()

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 from creditgate.server.domain.periods import DAY_MS, NEVER
+from creditgate.server.engine import customer_fields
 from creditgate.server.engine.balances import Balances
 from creditgate.server.engine.customer_state import (
     CustomerState,
@@ -21,17 +22,6 @@ from creditgate.server.errors import (
     FailedPrecondition,
     NotFound,
     NotSubscribed,
-)
-
-# The customer hash fields of an auto top-up (lib.lua's auto_top_up reads them).
-AUTO_TOP_UP_FIELDS = (
-    "auto_threshold",
-    "auto_package",
-    "auto_credits",
-    "auto_price",
-    "auto_priority",
-    "auto_expires_ms",
-    "auto_cooldown_ms",
 )
 
 
@@ -104,14 +94,16 @@ class Accounts:
 
     async def set_low_threshold(self, customer_id: str, threshold: int | None) -> int | None:
         """The customer's own low-balance threshold; None goes back to the plan's. Returns the one set."""
-        await self._set_fields(customer_id, {"low_threshold": "" if threshold is None else str(threshold)})
+        await self._set_fields(
+            customer_id, {customer_fields.LOW_THRESHOLD: "" if threshold is None else str(threshold)}
+        )
         return threshold
 
     async def set_auto_top_up(
         self, customer_id: str, package_key: str, threshold: int, cooldown_ms: int
     ) -> AutoTopUpView | None:
         """Buy `package_key` when a change leaves the balance below `threshold`; an empty key turns it off."""
-        fields = dict.fromkeys(AUTO_TOP_UP_FIELDS, "")
+        fields = dict.fromkeys(customer_fields.AUTO_TOP_UP_SETTINGS, "")
         view = None
         if package_key:
             package = self._state.rules.catalog.packages.get(package_key)
@@ -122,13 +114,15 @@ class Accounts:
             priority = package.priority if package.priority is not None else self._state.settings.top_up_priority
             view = AutoTopUpView(package_key, package.credits, str(package.price), threshold, cooldown_ms)
             fields.update(
-                auto_threshold=str(threshold),
-                auto_package=package_key,
-                auto_credits=str(package.credits),
-                auto_price=str(package.price),
-                auto_priority=str(priority),
-                auto_expires_ms=str((package.expires_in_days or 0) * DAY_MS),
-                auto_cooldown_ms=str(cooldown_ms),
+                {
+                    customer_fields.AUTO_THRESHOLD: str(threshold),
+                    customer_fields.AUTO_PACKAGE: package_key,
+                    customer_fields.AUTO_CREDITS: str(package.credits),
+                    customer_fields.AUTO_PRICE: str(package.price),
+                    customer_fields.AUTO_PRIORITY: str(priority),
+                    customer_fields.AUTO_EXPIRES_MS: str((package.expires_in_days or 0) * DAY_MS),
+                    customer_fields.AUTO_COOLDOWN_MS: str(cooldown_ms),
+                }
             )
         await self._set_fields(customer_id, fields)
         return view

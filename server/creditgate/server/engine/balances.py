@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from creditgate.server.engine import bucket_codec, usage_codec
+from creditgate.server.engine import bucket_codec, customer_fields, usage_codec
 from creditgate.server.engine.customer_state import CustomerState, customer_view, subscription_view
 from creditgate.server.engine.model import BalanceView, BucketView, CapView, CustomerView, FeatureUsageView
 
@@ -33,7 +33,7 @@ class Balances:
             features = self._feature_usage(subscription.plan, usage, now)
         return BalanceView(
             available=sum(bucket.remaining for bucket in buckets),
-            reserved=int(customer.get("reserved", 0)),
+            reserved=int(customer.get(customer_fields.RESERVED, 0)),
             overage=int(usage.get(usage_codec.OVERAGE_FIELD, 0)),
             buckets=buckets,
             features=features,

@@ -17,8 +17,6 @@ NEVER = 0
 # still exact in a Lua number (a double).
 NEVER_ORDER = 999_999_999_999_999
 PRIORITY_DIGITS, EXPIRY_DIGITS, SEQ_DIGITS = 3, 15, 12
-# The customer hash's field holding the wallet's running total.
-CREDITS_FIELD = "bucket_credits"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from creditgate.server.clock import Clock
 from creditgate.server.domain.periods import periods_started
 from creditgate.server.domain.rules import RuleBook, RuleSource
+from creditgate.server.engine import customer_fields
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import CustomerKeys, KeySpace
 from creditgate.server.engine.model import CustomerView, SubscriptionView
@@ -59,23 +60,23 @@ def changed(reply: ScriptReply, customer_id: str) -> ScriptReply:
 
 
 def subscription_view(customer: dict[str, str]) -> SubscriptionView | None:
-    if customer.get("status", "none") == "none":
+    if customer.get(customer_fields.STATUS, "none") == "none":
         return None
     return SubscriptionView(
-        plan=customer["plan"],
-        status=customer["status"],
-        anchor_ms=int(customer["anchor"]),
-        period_start_ms=int(customer["period_start"]),
-        period_end_ms=int(customer["period_end"]),
+        plan=customer[customer_fields.PLAN],
+        status=customer[customer_fields.STATUS],
+        anchor_ms=int(customer[customer_fields.ANCHOR]),
+        period_start_ms=int(customer[customer_fields.PERIOD_START]),
+        period_end_ms=int(customer[customer_fields.PERIOD_END]),
     )
 
 
 def customer_view(customer: dict[str, str]) -> CustomerView:
     return CustomerView(
-        customer_id=customer["id"],
-        name=customer.get("name", ""),
-        metadata=json.loads(customer.get("metadata", "{}")),
-        created_ms=int(customer.get("created_at", 0)),
+        customer_id=customer[customer_fields.ID],
+        name=customer.get(customer_fields.NAME, ""),
+        metadata=json.loads(customer.get(customer_fields.METADATA, "{}")),
+        created_ms=int(customer.get(customer_fields.CREATED_AT, 0)),
         subscription=subscription_view(customer),
     )
 
@@ -164,7 +165,12 @@ class CustomerState:
     async def open_periods(self, customer_id: str, keys: CustomerKeys, now: int) -> None:
         """Open the credit periods that have started since the customer's current one."""
         plan_key, status, anchor, index, period_end = await self._hmget(
-            keys.customer, "plan", "status", "anchor", "period_index", "period_end"
+            keys.customer,
+            customer_fields.PLAN,
+            customer_fields.STATUS,
+            customer_fields.ANCHOR,
+            customer_fields.PERIOD_INDEX,
+            customer_fields.PERIOD_END,
         )
         if status not in ("active", "pending"):
             return
@@ -215,7 +221,7 @@ class CustomerState:
         now = self.clock.now_ms()
         for _ in range(MAX_ROLLOVER_ROUNDS):
             customer, buckets, usage = await self._read_customer(keys)
-            if not customer or customer.get("ep") != self.scripts.epoch_of(keys.customer):
+            if not customer or customer.get(customer_fields.EPOCH) != self.scripts.epoch_of(keys.customer):
                 # Lost, or perhaps older than the ledger (Redis restarted, failed over, was restored since it was
                 # last verified): shown only once verified, as it would be changed.
                 if not await self._verifier.verify(customer_id):
@@ -223,7 +229,9 @@ class CustomerState:
                 customer, buckets, usage = await self._read_customer(keys)
                 if not customer:
                     raise customer_not_found(customer_id)
-            period_due = customer.get("status") in ("active", "pending") and now >= int(customer["period_end"])
+            period_due = customer.get(customer_fields.STATUS) in ("active", "pending") and now >= int(
+                customer[customer_fields.PERIOD_END]
+            )
             hold_due = int(customer.get("_next_hold_expiry", now + 1)) <= now
             bucket_due = int(customer.get("_next_bucket_expiry", now + 1)) <= now
             if period_due:

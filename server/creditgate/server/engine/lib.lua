@@ -10,6 +10,8 @@
 -- * bucket expiry (sorted set): bucket id scored by expires_at, for buckets that expire;
 -- * the customer hash's `bucket_credits`: the sum of every bucket's remaining credits (due ones included).
 -- engine/bucket_codec.py is the Python side of the same formats (parse_bucket, bucket_value, order_member).
+-- The customer hash's fields (id, status, period_end, seq, ep, below, auto_*, ...) are named in
+-- engine/customer_fields.py, which says what each holds.
 
 local function int(n) return string.format('%d', n) end
 

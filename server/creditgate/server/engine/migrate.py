@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import structlog
-from creditgate.server.engine import bucket_codec
+from creditgate.server.engine import bucket_codec, customer_fields
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import LAYOUT, KeySpace, scan_literal
 from creditgate.server.errors import FailedPrecondition, Unavailable
@@ -92,7 +92,7 @@ async def _migrate_shard(redis: RedisClient, keys: KeySpace, shard: int, report:
     tails = {key: key[len(prefix) :] for key in found}
     customers: set[str] = set()
     for key, tail in tails.items():
-        if await redis.type(key) == "hash" and await redis.hget(key, "id") == tail:
+        if await redis.type(key) == "hash" and await redis.hget(key, customer_fields.ID) == tail:
             customers.add(tail)
     for key, tail in tails.items():
         if tail in customers:
@@ -131,7 +131,7 @@ async def shard_customers(redis: RedisClient, keys: KeySpace, shard: int) -> lis
     match = scan_literal(keys.customer_prefix(shard)) + "*"
     async for key in redis.scan_iter(match=match, count=SCAN_COUNT, _type="hash"):
         customer_id = keys.customer_id_of(str(key))
-        if await redis.hget(key, "id") == customer_id and keys.shard_of(customer_id) == shard:
+        if await redis.hget(key, customer_fields.ID) == customer_id and keys.shard_of(customer_id) == shard:
             found.append(customer_id)
     return found
 
@@ -148,6 +148,6 @@ async def _index_wallets(redis: RedisClient, keys: KeySpace, shard: int, report:
                 pipe.zadd(customer_keys.bucket_order, index.order)
             if index.expiry:
                 pipe.zadd(customer_keys.bucket_expiry, index.expiry)
-            pipe.hset(customer_keys.customer, bucket_codec.CREDITS_FIELD, str(index.credits))
+            pipe.hset(customer_keys.customer, customer_fields.BUCKET_CREDITS, str(index.credits))
             await pipe.execute()
         report.wallets_indexed += 1

@@ -18,6 +18,7 @@ import hiredis
 import structlog
 from creditgate.server.clock import Clock, SystemClock
 from creditgate.server.domain.records import Record, parse_record
+from creditgate.server.engine import customer_fields
 from creditgate.server.engine.cluster import ClusterWire, RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
@@ -334,7 +335,7 @@ class Flusher:
         customers = sorted({conflict.customer_id for conflict in conflicts})
         try:
             for customer_id in customers:
-                await self._redis.hdel(self._keys.for_customer(customer_id).customer, "ep")
+                await self._redis.hdel(self._keys.for_customer(customer_id).customer, customer_fields.EPOCH)
         except RedisError as exc:
             # Kept in the ledger all the same; the next Redis restart verifies them anyway.
             log.warning("ledger_conflict_not_marked", customers=customers, error=str(exc))

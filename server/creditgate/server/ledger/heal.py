@@ -18,7 +18,7 @@ import structlog
 from creditgate.server.clock import Clock
 from creditgate.server.domain.records import event_record
 from creditgate.server.domain.rules import RuleSource
-from creditgate.server.engine import bucket_codec
+from creditgate.server.engine import bucket_codec, customer_fields
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.scripts import Scripts
@@ -106,14 +106,14 @@ class Healer:
             "customer_rebuilt_from_ledger",
             customer_id=customer_id,
             redis_seq=redis_seq,
-            ledger_seq=int(state.customer["seq"]),
+            ledger_seq=int(state.customer[customer_fields.SEQ]),
             balance=state.ledger_balance,
             overspent=overspent,
         )
         data: dict[str, Any] = {
             # -1: Redis had lost the customer.
             "redis_seq": redis_seq,
-            "ledger_seq": int(state.customer["seq"]),
+            "ledger_seq": int(state.customer[customer_fields.SEQ]),
             "balance": state.ledger_balance,
             "overspent_credits": overspent,
         }

@@ -18,7 +18,7 @@ from creditgate.server.domain.records import (
     parse_record,
 )
 from creditgate.server.domain.rules import RuleBook
-from creditgate.server.engine import bucket_codec, hold_codec, usage_codec
+from creditgate.server.engine import bucket_codec, customer_fields, hold_codec, usage_codec
 from creditgate.server.engine.holds import split_reservation_id
 from creditgate.server.errors import CreditgateError
 from creditgate.server.store.store import Store
@@ -105,13 +105,13 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
     record = view.customers.get(customer_id)
     entries = [view.ledger[customer_id][seq] for seq in sorted(view.ledger.get(customer_id, {}))]
     customer = {
-        "id": customer_id,
-        "name": record.name if record else "",
-        "metadata": json.dumps(record.metadata if record else {}),
-        "created_at": str(record.created_ms if record else 0),
-        "status": "none",
-        "seq": str(entries[-1].seq if entries else 0),
-        "bucket_seq": "0",
+        customer_fields.ID: customer_id,
+        customer_fields.NAME: record.name if record else "",
+        customer_fields.METADATA: json.dumps(record.metadata if record else {}),
+        customer_fields.CREATED_AT: str(record.created_ms if record else 0),
+        customer_fields.STATUS: "none",
+        customer_fields.SEQ: str(entries[-1].seq if entries else 0),
+        customer_fields.BUCKET_SEQ: "0",
     }
     buckets: dict[str, list[Any]] = {}
     bucket_seq = reserved = 0
@@ -130,7 +130,7 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
             if take[0] in buckets:
                 buckets[take[0]][0] -= int(take[1])
         reserved += entry.reserved_delta
-    customer["bucket_seq"] = str(bucket_seq)
+    customer[customer_fields.BUCKET_SEQ] = str(bucket_seq)
     kept = {
         bucket_id: bucket_codec.encode(
             bucket_codec.Bucket(bucket_id, value[0], value[1], value[2], value[3], value[4] if len(value) > 4 else None)
@@ -138,16 +138,16 @@ def expected_state(view: DurableView, customer_id: str, rules: RuleBook | None, 
         for bucket_id, value in buckets.items()
         if value[0] > 0
     }
-    customer[bucket_codec.CREDITS_FIELD] = str(sum(value[0] for value in buckets.values() if value[0] > 0))
+    customer[customer_fields.BUCKET_CREDITS] = str(sum(value[0] for value in buckets.values() if value[0] > 0))
     if reserved:
-        customer["reserved"] = str(reserved)
+        customer[customer_fields.RESERVED] = str(reserved)
     _own_settings(customer, view.settings.get(customer_id, []))
     current = _subscription(customer, view.subscriptions.get(customer_id, []), entries)
-    usage = _usage(entries, current, rules, customer.get("plan", ""), now_ms) if current else {}
+    usage = _usage(entries, current, rules, customer.get(customer_fields.PLAN, ""), now_ms) if current else {}
     holds = [entry for entry in entries if entry.kind == "reserve"]
     if holds:
         # Hold ids are numbered per customer: a new hold must not take the id of one placed before the loss.
-        customer["hold_seq"] = str(max(_hold_number(entry.reservation_id) for entry in holds))
+        customer[customer_fields.HOLD_SEQ] = str(max(_hold_number(entry.reservation_id) for entry in holds))
     return CustomerState(
         customer_id,
         customer,
@@ -173,12 +173,12 @@ def _open_holds(
     """The unsettled holds' records, with what settling them needs (expiring with nothing used returns the
     credits and uncounts the units in the hold's own period); due now."""
     settled = {entry.reservation_id for entry in entries if entry.kind in SETTLE_KINDS}
-    anchor = int(customer.get("anchor", "0"))
+    anchor = int(customer.get(customer_fields.ANCHOR, "0"))
     records = {}
     for hold in holds:
         if hold.reservation_id in settled:
             continue
-        cap = _cap(rules, customer.get("plan", ""), hold)
+        cap = _cap(rules, customer.get(customer_fields.PLAN, ""), hold)
         record = hold_codec.HoldRecord(
             feature=hold.feature,
             quantity=hold.quantity,
@@ -233,17 +233,31 @@ def _subscription(
         return None
     latest = max(changes, key=lambda change: (change.changed_ms, _stream_order(change.source_id)))
     anchor = latest.anchor_ms
-    customer.update(plan=latest.plan, anchor=str(anchor), status=latest.status)
+    customer.update(
+        {customer_fields.PLAN: latest.plan, customer_fields.ANCHOR: str(anchor), customer_fields.STATUS: latest.status}
+    )
     # A period is opened by the first decision in it, which writes its grants at its start; decisions are only
     # made in the open period. Expiries, top-ups and adjustments say nothing: they need no open period.
     since_anchor = [e.created_ms for e in entries if e.created_ms >= anchor and e.kind in PERIOD_KINDS]
     if not since_anchor:
-        customer.update(period_index="-1", period_start=str(anchor), period_end=str(anchor))
+        customer.update(
+            {
+                customer_fields.PERIOD_INDEX: "-1",
+                customer_fields.PERIOD_START: str(anchor),
+                customer_fields.PERIOD_END: str(anchor),
+            }
+        )
         return None
     current = _period_at(anchor, max(since_anchor))
-    customer.update(period_index=str(current.index), period_start=str(current.start_ms), period_end=str(current.end_ms))
+    customer.update(
+        {
+            customer_fields.PERIOD_INDEX: str(current.index),
+            customer_fields.PERIOD_START: str(current.start_ms),
+            customer_fields.PERIOD_END: str(current.end_ms),
+        }
+    )
     if latest.status == "pending":
-        customer["status"] = "active"
+        customer[customer_fields.STATUS] = "active"
     return current
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from creditgate.server.domain.catalog import load_catalog
 from creditgate.server.domain.rules import RuleBook
-from creditgate.server.engine import bucket_codec, usage_codec
+from creditgate.server.engine import bucket_codec, customer_fields, usage_codec
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
@@ -18,7 +18,17 @@ from creditgate.server.store.store import Store
 from redis.exceptions import RedisError
 
 # Customer hash fields reconcile checks (others, like holds, are not rebuilt from the ledger).
-CUSTOMER_FIELDS = ("id", "name", "created_at", "status", "seq", "bucket_seq", "plan", "anchor", "period_index")
+CUSTOMER_FIELDS = (
+    customer_fields.ID,
+    customer_fields.NAME,
+    customer_fields.CREATED_AT,
+    customer_fields.STATUS,
+    customer_fields.SEQ,
+    customer_fields.BUCKET_SEQ,
+    customer_fields.PLAN,
+    customer_fields.ANCHOR,
+    customer_fields.PERIOD_INDEX,
+)
 SCAN_COUNT = 1000
 
 
@@ -82,7 +92,7 @@ async def redis_customer_ids(redis: RedisClient, keys: KeySpace) -> set[str]:
     found: set[str] = set()
     try:
         async for key in redis.scan_iter(match=keys.customer_scan_pattern(), count=SCAN_COUNT, _type="hash"):
-            customer_id = await redis.hget(key, "id")
+            customer_id = await redis.hget(key, customer_fields.ID)
             if customer_id is not None and keys.for_customer(_text(customer_id)).customer == _text(key):
                 found.add(_text(customer_id))
     except RedisError as exc:
@@ -156,8 +166,16 @@ def compare(
     for name in CUSTOMER_FIELDS:
         if customer and customer.get(name, "") != expected.customer.get(name, ""):
             differences.append(Difference(name, customer.get(name, ""), expected.customer.get(name, "")))
-    if customer and _metadata(customer.get("metadata")) != _metadata(expected.customer["metadata"]):
-        differences.append(Difference("metadata", customer.get("metadata", ""), expected.customer["metadata"]))
+    if customer and _metadata(customer.get(customer_fields.METADATA)) != _metadata(
+        expected.customer[customer_fields.METADATA]
+    ):
+        differences.append(
+            Difference(
+                customer_fields.METADATA,
+                customer.get(customer_fields.METADATA, ""),
+                expected.customer[customer_fields.METADATA],
+            )
+        )
     for bucket_id in sorted(set(buckets) | set(expected.buckets), key=lambda name: (len(name), name)):
         if buckets.get(bucket_id) != expected.buckets.get(bucket_id):
             differences.append(
@@ -168,16 +186,16 @@ def compare(
             differences.append(Difference(f"usage {name}", usage.get(name, "0"), expected.usage.get(name, "0")))
     redis_balance = sum(bucket_codec.decode(bucket_id, value).remaining for bucket_id, value in buckets.items())
     # The wallet's running total is what decisions read as the balance: it must be what the ledger's buckets hold.
-    running_total = customer.get(bucket_codec.CREDITS_FIELD, "0") if customer else "0"
-    if customer and running_total != expected.customer[bucket_codec.CREDITS_FIELD]:
+    running_total = customer.get(customer_fields.BUCKET_CREDITS, "0") if customer else "0"
+    if customer and running_total != expected.customer[customer_fields.BUCKET_CREDITS]:
         differences.append(
-            Difference(bucket_codec.CREDITS_FIELD, running_total, expected.customer[bucket_codec.CREDITS_FIELD])
+            Difference(customer_fields.BUCKET_CREDITS, running_total, expected.customer[customer_fields.BUCKET_CREDITS])
         )
     if redis_balance != expected.ledger_balance:
         differences.append(Difference("balance", str(redis_balance), str(expected.ledger_balance)))
     if not differences:
         return None
-    entries = int(expected.customer["seq"]) - int(customer.get("seq", 0) or 0)
+    entries = int(expected.customer[customer_fields.SEQ]) - int(customer.get(customer_fields.SEQ, 0) or 0)
     return CustomerDrift(customer_id, redis_balance - expected.ledger_balance, entries, differences)
 
 

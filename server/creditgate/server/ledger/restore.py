@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from creditgate.server.engine import bucket_codec
+from creditgate.server.engine import bucket_codec, customer_fields
 from creditgate.server.engine.cluster import RedisClient
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.redis_errors import redis_error
@@ -61,5 +61,5 @@ async def restore(redis: RedisClient, store: Store, keys: KeySpace, now_ms: int)
         customers += 1
         holds += len(state.open_holds)
         buckets += len(state.buckets)
-        credits += int(state.customer[bucket_codec.CREDITS_FIELD])
+        credits += int(state.customer[customer_fields.BUCKET_CREDITS])
     return RestoreReport(customers, buckets, credits, holds)
