@@ -29,6 +29,8 @@ from creditgate.server.domain.records import Record
 from creditgate.server.embedded_redis import redis_server_binary
 from creditgate.server.engine import bucket_codec, customer_fields
 from creditgate.server.engine.keys import KeySpace
+from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
+from creditgate.server.ledger.restore import RestoreReport, restore
 from creditgate.server.settings import Settings
 from creditgate.server.store.ledger import ParkedEntry
 from creditgate.server.store.store import Store, open_store
@@ -467,10 +469,20 @@ class RunningServer:
     def reserved_in_redis(self, customer_id: str) -> int:
         """The customer's reserved credits read straight from Redis, without touching the customer."""
         key = KeySpace(self.app.settings.shards).for_customer(customer_id).customer
-        return int(self.call(awaited(self.app.redis.hget(key, "reserved"))) or 0)
+        return int(self.call(awaited(self.app.redis.hget(key, customer_fields.RESERVED))) or 0)
 
     def flush(self) -> int:
         return self.call(self.app.flusher.drain())
+
+    def reconcile(self) -> ReconcileReport:
+        """`creditgate reconcile` against this server's Redis and store, at the server's time."""
+        keys = KeySpace(self.app.settings.shards)
+        return self.call(reconcile(self.app.redis, self.app.store, keys, self.clock.now_ms()))
+
+    def restore(self) -> RestoreReport:
+        """`creditgate restore` into this server's Redis from its store, at the server's time."""
+        keys = KeySpace(self.app.settings.shards)
+        return self.call(restore(self.app.redis, self.app.store, keys, self.clock.now_ms()))
 
     def redis_time_ms(self) -> int:
         """Redis's own clock (TIME), which stamps outbox entry ids: what outbox ages are measured against."""

@@ -26,7 +26,6 @@ import grpc
 import pytest
 from creditgate.server.engine.cluster import slot_of
 from creditgate.server.engine.keys import KeySpace
-from creditgate.server.ledger.reconcile import reconcile
 from creditgate.v1 import admin_pb2, metering_pb2, metering_pb2_grpc
 from harness import RedisClusterServer, RedisServer, RunningServer, start_server
 
@@ -182,7 +181,7 @@ def outcome(server: RunningServer, keys: KeySpace, answers: Answers, on_victim: 
         available = server.available(customer)
         assert available == GRANT - len(debits), customer
         overspent += [customer] if available < 0 else []
-    report = server.call(reconcile(server.app.redis, server.app.store, keys, server.clock.now_ms()))
+    report = server.reconcile()
     return Outcome(answers, on_victim, killed_at, lost, unacknowledged, charged_twice, overspent, len(report.drifts))
 
 

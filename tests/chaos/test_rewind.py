@@ -24,7 +24,6 @@ import grpc
 import pytest
 import redis
 from creditgate.server.engine.keys import KeySpace
-from creditgate.server.ledger.reconcile import reconcile
 from creditgate.v1 import admin_pb2, metering_pb2, metering_pb2_grpc
 from harness import RedisServer, RunningServer, start_server
 
@@ -107,8 +106,7 @@ def check_ledger(server: RunningServer, answers: Answers) -> None:
             elif (entry.credits_delta, entry.balance_after) != (-charged, balance):
                 different.append((entry_id, (entry.credits_delta, entry.balance_after), (-charged, balance)))
     assert (missing, different) == ([], [])
-    keys = KeySpace(server.app.settings.shards)
-    report = server.call(reconcile(server.app.redis, server.app.store, keys, server.clock.now_ms()))
+    report = server.reconcile()
     assert report.drifts == []
     print(
         f"\n{len(answers.allowed):,} acknowledged, 0 missing or different in the ledger,"
@@ -241,6 +239,5 @@ def test_an_entry_that_reuses_a_ledger_number_is_kept_and_its_customer_rebuilt(s
     }
     assert ("ledger_conflict", "kept/3") in events["kept"] and ("customer_rebuilt", "kept/3") in events["kept"]
     assert ("credits_overspent", "overspent/3") in events["overspent"]
-    keys = KeySpace(server.app.settings.shards)
-    report = server.call(reconcile(server.app.redis, server.app.store, keys, server.clock.now_ms()))
+    report = server.reconcile()
     assert [(drift.customer_id, drift.credits) for drift in report.drifts] == [("overspent", 510)]

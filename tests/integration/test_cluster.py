@@ -16,23 +16,11 @@ from creditgate.server.clock import ManualClock, to_ms
 from creditgate.server.engine.cluster import slot_of
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.errors import FailedPrecondition
-from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
-from creditgate.server.ledger.restore import RestoreReport, restore
 from creditgate.server.settings import CLUSTER_SHARDS
 from creditgate.v1 import admin_pb2, metering_pb2
 from google.protobuf.duration_pb2 import Duration
 from harness import JAN_1, RedisClusterServer, RedisServer, RunningServer, server_settings, start_server
 from redis.asyncio.cluster import RedisCluster
-
-
-def run_reconcile(server: RunningServer) -> ReconcileReport:
-    keys = KeySpace(server.app.settings.shards)
-    return server.call(reconcile(server.app.redis, server.app.store, keys, server.clock.now_ms()))
-
-
-def run_restore(server: RunningServer) -> RestoreReport:
-    keys = KeySpace(server.app.settings.shards)
-    return server.call(restore(server.app.redis, server.app.store, keys, server.clock.now_ms()))
 
 
 def test_the_cluster_has_three_primaries_each_with_a_replica(redis_cluster: RedisClusterServer) -> None:
@@ -104,12 +92,12 @@ def test_customers_spread_over_every_primary_and_reconcile_walks_them_all(
         assert sum(customers_per_primary.values()) == 300
         assert min(customers_per_primary.values()) >= 50
 
-        unflushed = run_reconcile(server)
+        unflushed = server.reconcile()
         assert (unflushed.customers_checked, unflushed.drifts) == (300, [])
         server.flush()  # the flusher's own loop may have moved some already
         # Every customer's grant and debit reached the ledger, from the streams of every primary.
         assert sum(len(server.ledger(customer)) for customer in customers) == 300 * 2
-        flushed = run_reconcile(server)
+        flushed = server.reconcile()
         assert (flushed.customers_checked, flushed.drifts) == (300, [])
     finally:
         server.stop()
@@ -128,10 +116,10 @@ def test_restore_rebuilds_every_customer_on_every_primary(redis_cluster: RedisCl
             client = redis.Redis(port=node.port)
             for key in client.scan_iter(match="cg:{s*}:[cbu]:*", count=1000):
                 client.delete(key)
-        report = run_restore(server)
+        report = server.restore()
         assert (report.customers, report.credits) == (60, 60 * 2489)
         assert {server.available(customer) for customer in customers} == {2489}
-        assert run_reconcile(server).drifts == []
+        assert server.reconcile().drifts == []
     finally:
         server.stop()
 
@@ -241,7 +229,7 @@ def test_slots_moved_between_primaries_under_load_fail_nothing_and_charge_once(
             # Each request_id charged once: one ledger debit per answered request, with the answer's entry id.
             assert sorted(e.entry_id for e in debits) == sorted(entries)
             assert server.available(customer) == 2500 - len(entries)
-        assert run_reconcile(server).drifts == []
+        assert server.reconcile().drifts == []
     finally:
         server.stop()
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from creditgate.server.engine import customer_fields
-from creditgate.server.ledger.restore import restore
+from creditgate.server.engine.keys import KeySpace
 from creditgate.v1 import admin_pb2, metering_pb2
 from google.protobuf.duration_pb2 import Duration
 from harness import RunningServer, awaited
 
 
 def customer_hash_fields(server: RunningServer, customer_id: str) -> set[str]:
-    key = server.app.holds._state.keys.for_customer(customer_id).customer
+    key = KeySpace(server.app.settings.shards).for_customer(customer_id).customer
     return {str(name) for name in server.call(awaited(server.app.redis.hkeys(key)))}
 
 
@@ -34,7 +34,7 @@ def test_a_customer_through_every_script_holds_only_the_named_fields(server: Run
     held = server.metering.Reserve(metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock", quantity=5))
     assert held.allowed
     # A new epoch (as after a Redis restart): the next read verifies the customer and marks its renumbering.
-    key = server.app.holds._state.keys.for_customer("acme").customer
+    key = KeySpace(server.app.settings.shards).for_customer("acme").customer
     server.call(awaited(server.app.redis.hset(key, customer_fields.EPOCH, "an-older-redis")))
     server.available("acme")
     assert customer_hash_fields(server, "acme") == customer_fields.ALL - {
@@ -52,8 +52,7 @@ def test_a_customer_restored_from_the_ledger_holds_only_named_fields(server: Run
     server.metering.Reserve(metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock", quantity=5))
     server.flush()
     server.call(awaited(server.app.redis.flushall()))
-    keys = server.app.holds._state.keys
-    server.call(restore(server.app.redis, server.app.store, keys, server.clock.now_ms()))
+    server.restore()
     restored = customer_hash_fields(server, "acme")
     assert restored - customer_fields.ALL == set()
     assert {customer_fields.SEQ, customer_fields.HOLD_SEQ, customer_fields.RESERVED, customer_fields.LOW_THRESHOLD} <= (

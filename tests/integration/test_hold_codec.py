@@ -11,6 +11,7 @@ import redis
 from creditgate.server.domain.periods import DAY_MS
 from creditgate.server.engine import hold_codec
 from creditgate.server.engine.hold_codec import HoldRecord
+from creditgate.server.engine.keys import KeySpace
 from creditgate.v1 import metering_pb2
 from harness import RedisServer, RunningServer, awaited
 
@@ -31,7 +32,7 @@ def test_python_reads_the_record_reserve_lua_wrote_and_writes_it_back_the_same(s
         )
     )
     assert held.reservation_id == "acme/h1"
-    keys = server.app.holds._state.keys.for_customer("acme")
+    keys = KeySpace(server.app.settings.shards).for_customer("acme")
     written = str(server.call(awaited(server.app.redis.hget(keys.holds, "h1"))))
     record = hold_codec.decode(written)
     assert record == HoldRecord(

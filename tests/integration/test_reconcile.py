@@ -5,38 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import pytest
 from billing import FIXTURES, billing_server, error_reason
 from creditgate.server.engine.keys import KeySpace
-from creditgate.server.ledger.reconcile import ReconcileReport, reconcile
-from creditgate.server.ledger.restore import RestoreReport, restore
+from creditgate.server.ledger.restore import RestoreReport
 from creditgate.v1 import admin_pb2, metering_pb2
-from harness import JAN_1, REPO, Database, RedisServer, RunningServer
+from harness import JAN_1, REPO, Database, RedisServer, RunningServer, awaited
 
 pytestmark = pytest.mark.postgres_too
-
-T = TypeVar("T")
-
-
-async def awaited(command: Awaitable[T]) -> T:
-    """redis-py's commands are typed as Awaitable; the server's loop runs coroutines."""
-    return await command
-
-
-def run_reconcile(server: RunningServer) -> ReconcileReport:
-    keys = KeySpace(server.app.settings.shards)
-    return server.call(reconcile(server.app.redis, server.app.store, keys, server.clock.now_ms()))
-
-
-def run_restore(server: RunningServer) -> RestoreReport:
-    keys = KeySpace(server.app.settings.shards)
-    return server.call(restore(server.app.redis, server.app.store, keys, server.clock.now_ms()))
 
 
 def busy_month(server: RunningServer) -> None:
@@ -69,10 +49,10 @@ def balances(server: RunningServer, *customers: str) -> list[metering_pb2.GetBal
 
 def test_a_healthy_system_has_no_drift_with_or_without_the_outbox_flushed(server: RunningServer) -> None:
     busy_month(server)
-    unflushed = run_reconcile(server)
+    unflushed = server.reconcile()
     assert (unflushed.customers_checked, unflushed.drifts) == (4, [])
     server.flush()
-    flushed = run_reconcile(server)
+    flushed = server.reconcile()
     assert (flushed.customers_checked, flushed.drifts) == (4, [])
 
 
@@ -83,7 +63,7 @@ def test_a_tampered_bucket_in_redis_is_reported(server: RunningServer) -> None:
     value = server.call(awaited(server.app.redis.hget(buckets_key, "b3")))
     assert value == "885|20|0|topup"  # the starter pack after the 2,600 refund took the rest of the grant
     server.call(awaited(server.app.redis.hset(buckets_key, "b3", "890|20|0|topup")))
-    report = run_reconcile(server)
+    report = server.reconcile()
     assert [(d.customer_id, d.credits, d.entries) for d in report.drifts] == [("basic-co", 5, 0)]
     assert [(d.what, d.redis, d.ledger) for d in report.drifts[0].differences] == [
         ("bucket b3", "890|20|0|topup", "885|20|0|topup"),
@@ -99,11 +79,11 @@ def test_a_running_total_that_drifted_from_its_buckets_is_reported_and_restore_r
     customer_key = KeySpace(server.app.settings.shards).for_customer("basic-co").customer
     assert server.call(awaited(server.app.redis.hget(customer_key, "bucket_credits"))) == "900"
     server.call(awaited(server.app.redis.hincrby(customer_key, "bucket_credits", 7)))
-    report = run_reconcile(server)
+    report = server.reconcile()
     assert [(d.customer_id, d.credits, d.entries) for d in report.drifts] == [("basic-co", 0, 0)]
     assert [(d.what, d.redis, d.ledger) for d in report.drifts[0].differences] == [("bucket_credits", "907", "900")]
-    run_restore(server)
-    assert run_reconcile(server).drifts == []
+    server.restore()
+    assert server.reconcile().drifts == []
     assert server.debit("basic-co", "email_unlock", quantity=10).balance_after == 890
 
 
@@ -116,7 +96,7 @@ def test_a_forged_ledger_entry_is_reported(server: RunningServer, database: Data
         " 0, 0, '', 'forged', '', '', 0, 0, 0, '', '[]', -1)",
         seq,
     )
-    report = run_reconcile(server)
+    report = server.reconcile()
     assert [(d.customer_id, d.credits, d.entries) for d in report.drifts] == [("basic-co", 7, 1)]
     assert {d.what for d in report.drifts[0].differences} >= {"seq", "balance"}
 
@@ -128,7 +108,7 @@ def test_restore_rebuilds_a_lost_redis_to_zero_drift_and_decisions_carry_on(serv
     before = balances(server, *customers)
     server.call(awaited(server.app.redis.flushall()))
 
-    lost = run_reconcile(server)
+    lost = server.reconcile()
     assert [(d.customer_id, d.credits) for d in lost.drifts] == [
         ("basic-co", -before[0].available_credits),
         ("pro-co", 0),
@@ -137,8 +117,8 @@ def test_restore_rebuilds_a_lost_redis_to_zero_drift_and_decisions_carry_on(serv
     ]
     # basic-co's starter pack and goodwill bucket (900), and quitter's January grant: due to expire, but
     # nothing has touched the canceled customer since, so Redis (and the restore) still hold it.
-    assert run_restore(server) == RestoreReport(customers=4, buckets=3, credits=900 + 2500)
-    assert run_reconcile(server).drifts == []
+    assert server.restore() == RestoreReport(customers=4, buckets=3, credits=900 + 2500)
+    assert server.reconcile().drifts == []
     assert balances(server, *customers) == before
 
     # The next decision numbers from a new block past the customer's sequence (what Redis lost may have numbered
@@ -153,7 +133,7 @@ def test_restore_rebuilds_a_lost_redis_to_zero_drift_and_decisions_carry_on(serv
     assert beyond.deny_reason == metering_pb2.DENY_REASON_INSUFFICIENT_CREDITS
     assert server.debit("pro-co", "email_unlock", quantity=4497).overage_credits == 4497
     server.flush()
-    assert run_reconcile(server).drifts == []
+    assert server.reconcile().drifts == []
 
 
 def test_a_grant_that_rolls_over_is_reconciled_and_restored_with_its_cap(
@@ -168,10 +148,10 @@ def test_a_grant_that_rolls_over_is_reconciled_and_restored_with_its_cap(
         )
         server.metering.Release(metering_pb2.ReleaseRequest(reservation_id=hold.reservation_id))
         server.flush()
-        assert run_reconcile(server).drifts == []  # the ledger knows the grant's cap, as Redis does
+        assert server.reconcile().drifts == []  # the ledger knows the grant's cap, as Redis does
         server.call(awaited(server.app.redis.flushall()))
-        assert run_restore(server) == RestoreReport(customers=1, buckets=1, credits=2000)
-        assert run_reconcile(server).drifts == []
+        assert server.restore() == RestoreReport(customers=1, buckets=1, credits=2000)
+        assert server.reconcile().drifts == []
         server.clock.set(datetime(2027, 2, 1, tzinfo=UTC))
         balance = server.metering.GetBalance(metering_pb2.GetBalanceRequest(customer_id="acme"))
         assert [(b.source, b.remaining_credits) for b in balance.buckets] == [
@@ -193,8 +173,8 @@ def test_restore_puts_back_a_customers_own_threshold_and_auto_top_up(server: Run
     )
     server.flush()
     server.call(awaited(server.app.redis.flushall()))
-    assert run_restore(server) == RestoreReport(customers=1, buckets=1, credits=2_500)
-    assert run_reconcile(server).drifts == []
+    assert server.restore() == RestoreReport(customers=1, buckets=1, credits=2_500)
+    assert server.reconcile().drifts == []
 
     # Below its own 2,000 (the last of its two thresholds), then below 1,000: the Starter pack (1,000) is bought.
     assert server.debit("acme", "email_unlock", 600).balance_after == 1_900
@@ -215,7 +195,7 @@ def test_restore_expires_the_holds_it_finds_open_and_numbers_new_ones_after_them
     server.call(awaited(server.app.redis.flushall()))
 
     # 40 charged, 100 still held by acme/h2: the restore puts it back due at once.
-    assert run_restore(server) == RestoreReport(customers=1, buckets=1, credits=2_360, holds=1)
+    assert server.restore() == RestoreReport(customers=1, buckets=1, credits=2_360, holds=1)
     assert server.reserved_in_redis("acme") == 100
     with pytest.raises(grpc.RpcError) as raised:
         server.metering.Commit(metering_pb2.CommitRequest(reservation_id=placed[1].reservation_id, quantity=10))
@@ -224,7 +204,7 @@ def test_restore_expires_the_holds_it_finds_open_and_numbers_new_ones_after_them
     again = server.metering.Reserve(metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock"))
     assert again.reservation_id == "acme/h1000001"  # not acme/h1 again, nor any number Redis may have lost
     server.flush()
-    assert run_reconcile(server).drifts == []
+    assert server.reconcile().drifts == []
     expired = [e for e in server.ledger("acme") if e.kind == admin_pb2.LEDGER_ENTRY_KIND_RESERVATION_EXPIRY]
     assert [(e.credits_delta, e.reservation_id) for e in expired] == [(100, placed[1].reservation_id)]
 
@@ -235,7 +215,7 @@ def test_restore_keeps_a_hold_redis_still_has(server: RunningServer) -> None:
         metering_pb2.ReserveRequest(customer_id="acme", feature="email_unlock", quantity=100)
     )
     server.flush()
-    assert run_restore(server).holds == 1  # nothing was lost: the hold keeps its record and expiry
+    assert server.restore().holds == 1  # nothing was lost: the hold keeps its record and expiry
     settled = server.metering.Commit(metering_pb2.CommitRequest(reservation_id=hold.reservation_id, quantity=40))
     assert (settled.credits_charged, settled.credits_released, settled.balance_after) == (40, 60, 2_460)
 

@@ -9,6 +9,7 @@ import json
 
 from creditgate.server.engine.customer_state import fingerprint
 from creditgate.server.engine.holds import Reservation, Settlement
+from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.model import CreditChange, DebitRequest, Decision
 from harness import RunningServer, awaited
 
@@ -19,7 +20,7 @@ REMEMBER_BY_POSITION = "redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. cmsgpack.
 def remember_by_position(
     server: RunningServer, customer_id: str, request_id: str, print_: str, answer: list[object]
 ) -> None:
-    key = server.app.holds._state.keys.for_customer(customer_id).request(request_id)
+    key = KeySpace(server.app.settings.shards).for_customer(customer_id).request(request_id)
     server.call(awaited(server.app.redis.eval(REMEMBER_BY_POSITION, 1, key, print_, json.dumps(answer))))
 
 

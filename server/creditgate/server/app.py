@@ -20,7 +20,7 @@ from creditgate.server.clock import Clock, ManualClock, SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
 from creditgate.server.engine.accounts import Accounts
 from creditgate.server.engine.balances import Balances
-from creditgate.server.engine.cluster import ClusterWire, RedisClient, is_cluster, new_cluster_client
+from creditgate.server.engine.cluster import ClusterWire, RedisClient, open_redis
 from creditgate.server.engine.customer_state import CustomerState
 from creditgate.server.engine.decisions import Decisions
 from creditgate.server.engine.eviction import check_eviction_policy
@@ -44,9 +44,6 @@ from creditgate.v1 import admin_pb2, metering_pb2
 from grpc_health.v1 import _async as health_aio  # published as health.aio, which type checkers cannot see
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
@@ -187,23 +184,13 @@ def build_app(settings: Settings, clock: Clock | None = None) -> App:
         embedded = EmbeddedRedis(settings.data_dir / "redis")
         embedded.start()
         redis_url = embedded.url
-    redis: RedisClient
-    wire: RedisWire | ClusterWire
     # The embedded Redis is one node; any other is asked (INFO cluster) and runs in cluster mode when it says so.
-    if embedded is None and is_cluster(redis_url, settings.redis_timeout_seconds):
+    redis, cluster = open_redis(redis_url, settings.redis_timeout_seconds, one_node=embedded is not None)
+    wire: RedisWire | ClusterWire
+    if cluster:
         settings = settings.on_cluster()
-        redis = new_cluster_client(redis_url, settings.redis_timeout_seconds)
         wire = ClusterWire(redis_url, settings.redis_timeout_seconds)
     else:
-        # No automatic retries: a command that timed out may have run, and only a retry with the same request_id
-        # (the caller's) is safe to repeat. A stuck Redis fails calls after redis_timeout_seconds.
-        redis = Redis.from_url(
-            redis_url,
-            decode_responses=True,
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-        )
         wire = RedisWire(redis_url, settings.redis_timeout_seconds)
     keys = KeySpace(settings.shards)
     store = open_store(settings.effective_database_url, settings.database_migration_url)

@@ -25,6 +25,10 @@ from creditgate.server.errors import (
 )
 
 
+def not_subscribed(customer_id: str, what: str) -> FailedPrecondition:
+    return FailedPrecondition(f"customer {customer_id!r} {what}", field="customer_id", reason="NOT_SUBSCRIBED")
+
+
 class Accounts:
     """Create customers, subscribe and change plans, set their own settings, top up and adjust credits."""
 
@@ -50,43 +54,46 @@ class Accounts:
 
     async def subscribe(self, customer_id: str, plan_key: str, start_ms: int | None) -> tuple[SubscriptionView, int]:
         self._state.rules.plan(plan_key)
-        keys = self._state.keys.for_customer(customer_id)
-        anchor = start_ms if start_ms is not None else self._state.now_ms()
-        result = await self._state.run_verified(
-            "subscription",
-            customer_id,
-            [keys.customer, keys.outbox],
-            ["start", self._state.now_ms(), customer_id, plan_key, anchor],
-        )
-        if result.status == "not_found":
-            raise customer_not_found(customer_id)
+        now = self._state.now_ms()
+        result = await self._subscription("start", customer_id, plan_key, now if start_ms is None else start_ms, now)
         if result.status == "already_subscribed":
             raise FailedPrecondition(
                 f"customer {customer_id!r} is already subscribed to {result['plan']!r}; cancel it first",
                 field="customer_id",
                 reason="ALREADY_SUBSCRIBED",
             )
-        balance = await self._balances.get_balance(customer_id)
-        if balance.subscription is None:
-            raise NotSubscribed(customer_id, "was unsubscribed by another call meanwhile")
-        return balance.subscription, balance.available
+        return await self._running_subscription(customer_id)
 
     async def change_plan(self, customer_id: str, plan_key: str) -> tuple[SubscriptionView, int]:
         """Move a running subscription to `plan_key` now: the new plan's period 0 (and its grants) start at once."""
         self._state.rules.plan(plan_key)
-        keys = self._state.keys.for_customer(customer_id)
         now = self._state.now_ms()
-        result = await self._state.run_verified(
-            "subscription", customer_id, [keys.customer, keys.outbox], ["change", now, customer_id, plan_key, now]
-        )
+        result = await self._subscription("change", customer_id, plan_key, now, now)
+        if result.status == "not_subscribed":
+            raise not_subscribed(customer_id, "has no active subscription to change")
+        return await self._running_subscription(customer_id)
+
+    async def cancel(self, customer_id: str) -> SubscriptionView:
+        result = await self._subscription("cancel", customer_id, "", 0, self._state.now_ms())
+        if result.status == "not_subscribed":
+            raise not_subscribed(customer_id, "has no running subscription")
+        customer, _, _ = await self._state.current(customer_id)
+        subscription = subscription_view(customer)
+        if subscription is None:
+            raise NotSubscribed(customer_id, "was unsubscribed by another call meanwhile")
+        return subscription
+
+    async def _subscription(self, action: str, customer_id: str, plan_key: str, anchor: int, now: int) -> ScriptReply:
+        """subscription.lua's `action` (start, change, cancel) at `now`; an unknown customer is NOT_FOUND."""
+        keys = self._state.keys.for_customer(customer_id)
+        args = [action, now, customer_id, plan_key, anchor]
+        result = await self._state.run_verified("subscription", customer_id, [keys.customer, keys.outbox], args)
         if result.status == "not_found":
             raise customer_not_found(customer_id)
-        if result.status == "not_subscribed":
-            raise FailedPrecondition(
-                f"customer {customer_id!r} has no active subscription to change",
-                field="customer_id",
-                reason="NOT_SUBSCRIBED",
-            )
+        return result
+
+    async def _running_subscription(self, customer_id: str) -> tuple[SubscriptionView, int]:
+        """The subscription just started or changed, with the credits available now (its first grants in)."""
         balance = await self._balances.get_balance(customer_id)
         if balance.subscription is None:
             raise NotSubscribed(customer_id, "was unsubscribed by another call meanwhile")
@@ -134,24 +141,6 @@ class Accounts:
         result = await self._state.run_verified("customer_settings", customer_id, [keys.customer, keys.outbox], args)
         if result.status == "not_found":
             raise customer_not_found(customer_id)
-
-    async def cancel(self, customer_id: str) -> SubscriptionView:
-        keys = self._state.keys.for_customer(customer_id)
-        args = ["cancel", self._state.now_ms(), customer_id, "", 0]
-        result = await self._state.run_verified("subscription", customer_id, [keys.customer, keys.outbox], args)
-        if result.status == "not_found":
-            raise customer_not_found(customer_id)
-        if result.status == "not_subscribed":
-            raise FailedPrecondition(
-                f"customer {customer_id!r} has no running subscription",
-                field="customer_id",
-                reason="NOT_SUBSCRIBED",
-            )
-        customer, _, _ = await self._state.current(customer_id)
-        subscription = subscription_view(customer)
-        if subscription is None:
-            raise NotSubscribed(customer_id, "was unsubscribed by another call meanwhile")
-        return subscription
 
     async def top_up(
         self, customer_id: str, package_key: str, credits: int, expires_in_days: int, request_id: str

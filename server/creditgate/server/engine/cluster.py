@@ -103,6 +103,23 @@ def new_cluster_client(url: str, timeout_seconds: float) -> RedisCluster:
     )
 
 
+def open_redis(url: str, timeout_seconds: float, *, one_node: bool = False) -> tuple[RedisClient, bool]:
+    """redis-py's client for CREDITGATE_REDIS_URL (off the hot path: reads, the flusher, the admin commands) and
+    whether it is a cluster: asked with INFO cluster, unless the caller knows it is one node (the embedded Redis)."""
+    if not one_node and is_cluster(url, timeout_seconds):
+        return new_cluster_client(url, timeout_seconds), True
+    # No automatic retries: a command that timed out may have run, and only a retry with the same request_id (the
+    # caller's) is safe to repeat. A stuck Redis fails calls after timeout_seconds.
+    client = Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return client, False
+
+
 def _address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 6379

@@ -110,6 +110,8 @@ class CustomerState:
         self._catalog = catalog
         self.clock = clock
         self.settings = settings
+        # Settled holds are kept this long for late calls, as long as request_id answers (lib.lua's settle_hold).
+        self.settled_hold_retention_ms = settings.idempotency_ttl_seconds * 1000
 
     @property
     def rules(self) -> RuleBook:
@@ -152,12 +154,10 @@ class CustomerState:
     async def expire_holds(self, customer_id: str, now: int) -> int:
         """Return the credits of the customer's holds past their ttl; returns how many expired."""
         keys = self.keys.for_customer(customer_id)
+        args = [now, customer_id, self.settled_hold_retention_ms]
         expired = 0
         while True:
-            retention_ms = self.settings.idempotency_ttl_seconds * 1000
-            result = await self.run_verified(
-                "expire_holds", customer_id, keys.hold_keys, [now, customer_id, retention_ms]
-            )
+            result = await self.run_verified("expire_holds", customer_id, keys.hold_keys, args)
             expired += result.int("expired")
             if result.int("expired") < HOLDS_EXPIRED_PER_CALL:
                 return expired

@@ -54,7 +54,6 @@ def split_reservation_id(reservation_id: str) -> tuple[str, str]:
 class Holds:
     def __init__(self, state: CustomerState) -> None:
         self._state = state
-        self._retention_ms = state.settings.idempotency_ttl_seconds * 1000
         self.sweeper = PeriodicTask(
             "hold_sweeper", self.sweep_once, state.settings.hold_sweep_interval_seconds, state.clock
         )
@@ -104,7 +103,7 @@ class Holds:
             request_id,
             fingerprint(action, reservation_id, quantity),
             self._state.settings.idempotency_ttl_seconds,
-            self._retention_ms,
+            self._state.settled_hold_retention_ms,
         ]
         result = await self._state.run_touching(
             "settle", customer_id, [*keys.hold_keys, keys.request(request_id)], args, now

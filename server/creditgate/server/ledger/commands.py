@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from creditgate.server.clock import SystemClock
 from creditgate.server.embedded_redis import EmbeddedRedis
-from creditgate.server.engine.cluster import RedisClient, is_cluster, new_cluster_client
+from creditgate.server.engine.cluster import RedisClient, open_redis
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.migrate import MigrationReport, migrate
 from creditgate.server.engine.reshard import ReshardReport, recorded_shards, reshard
@@ -21,7 +21,6 @@ from creditgate.server.ledger.restore import RestoreReport, restore
 from creditgate.server.settings import Settings
 from creditgate.server.store.ledger import ParkedEntry
 from creditgate.server.store.store import Store, open_store
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
@@ -142,12 +141,9 @@ async def _restore(redis: RedisClient, store: Store, keys: KeySpace) -> RestoreR
 
 async def _with_connections(settings: Settings, work: Callable[[RedisClient, Store, KeySpace], Awaitable[T]]) -> T:
     url = settings.redis_url or EmbeddedRedis(settings.data_dir / "redis").url
-    redis: RedisClient
-    if settings.redis_url is not None and is_cluster(url, settings.redis_timeout_seconds):
+    redis, cluster = open_redis(url, settings.redis_timeout_seconds, one_node=settings.redis_url is None)
+    if cluster:
         settings = settings.on_cluster()
-        redis = new_cluster_client(url, settings.redis_timeout_seconds)
-    else:
-        redis = Redis.from_url(url, decode_responses=True, socket_timeout=settings.redis_timeout_seconds)
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     await store.open()
     try:

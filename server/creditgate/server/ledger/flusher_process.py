@@ -20,7 +20,7 @@ from multiprocessing.sharedctypes import SynchronizedArray
 import structlog
 import uvloop
 from creditgate.server.clock import Clock, SystemClock
-from creditgate.server.engine.cluster import ClusterWire, RedisClient, is_cluster, new_cluster_client
+from creditgate.server.engine.cluster import ClusterWire, RedisClient, open_redis
 from creditgate.server.engine.keys import KeySpace
 from creditgate.server.engine.wire import RedisWire
 from creditgate.server.ledger.flusher import Flusher
@@ -35,7 +35,6 @@ from creditgate.server.tasks import (
     Watcher,
     backoff_seconds,
 )
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 log = structlog.get_logger(__name__)
@@ -216,16 +215,7 @@ async def _flush_until_stopped(settings: Settings, redis_url: str, shared: Synch
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    redis: RedisClient
-    if is_cluster(redis_url, settings.redis_timeout_seconds):
-        redis = new_cluster_client(redis_url, settings.redis_timeout_seconds)
-    else:
-        redis = Redis.from_url(
-            redis_url,
-            decode_responses=True,
-            socket_timeout=settings.redis_timeout_seconds,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-        )
+    redis, _ = open_redis(redis_url, settings.redis_timeout_seconds)
     store = open_store(settings.effective_database_url, settings.database_migration_url)
     await store.open()
     flusher = new_flusher(redis, redis_url, store, settings, SystemClock())
